@@ -1,0 +1,122 @@
+"""What a job type is: a parameters model, ordered stages, and how results aggregate.
+
+A ``Stage`` is self-contained (a task type and a planner that turns job parameters plus the previous
+stage's outcomes into task parameters), so the same stage can serve several job types, or run alone
+as a one-stage job. A ``TaskHandler`` is a typed function: validated parameters in, result out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from errors import ParameterValidationError
+from models import MAX_STAGES, MAX_TASKS_PER_STAGE, Status
+
+P = TypeVar("P", bound=BaseModel)
+
+
+class TaskOutcome(BaseModel):
+    """What a finished task left behind, as later stages and aggregation see it."""
+
+    task_id: str
+    stage: int
+    index: int
+    status: Status
+    result: Any = None
+    error_details: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """Where a task runs: ids for logs, results and lineage."""
+
+    job_id: str
+    task_id: str
+    stage: int
+    index: int
+    attempt: int
+
+
+Planner = Callable[[Any, list[TaskOutcome]], list[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage: ``plan(job_parameters, previous_outcomes)`` returns each task's parameters, in order.
+
+    The planner must be deterministic: a redelivered stage message plans the same tasks again.
+    """
+
+    name: str
+    task_type: str
+    plan: Planner
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class TaskHandler(Generic[P]):
+    """A task type: its parameters model and the function that does the work."""
+
+    task_type: str
+    parameters_model: type[P]
+    run: Callable[[P, TaskContext], Any]
+    description: str = ""
+
+
+def validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    """One readable entry per invalid field."""
+    return [{"field": ".".join(str(p) for p in err["loc"]) or "(body)", "message": err["msg"],
+             "type": err["type"]} for err in exc.errors(include_url=False)]
+
+
+@dataclass(frozen=True)
+class JobController:
+    """A job type: parameters, ordered stages (at least one), and result aggregation."""
+
+    job_type: str
+    description: str
+    parameters_model: type[BaseModel]
+    stages: tuple[Stage, ...]
+    aggregate: Callable[[Any, dict[int, list[TaskOutcome]]], Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.stages) <= MAX_STAGES:
+            raise ValueError(f"job type {self.job_type!r} needs 1..{MAX_STAGES} stages")
+
+    @property
+    def total_stages(self) -> int:
+        """Number of stages."""
+        return len(self.stages)
+
+    def stage(self, number: int) -> Stage:
+        """Stage ``number`` (1-based)."""
+        return self.stages[number - 1]
+
+    def validate(self, raw: Any) -> BaseModel:
+        """Validated parameters with defaults applied, or ParameterValidationError."""
+        if not isinstance(raw, dict):
+            raise ParameterValidationError("parameters must be a JSON object",
+                                           errors=[{"field": "(body)", "message": "expected a JSON object",
+                                                    "type": "dict_type"}])
+        try:
+            return self.parameters_model.model_validate(raw)
+        except ValidationError as exc:
+            errors = validation_errors(exc)
+            raise ParameterValidationError(
+                f"invalid parameters for {self.job_type}: "
+                + "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors) from None
+
+    def plan_stage(self, number: int, parameters: BaseModel, previous: list[TaskOutcome]) -> list[dict[str, Any]]:
+        """Task parameters for stage ``number``; at most MAX_TASKS_PER_STAGE."""
+        tasks = self.stage(number).plan(parameters, previous)
+        if len(tasks) > MAX_TASKS_PER_STAGE:
+            raise ValueError(f"stage {number} planned {len(tasks)} tasks; the limit is {MAX_TASKS_PER_STAGE}")
+        return tasks
+
+
+def outcomes_in_order(outcomes: list[TaskOutcome]) -> list[TaskOutcome]:
+    """Outcomes sorted by task index."""
+    return sorted(outcomes, key=lambda o: o.index)

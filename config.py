@@ -1,0 +1,90 @@
+"""Settings, read once from the environment (``local.settings.json`` Values arrive as env vars).
+
+The storage connection follows the Functions host's rules for a connection named
+``AzureWebJobsStorage``: either a connection string in that setting, or identity-based settings
+``AzureWebJobsStorage__accountName`` / ``__queueServiceUri`` / ``__tableServiceUri`` /
+``__blobServiceUri`` (+ optional ``__clientId`` for a user-assigned managed identity).
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parent
+HOST_JSON = ROOT / "host.json"
+STORAGE_CONNECTION = "AzureWebJobsStorage"
+JOBS_QUEUE_SETTING = "JOBS_QUEUE"
+TASKS_QUEUE_SETTING = "TASKS_QUEUE"
+
+
+def _conn(suffix: str) -> Any:
+    return Field(default=None, validation_alias=AliasChoices(f"{STORAGE_CONNECTION}__{suffix}"))
+
+
+class Settings(BaseSettings):
+    """Every setting of the app; tests build ``Settings(...)`` explicitly."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    storage_connection_string: str | None = Field(
+        default=None, validation_alias=AliasChoices(STORAGE_CONNECTION, "storage_connection_string"))
+    storage_account_name: str | None = _conn("accountName")
+    queue_service_uri: str | None = _conn("queueServiceUri")
+    table_service_uri: str | None = _conn("tableServiceUri")
+    blob_service_uri: str | None = _conn("blobServiceUri")
+    managed_identity_client_id: str | None = _conn("clientId")
+
+    jobs_queue: str = Field(default="geoetl-jobs", validation_alias=AliasChoices(JOBS_QUEUE_SETTING, "jobs_queue"))
+    tasks_queue: str = Field(default="geoetl-tasks", validation_alias=AliasChoices(TASKS_QUEUE_SETTING, "tasks_queue"))
+    jobs_table: str = Field(default="geoetljobs", validation_alias=AliasChoices("JOBS_TABLE", "jobs_table"))
+    tasks_table: str = Field(default="geoetltasks", validation_alias=AliasChoices("TASKS_TABLE", "tasks_table"))
+    payload_container: str = Field(
+        default="geoetl-payloads", validation_alias=AliasChoices("PAYLOAD_CONTAINER", "payload_container"))
+
+    counter_shards: int = Field(
+        default=16, ge=1, le=64, validation_alias=AliasChoices("COUNTER_SHARDS", "counter_shards"),
+        description="Counter rows per stage; more shards = less ETag contention between finishing tasks.")
+    fanout_threads: int = Field(
+        default=16, ge=1, le=64, validation_alias=AliasChoices("FANOUT_THREADS", "fanout_threads"),
+        description="Parallel sends when a stage queues its task messages.")
+    max_request_bytes: int = Field(
+        default=1024 * 1024, validation_alias=AliasChoices("MAX_REQUEST_BYTES", "max_request_bytes"))
+
+    @property
+    def uses_identity(self) -> bool:
+        """True when storage is reached with DefaultAzureCredential rather than a connection string."""
+        return not self.storage_connection_string
+
+    def service_uri(self, service: str) -> str:
+        """Endpoint of ``service`` ('queue', 'table' or 'blob') for identity-based connections."""
+        explicit = {"queue": self.queue_service_uri, "table": self.table_service_uri,
+                    "blob": self.blob_service_uri}[service]
+        if explicit:
+            return explicit.rstrip("/")
+        if not self.storage_account_name:
+            raise ValueError(
+                f"storage is not configured: set {STORAGE_CONNECTION} (a connection string) or "
+                f"{STORAGE_CONNECTION}__accountName / __{service}ServiceUri (managed identity)")
+        return f"https://{self.storage_account_name}.{service}.core.windows.net"
+
+
+def load_host_json(path: Path = HOST_JSON) -> dict[str, Any]:
+    """The parsed host.json."""
+    return json.loads(path.read_text())
+
+
+def queue_message_encoding(host: dict[str, Any] | None = None) -> str:
+    """'base64' or 'none', as host.json's ``extensions.queues.messageEncoding`` says (host default base64)."""
+    host = load_host_json() if host is None else host
+    return str(host.get("extensions", {}).get("queues", {}).get("messageEncoding", "base64")).lower()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment once."""
+    return Settings()

@@ -1,0 +1,42 @@
+"""The explicit registries: if it is in the dict, it exists.
+
+JOB_TYPES maps job type -> controller; TASK_HANDLERS maps task type -> handler.
+"""
+from __future__ import annotations
+
+from base_controller import JobController, TaskHandler
+from controller_hello_world import HANDLERS as HELLO_HANDLERS
+from controller_hello_world import HELLO_WORLD
+from errors import UnknownNameError
+
+JOB_TYPES: dict[str, JobController] = {
+    HELLO_WORLD.job_type: HELLO_WORLD,
+}
+
+TASK_HANDLERS: dict[str, TaskHandler] = {h.task_type: h for h in (*HELLO_HANDLERS,)}
+
+
+def get_controller(job_type: str) -> JobController:
+    """The controller of ``job_type``; UnknownNameError listing the known ones otherwise."""
+    try:
+        return JOB_TYPES[job_type]
+    except KeyError:
+        raise UnknownNameError("job type", job_type, list(JOB_TYPES)) from None
+
+
+def get_handler(task_type: str) -> TaskHandler:
+    """The handler of ``task_type``; UnknownNameError listing the known ones otherwise."""
+    try:
+        return TASK_HANDLERS[task_type]
+    except KeyError:
+        raise UnknownNameError("task type", task_type, list(TASK_HANDLERS)) from None
+
+
+def check_registries() -> None:
+    """Every stage of every job type names a registered task type (run at import and in tests)."""
+    for controller in JOB_TYPES.values():
+        for stage in controller.stages:
+            get_handler(stage.task_type)
+
+
+check_registries()

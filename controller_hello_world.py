@@ -1,0 +1,93 @@
+"""hello_world: two stages of n parallel tasks with lineage; the proof that the engine works.
+
+Stage 1 ``hello_worlds``: task i greets. Stage 2 ``worlds_reply``: task i answers stage-1 task i.
+``fail_indices`` makes chosen stage-1 tasks fail on purpose (to see failure handling), and
+``sleep_ms`` makes every task take that long (to watch progress, or to test crashes mid-task).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from base_controller import JobController, Stage, TaskContext, TaskHandler, TaskOutcome, outcomes_in_order
+from errors import TaskError
+
+
+class HelloWorldParameters(BaseModel):
+    """Parameters of a hello_world job."""
+
+    model_config = ConfigDict(extra="forbid")
+    n: int = Field(default=3, ge=1, le=1000, description="Tasks per stage.")
+    message: str = Field(default="hello", min_length=1, max_length=200, description="Word to greet with.")
+    fail_indices: list[int] = Field(default_factory=list, max_length=1000,
+                                    description="Stage-1 task indices that fail on purpose.")
+    sleep_ms: int = Field(default=0, ge=0, le=600_000, description="Time each task sleeps.")
+
+
+class GreetingParameters(BaseModel):
+    """Parameters of one hello_greeting task."""
+
+    message: str
+    fail: bool = False
+    sleep_ms: int = 0
+
+
+class ReplyParameters(BaseModel):
+    """Parameters of one hello_reply task: the stage-1 task it answers."""
+
+    message: str
+    previous_task_id: str
+    previous_result: dict[str, Any]
+    sleep_ms: int = 0
+
+
+def plan_greetings(p: HelloWorldParameters, previous: list[TaskOutcome]) -> list[dict[str, Any]]:
+    """n greeting tasks."""
+    fail = set(p.fail_indices)
+    return [{"message": p.message, "fail": i in fail, "sleep_ms": p.sleep_ms} for i in range(p.n)]
+
+
+def plan_replies(p: HelloWorldParameters, previous: list[TaskOutcome]) -> list[dict[str, Any]]:
+    """One reply task per stage-1 task, carrying that task's id and result (lineage)."""
+    return [{"message": p.message, "previous_task_id": o.task_id, "previous_result": o.result,
+             "sleep_ms": p.sleep_ms} for o in outcomes_in_order(previous)]
+
+
+def greet(p: GreetingParameters, ctx: TaskContext) -> dict[str, str]:
+    """Stage 1 task."""
+    time.sleep(p.sleep_ms / 1000)
+    if p.fail:
+        raise TaskError(f"task {ctx.task_id} was asked to fail (fail_indices)")
+    return {"greeting": f"{p.message} from {ctx.task_id}!"}
+
+
+def reply(p: ReplyParameters, ctx: TaskContext) -> dict[str, str]:
+    """Stage 2 task."""
+    time.sleep(p.sleep_ms / 1000)
+    return {"reply": f"{p.message} {p.previous_task_id} from {ctx.task_id}"}
+
+
+def aggregate(p: HelloWorldParameters, outcomes: dict[int, list[TaskOutcome]]) -> dict[str, Any]:
+    """Greetings and replies in index order."""
+    greetings = [o.result["greeting"] for o in outcomes_in_order(outcomes.get(1, []))]
+    replies = [o.result["reply"] for o in outcomes_in_order(outcomes.get(2, []))]
+    return {"greetings": greetings, "replies": replies, "task_count": len(greetings) + len(replies)}
+
+
+HELLO_WORLD = JobController(
+    job_type="hello_world",
+    description="Two stages of n parallel tasks; stage 2 answers stage 1 task by task.",
+    parameters_model=HelloWorldParameters,
+    stages=(
+        Stage("hello_worlds", "hello_greeting", plan_greetings, "Each task greets."),
+        Stage("worlds_reply", "hello_reply", plan_replies, "Each task answers one greeting."),
+    ),
+    aggregate=aggregate,
+)
+
+HANDLERS = (
+    TaskHandler("hello_greeting", GreetingParameters, greet, "Returns a greeting."),
+    TaskHandler("hello_reply", ReplyParameters, reply, "Returns a reply to a greeting."),
+)

@@ -1,0 +1,125 @@
+"""One error hierarchy for the orchestrator, mapped to HTTP codes in one place.
+
+Queue handlers split errors in two: *permanent* ones are recorded on the task and never retried;
+*transient* ones are re-raised so the queue delivers the message again.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+class OrchestratorError(Exception):
+    """Root of every error this project raises on purpose."""
+
+    code = "internal_error"
+    http_status = 500
+    permanent = True
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_body(self) -> dict[str, Any]:
+        """JSON body for an HTTP error response."""
+        return {"error": self.code, "message": self.message, **self.details}
+
+
+class BadRequestError(OrchestratorError):
+    """The request is malformed (not JSON, not an object, ...)."""
+
+    code = "bad_request"
+    http_status = 400
+
+
+class ParameterValidationError(BadRequestError):
+    """Parameters failed validation; ``details['errors']`` has one entry per field."""
+
+    code = "invalid_parameters"
+
+
+class PayloadTooLargeError(OrchestratorError):
+    """The request body is over the accepted size."""
+
+    code = "payload_too_large"
+    http_status = 413
+
+
+class NotFoundError(OrchestratorError):
+    """A job, task or route does not exist."""
+
+    code = "not_found"
+    http_status = 404
+
+
+class UnknownNameError(NotFoundError):
+    """A registry lookup failed; the message lists what exists."""
+
+    code = "unknown_name"
+
+    def __init__(self, kind: str, name: str, available: list[str]) -> None:
+        super().__init__(
+            f"unknown {kind} {name!r}; available: {', '.join(sorted(available)) or '(none)'}",
+            available=sorted(available),
+        )
+
+
+class ConflictError(OrchestratorError):
+    """A conditional write lost (stale ETag) or the entity already exists."""
+
+    code = "conflict"
+    http_status = 409
+
+
+class InvalidTransitionError(OrchestratorError):
+    """A status change not allowed by the transition table."""
+
+    code = "invalid_transition"
+    http_status = 409
+
+
+class EntityTooLargeError(OrchestratorError):
+    """An entity would break Azure Table Storage's limits even after spilling."""
+
+    code = "entity_too_large"
+    http_status = 413
+
+
+class InvalidKeyError(OrchestratorError):
+    """A PartitionKey/RowKey/name that Azure Storage would reject."""
+
+    code = "invalid_key"
+    http_status = 400
+
+
+class TaskError(OrchestratorError):
+    """A task handler's own failure: permanent, recorded on the task, not retried."""
+
+    code = "task_failed"
+    http_status = 422
+
+
+class TransientError(OrchestratorError):
+    """Worth retrying: storage timeouts and 5xx, throttling, lost connections."""
+
+    code = "transient"
+    http_status = 503
+    permanent = False
+
+
+HTTP_STATUS_BY_ERROR: dict[type[OrchestratorError], int] = {
+    cls: cls.http_status
+    for cls in (
+        OrchestratorError, BadRequestError, ParameterValidationError, PayloadTooLargeError,
+        NotFoundError, UnknownNameError, ConflictError, InvalidTransitionError,
+        EntityTooLargeError, InvalidKeyError, TaskError, TransientError,
+    )
+}
+
+
+def http_status_for(error: OrchestratorError) -> int:
+    """HTTP status for an error: the nearest class in the MRO that the table names."""
+    for cls in type(error).__mro__:
+        if cls in HTTP_STATUS_BY_ERROR:
+            return HTTP_STATUS_BY_ERROR[cls]
+    return 500

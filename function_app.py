@@ -1,0 +1,79 @@
+"""Azure Functions v2 app: triggers only (parse -> call -> respond/log); the work is elsewhere.
+
+Queue names come from app settings (``%JOBS_QUEUE%``, ``%TASKS_QUEUE%``); the storage connection is
+the setting ``AzureWebJobsStorage`` (a connection string, or ``AzureWebJobsStorage__*`` identity-based
+settings). ``func start`` runs this file unchanged; ``local_host.py`` serves it where Core Tools are absent.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from urllib.parse import urlsplit
+
+import azure.functions as func
+
+import job_api
+from config import JOBS_QUEUE_SETTING, STORAGE_CONNECTION, TASKS_QUEUE_SETTING, get_settings
+from logs import log_event
+from models import decode_job_message, decode_task_message
+from repositories import Repositories
+from task_manager import Engine
+
+logger = logging.getLogger(__name__)
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+
+_engine: Engine | None = None
+_engine_lock = threading.Lock()
+
+
+def engine() -> Engine:
+    """The process-wide engine, built on first use (so importing this module touches no storage)."""
+    global _engine
+    if _engine is None:
+        with _engine_lock:
+            if _engine is None:
+                _engine = Engine(Repositories(get_settings()).ensure())
+    return _engine
+
+
+def _http(result: tuple[int, dict]) -> func.HttpResponse:
+    code, body = result
+    return func.HttpResponse(json.dumps(body), status_code=code, mimetype="application/json")
+
+
+def _base_url(req: func.HttpRequest) -> str:
+    parts = urlsplit(req.url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+@app.route(route="jobs/submit/{job_type}", methods=["POST"])
+def submit_job(req: func.HttpRequest) -> func.HttpResponse:
+    """Submit a job: 202 new, 200 existing, 4xx with a JSON body naming the problem."""
+    return _http(job_api.respond(lambda: job_api.submit(
+        engine(), req.route_params.get("job_type", ""), req.get_body(), _base_url(req))))
+
+
+@app.route(route="jobs/status/{job_id}", methods=["GET"])
+def job_status(req: func.HttpRequest) -> func.HttpResponse:
+    """A job's status, stages, task counts, and its result or error."""
+    return _http(job_api.respond(lambda: job_api.status(engine(), req.route_params.get("job_id", ""))))
+
+
+@app.queue_trigger(arg_name="msg", queue_name=f"%{JOBS_QUEUE_SETTING}%", connection=STORAGE_CONNECTION)
+def process_job_message(msg: func.QueueMessage) -> None:
+    """Jobs queue: run a stage (write its tasks, queue them) or complete a job."""
+    message = decode_job_message(msg.get_body())
+    log_event(logger, "job_message", job_id=message.job_id, kind=message.kind,
+              stage=getattr(message, "stage", None), dequeue_count=getattr(msg, "dequeue_count", None))
+    if message.kind == "stage":
+        engine().run_stage(message)
+    else:
+        engine().complete(message)
+
+
+@app.queue_trigger(arg_name="msg", queue_name=f"%{TASKS_QUEUE_SETTING}%", connection=STORAGE_CONNECTION)
+def process_task_message(msg: func.QueueMessage) -> None:
+    """Tasks queue: run one task; the last task of a stage advances the job."""
+    message = decode_task_message(msg.get_body())
+    engine().run_task(message, dequeue_count=getattr(msg, "dequeue_count", None) or 1)

@@ -1,0 +1,101 @@
+"""The HTTP API as plain functions: request parts in, (status code, JSON body) out.
+
+``function_app.py`` adapts these to ``func.HttpRequest``/``HttpResponse``; nothing here knows about
+the Functions runtime, so the same code serves Azure, ``func start`` and ``local_host.py``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Callable
+
+from controller_factory import get_controller
+from errors import BadRequestError, NotFoundError, OrchestratorError, PayloadTooLargeError, http_status_for
+from logs import log_event
+from models import (
+    JobRecord, JobStatusResponse, StageMessage, StageStatus, Status, SubmitResponse, TaskCounts,
+    is_job_id, make_job_id,
+)
+from task_manager import Engine
+
+logger = logging.getLogger(__name__)
+Response = tuple[int, dict[str, Any]]
+
+
+def parse_json_object(body: bytes, max_bytes: int) -> dict[str, Any]:
+    """The request body as a JSON object, or a 4xx error saying what is wrong with it."""
+    if len(body) > max_bytes:
+        raise PayloadTooLargeError(f"request body is {len(body)} bytes; the limit is {max_bytes}")
+    try:
+        value = json.loads(body.decode("utf-8")) if body.strip() else None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequestError(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        kind = "empty" if value is None else f"a JSON {type(value).__name__}"
+        raise BadRequestError(f"request body must be a JSON object of parameters (use {{}} for defaults), "
+                              f"got {kind}")
+    return value
+
+
+def submit(engine: Engine, job_type: str, body: bytes, base_url: str) -> Response:
+    """POST /api/jobs/submit/{job_type}: 202 for a new job, 200 for an existing one."""
+    controller = get_controller(job_type)
+    params = controller.validate(parse_json_object(body, engine.repos.settings.max_request_bytes))
+    canonical = params.model_dump(mode="json")
+    job_id = make_job_id(job_type, canonical)
+    store = engine.store
+    job = store.get_job(job_id)
+    created = False
+    if job is None:
+        job = store.create_job(JobRecord(job_id=job_id, job_type=job_type, total_stages=controller.total_stages,
+                                         stage_name=controller.stage(1).name, parameters=canonical))
+        if job is not None:
+            engine.repos.jobs_queue.send(StageMessage(job_id=job_id, stage=1))
+            created = True
+            log_event(logger, "job_submitted", job_id=job_id, job_type=job_type)
+        else:
+            job = store.get_job(job_id)
+    if job is None:  # created by a concurrent identical request and not readable yet
+        raise NotFoundError(f"job {job_id} could not be read back; retry")
+    body_out = SubmitResponse(job_id=job.job_id, job_type=job.job_type, status=job.status, stage=job.stage,
+                              total_stages=job.total_stages, created=created,
+                              status_url=f"{base_url}/api/jobs/status/{job.job_id}")
+    return (202 if created else 200), body_out.model_dump(mode="json")
+
+
+def status(engine: Engine, job_id: str) -> Response:
+    """GET /api/jobs/status/{job_id}: the job, its stages and task counts."""
+    job = engine.store.get_job(job_id) if is_job_id(job_id) else None
+    if job is None:
+        raise NotFoundError(f"no job with id {job_id!r}")
+    controller = get_controller(job.job_type)
+    stage_rows = {s.stage: s for s in engine.store.stage_rows(job_id)[0]}
+    counts = engine.store.task_status_counts(job_id)
+    stages: list[StageStatus] = []
+    for number, definition in enumerate(controller.stages, start=1):
+        c = counts.get(number, {})
+        tasks = TaskCounts(total=sum(c.values()), **{s.value: c.get(s.value, 0) for s in Status})
+        row = stage_rows.get(number)
+        stages.append(StageStatus(stage=number, name=definition.name,
+                                  status=row.status if row else Status.QUEUED, tasks=tasks))
+    totals = TaskCounts(**{f: sum(getattr(s.tasks, f) for s in stages) for f in TaskCounts.model_fields})
+    response = JobStatusResponse(
+        job_id=job.job_id, job_type=job.job_type, status=job.status, stage=job.stage,
+        total_stages=job.total_stages, stage_name=job.stage_name, parameters=job.parameters, tasks=totals,
+        stages=stages, result_data=job.result_data if job.status == Status.COMPLETED else None,
+        error_details=job.error_details, created_at=job.created_at, updated_at=job.updated_at)
+    return 200, response.model_dump(mode="json", exclude_none=True)
+
+
+def respond(call: Callable[[], Response]) -> Response:
+    """Run an API call; domain errors become their 4xx/5xx JSON, anything else a logged 500 JSON."""
+    try:
+        return call()
+    except OrchestratorError as exc:
+        code = http_status_for(exc)
+        if code >= 500:
+            log_event(logger, "api_error", logging.ERROR, exc_info=True, error=exc.message)
+        return code, exc.to_body()
+    except Exception:  # never a stack trace to the client
+        log_event(logger, "api_crash", logging.ERROR, exc_info=True)
+        return 500, {"error": "internal_error", "message": "internal error; see the function logs"}

@@ -1,0 +1,403 @@
+"""Pydantic models for every row, message and API body, and the one status table.
+
+Rows convert symmetrically with ``to_entity()`` / ``from_entity()``; messages with ``encode()`` /
+``decode()``. Keys are validated against Table Storage's forbidden characters.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from errors import EntityTooLargeError, InvalidKeyError, InvalidTransitionError
+
+SCHEMA_VERSION = 1
+MAX_STAGES = 99
+MAX_TASKS_PER_STAGE = 999_999
+
+
+def utcnow() -> datetime:
+    """Aware UTC now."""
+    return datetime.now(timezone.utc)
+
+
+class Status(StrEnum):
+    """Status of a job, a stage or a task.
+
+    queued: written, not started. processing: started (a job: some stage is running).
+    completed / failed: terminal, never left.
+    """
+
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.QUEUED: frozenset({Status.PROCESSING, Status.FAILED}),
+    Status.PROCESSING: frozenset({Status.COMPLETED, Status.FAILED}),
+    Status.COMPLETED: frozenset(),
+    Status.FAILED: frozenset(),
+}
+TERMINAL: frozenset[Status] = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
+
+
+def check_transition(current: Status, new: Status) -> None:
+    """Raise InvalidTransitionError unless ``current -> new`` is in the table."""
+    if new not in TRANSITIONS[current]:
+        raise InvalidTransitionError(f"status cannot go from {current} to {new}")
+
+
+# ---------------------------------------------------------------- keys and Azure's entity limits
+_FORBIDDEN_KEY = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
+MAX_KEY_CHARS = 1024
+MAX_PROPERTY_BYTES = 64 * 1024
+MAX_ENTITY_BYTES = 1024 * 1024
+MAX_CUSTOM_PROPERTIES = 252
+
+
+def validate_key(key: str) -> str:
+    """Return ``key`` if Table Storage accepts it as a PartitionKey/RowKey, else raise."""
+    if not isinstance(key, str) or not key:
+        raise InvalidKeyError("table key must be a non-empty string")
+    if len(key) > MAX_KEY_CHARS:
+        raise InvalidKeyError(f"table key longer than {MAX_KEY_CHARS} characters")
+    bad = _FORBIDDEN_KEY.search(key)
+    if bad:
+        raise InvalidKeyError(f"table key {key!r} contains forbidden character {bad.group()!r}")
+    return key
+
+
+def utf16_len(text: str) -> int:
+    """Length of ``text`` in UTF-16 code units, the unit Azure counts strings in."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def property_bytes(value: Any) -> int:
+    """Bytes Azure charges for one property value."""
+    if isinstance(value, str):
+        return 4 + 2 * utf16_len(value)
+    if isinstance(value, bool):
+        return 1
+    if isinstance(value, (int, float, datetime)):
+        return 8
+    if isinstance(value, (bytes, bytearray)):
+        return 4 + len(value)
+    raise TypeError(f"unsupported entity property type {type(value).__name__}")
+
+
+def entity_bytes(entity: dict[str, Any]) -> int:
+    """Size of an entity as Azure computes it (keys and every property, names in UTF-16)."""
+    size = 4 + 2 * (utf16_len(entity["PartitionKey"]) + utf16_len(entity["RowKey"]))
+    for name, value in entity.items():
+        if name in ("PartitionKey", "RowKey") or value is None:
+            continue
+        size += 8 + 2 * utf16_len(name) + property_bytes(value)
+    return size
+
+
+def check_entity_limits(entity: dict[str, Any]) -> None:
+    """Raise EntityTooLargeError where Azure (not Azurite) would reject the entity."""
+    validate_key(entity["PartitionKey"])
+    validate_key(entity["RowKey"])
+    custom = [k for k, v in entity.items() if k not in ("PartitionKey", "RowKey") and v is not None]
+    if len(custom) > MAX_CUSTOM_PROPERTIES:
+        raise EntityTooLargeError(f"entity has {len(custom)} properties; Azure allows {MAX_CUSTOM_PROPERTIES}")
+    for name in custom:
+        value = entity[name]
+        if isinstance(value, (str, bytes)) and property_bytes(value) - 4 > MAX_PROPERTY_BYTES:
+            raise EntityTooLargeError(f"property {name!r} is over Azure's 64 KiB property limit")
+    size = entity_bytes(entity)
+    if size > MAX_ENTITY_BYTES:
+        raise EntityTooLargeError(f"entity is {size} bytes; Azure allows {MAX_ENTITY_BYTES}")
+
+
+# ---------------------------------------------------------------- ids
+def canonical_json(value: Any) -> str:
+    """Sorted keys, no whitespace, UTF-8 kept: the form job ids are hashed from."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def make_job_id(job_type: str, parameters: dict[str, Any]) -> str:
+    """SHA-256 hex of the canonical JSON of {job_type, validated parameters}."""
+    payload = canonical_json({"job_type": job_type, "parameters": parameters})
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+_JOB_ID = re.compile(r"^[0-9a-f]{64}$")
+_TASK_ID = re.compile(r"^([0-9a-f]{12})-s(\d{2})-t(\d{6})$")
+
+
+def is_job_id(value: str) -> bool:
+    """True for a well-formed job id (64 lowercase hex digits)."""
+    return bool(_JOB_ID.match(value or ""))
+
+
+def make_task_id(job_id: str, stage: int, index: int) -> str:
+    """Human-readable task id, unique within its job and sortable by stage then index."""
+    return f"{job_id[:12]}-s{stage:02d}-t{index:06d}"
+
+
+def parse_task_id(task_id: str) -> tuple[str, int, int]:
+    """(job id prefix, stage, index) of a task id; InvalidKeyError if malformed."""
+    match = _TASK_ID.match(task_id or "")
+    if not match:
+        raise InvalidKeyError(f"malformed task id {task_id!r}")
+    return match.group(1), int(match.group(2)), int(match.group(3))
+
+
+def stage_row_key(stage: int) -> str:
+    """RowKey of a stage's summary row."""
+    return f"stage-{stage:02d}"
+
+
+def shard_row_key(stage: int, shard: int) -> str:
+    """RowKey of one of a stage's counter shards."""
+    return f"stage-{stage:02d}-shard-{shard:02d}"
+
+
+def task_row_key(stage: int, index: int) -> str:
+    """RowKey of a task row: tasks sort by stage, then index."""
+    return f"task-{stage:02d}-{index:06d}"
+
+
+# ---------------------------------------------------------------- rows
+class Row(BaseModel):
+    """Base of table rows: ETag travels beside the data, never inside it."""
+
+    model_config = ConfigDict(use_enum_values=False, validate_assignment=False)
+    etag: str | None = Field(default=None, exclude=True)
+
+
+class PayloadRef(BaseModel):
+    """Where a JSON value that was too large for its row lives."""
+
+    container: str
+    blob: str
+    bytes: int
+
+
+class JobRecord(Row):
+    """A job: one row in the jobs table (PartitionKey = job_id, RowKey = 'job')."""
+
+    job_id: str
+    job_type: str
+    status: Status = Status.QUEUED
+    stage: int = 1
+    total_stages: int
+    stage_name: str = ""
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    result_data: Any = None
+    error_details: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    schema_version: int = SCHEMA_VERSION
+
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = ("parameters", "result_data")
+
+
+class StageRecord(Row):
+    """A stage's summary row (in the job's partition of the tasks table).
+
+    ``shards_remaining`` reaches 0 exactly once: in the transaction of the stage's last task.
+    """
+
+    job_id: str
+    stage: int
+    name: str
+    task_type: str
+    status: Status = Status.PROCESSING
+    total: int
+    shards: int
+    shards_remaining: int
+    completed: int = 0
+    failed: int = 0
+    finisher: str | None = None
+    dispatched: bool = False
+    advance_sent: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+    ended_at: datetime | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+
+class ShardRecord(Row):
+    """One counter shard of a stage: counts the tasks with ``index % shards == shard``."""
+
+    job_id: str
+    stage: int
+    shard: int
+    total: int
+    remaining: int
+    completed: int = 0
+    failed: int = 0
+    finisher: str | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+
+class TaskRecord(Row):
+    """A task: one row in the job's partition of the tasks table."""
+
+    job_id: str
+    task_id: str
+    stage: int
+    index: int
+    shard: int = 0
+    task_type: str
+    status: Status = Status.QUEUED
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    result: Any = None
+    error_details: str | None = None
+    attempts: int = 0
+    end_token: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = ("parameters", "result")
+
+
+def row_keys(row: Row) -> tuple[str, str]:
+    """(PartitionKey, RowKey) of any row."""
+    if isinstance(row, JobRecord):
+        return row.job_id, "job"
+    if isinstance(row, StageRecord):
+        return row.job_id, stage_row_key(row.stage)
+    if isinstance(row, ShardRecord):
+        return row.job_id, shard_row_key(row.stage, row.shard)
+    if isinstance(row, TaskRecord):
+        return row.job_id, task_row_key(row.stage, row.index)
+    raise TypeError(type(row).__name__)
+
+
+def to_entity(row: Row) -> dict[str, Any]:
+    """Table entity of a row: JSON fields become strings; None values are left out."""
+    pk, rk = row_keys(row)
+    data = row.model_dump(mode="python", exclude={"etag"})
+    entity: dict[str, Any] = {"PartitionKey": validate_key(pk), "RowKey": validate_key(rk)}
+    for name, value in data.items():
+        if name in row.JSON_FIELDS:
+            entity[name] = canonical_json(value) if value is not None else None
+        elif isinstance(value, StrEnum):
+            entity[name] = value.value
+        else:
+            entity[name] = value
+    return {k: v for k, v in entity.items() if v is not None}
+
+
+def from_entity(cls: type[Row], entity: dict[str, Any], etag: str | None = None) -> Row:
+    """Inverse of ``to_entity`` (spilled payloads are resolved by the repository first)."""
+    data = {k: v for k, v in dict(entity).items() if k not in ("PartitionKey", "RowKey", "Timestamp")}
+    for name in cls.JSON_FIELDS:
+        if isinstance(data.get(name), str):
+            data[name] = json.loads(data[name])
+    return cls.model_validate({**data, "etag": etag})
+
+
+# ---------------------------------------------------------------- messages
+class Message(BaseModel):
+    """Base of queue messages: small, versioned, ids only (payloads live in rows/blobs)."""
+
+    model_config = ConfigDict(extra="forbid")
+    schema_version: int = SCHEMA_VERSION
+
+    def encode(self) -> str:
+        """Text body of the message (the queue client applies host.json's encoding)."""
+        return self.model_dump_json()
+
+
+class StageMessage(Message):
+    """Jobs queue: run stage ``stage`` of ``job_id``."""
+
+    kind: Literal["stage"] = "stage"
+    job_id: str
+    stage: int = Field(ge=1, le=MAX_STAGES)
+
+
+class CompletionMessage(Message):
+    """Jobs queue: every stage has ended (or one failed); write the job's final status."""
+
+    kind: Literal["complete"] = "complete"
+    job_id: str
+
+
+class TaskMessage(Message):
+    """Tasks queue: run one task."""
+
+    kind: Literal["task"] = "task"
+    job_id: str
+    task_id: str
+
+
+JobQueueMessage = Annotated[Union[StageMessage, CompletionMessage], Field(discriminator="kind")]
+_JOB_QUEUE_ADAPTER: TypeAdapter[StageMessage | CompletionMessage] = TypeAdapter(JobQueueMessage)
+
+
+def decode_job_message(body: str | bytes) -> StageMessage | CompletionMessage:
+    """Parse a jobs-queue message body."""
+    return _JOB_QUEUE_ADAPTER.validate_json(body)
+
+
+def decode_task_message(body: str | bytes) -> TaskMessage:
+    """Parse a tasks-queue message body."""
+    return TaskMessage.model_validate_json(body)
+
+
+# ---------------------------------------------------------------- API bodies
+class TaskCounts(BaseModel):
+    """Tasks by status."""
+
+    total: int = 0
+    queued: int = 0
+    processing: int = 0
+    completed: int = 0
+    failed: int = 0
+
+
+class StageStatus(BaseModel):
+    """One stage in a status response."""
+
+    stage: int
+    name: str
+    status: Status
+    tasks: TaskCounts
+
+
+class SubmitResponse(BaseModel):
+    """Body of POST /api/jobs/submit/{job_type}."""
+
+    job_id: str
+    job_type: str
+    status: Status
+    stage: int
+    total_stages: int
+    status_url: str
+    created: bool
+
+
+class JobStatusResponse(BaseModel):
+    """Body of GET /api/jobs/status/{job_id}."""
+
+    job_id: str
+    job_type: str
+    status: Status
+    stage: int
+    total_stages: int
+    stage_name: str
+    parameters: dict[str, Any]
+    tasks: TaskCounts
+    stages: list[StageStatus]
+    result_data: Any = None
+    error_details: str | None = None
+    created_at: datetime
+    updated_at: datetime

@@ -1,0 +1,265 @@
+"""Repositories: the only code that reads and writes storage (tables, queues, blobs).
+
+Layout. Jobs table: one row per job (PartitionKey = job_id, RowKey 'job'). Tasks table: one partition
+per job holding its stage rows ('stage-NN'), their counter shards ('stage-NN-shard-MM') and its task
+rows ('task-NN-IIIIII'), so a task's end and its stage counters commit in one entity-group transaction.
+JSON values too large for a property are spilled to blobs; the row keeps ``<field>_ref``.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from typing import Any, Iterable, TypeVar
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.data.tables import TableClient, TableServiceClient, UpdateMode
+
+from config import Settings
+from errors import ConflictError, NotFoundError
+from models import (
+    MAX_ENTITY_BYTES, JobRecord, PayloadRef, Row, ShardRecord, StageRecord, Status, TaskRecord,
+    check_entity_limits, entity_bytes, from_entity, shard_row_key, stage_row_key, task_row_key,
+    to_entity, utf16_len,
+)
+from repository_blobs import PayloadBlobs
+from repository_clients import StorageClients, translate_errors
+from repository_queues import QueueProducer
+
+logger = logging.getLogger(__name__)
+R = TypeVar("R", bound=Row)
+
+INLINE_JSON_MAX_BYTES = 60 * 1024  # UTF-16 bytes; Azure's property limit is 64 KiB
+BATCH_MAX_OPERATIONS = 100
+BATCH_MAX_BYTES = 3 * 1024 * 1024  # Azure's transaction payload limit is 4 MiB
+_IF_MATCH = {"mode": UpdateMode.REPLACE, "match_condition": MatchConditions.IfNotModified}
+
+
+def chunk_for_transactions(entities: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Split entities into deterministic batches within Azure's count and size limits."""
+    batches: list[list[dict[str, Any]]] = []
+    current: list[dict[str, Any]] = []
+    size = 0
+    for entity in entities:
+        nbytes = entity_bytes(entity)
+        if current and (len(current) == BATCH_MAX_OPERATIONS or size + nbytes > BATCH_MAX_BYTES):
+            batches.append(current)
+            current, size = [], 0
+        current.append(entity)
+        size += nbytes
+    if current:
+        batches.append(current)
+    return batches
+
+
+class JobStore:
+    """Job, stage, counter-shard and task rows, with transparent payload spilling."""
+
+    def __init__(self, tables: TableServiceClient, jobs_table: str, tasks_table: str,
+                 blobs: PayloadBlobs) -> None:
+        self.jobs_table_name, self.tasks_table_name = jobs_table, tasks_table
+        self.jobs: TableClient = tables.get_table_client(jobs_table)
+        self.tasks: TableClient = tables.get_table_client(tasks_table)
+        self.blobs = blobs
+
+    def ensure(self) -> None:
+        """Create both tables if missing."""
+        for table in (self.jobs, self.tasks):
+            with translate_errors(f"create table {table.table_name}"):
+                try:
+                    table.create_table()
+                except ResourceExistsError:
+                    pass
+
+    # ------------------------------------------------------------ (de)serialisation with spill
+    def pack(self, row: Row) -> dict[str, Any]:
+        """Entity for ``row``: oversized JSON fields go to blobs; Azure's limits are enforced."""
+        entity = to_entity(row)
+        for name in row.JSON_FIELDS:
+            text = entity.get(name)
+            if text is not None and 2 * utf16_len(text) > INLINE_JSON_MAX_BYTES:
+                ref = self.blobs.put_json(f"{entity['PartitionKey']}/{entity['RowKey']}/{name}",
+                                          getattr(row, name))
+                del entity[name]
+                entity[f"{name}_ref"] = ref.model_dump_json()
+        check_entity_limits(entity)
+        return entity
+
+    def unpack(self, cls: type[R], entity: Any, resolve: bool = True) -> R:
+        """Row from an SDK entity, loading spilled fields from blobs when ``resolve``."""
+        data = dict(entity)
+        refs = {name: data.pop(f"{name}_ref") for name in cls.JSON_FIELDS if f"{name}_ref" in data}
+        row = from_entity(cls, data, etag=entity.metadata.get("etag"))
+        for name, ref in refs.items():
+            setattr(row, name, self.blobs.get_json(PayloadRef.model_validate_json(ref)) if resolve else None)
+        return row
+
+    def _query(self, table: TableClient, cls: type[R], flt: str, params: dict[str, Any],
+               select: list[str] | None = None, resolve: bool = True) -> list[R]:
+        with translate_errors(f"query {table.table_name}"):
+            entities = list(table.query_entities(flt, parameters=params, select=select,
+                                                 results_per_page=1000))
+        return [self.unpack(cls, e, resolve) for e in entities]
+
+    def _get(self, table: TableClient, cls: type[R], pk: str, rk: str) -> R | None:
+        with translate_errors(f"read {table.table_name} {pk}/{rk}"):
+            try:
+                entity = table.get_entity(pk, rk)
+            except ResourceNotFoundError:
+                return None
+        return self.unpack(cls, entity)
+
+    def _replace(self, table: TableClient, row: R) -> R:
+        """Conditional replace (If-Match row.etag); ConflictError if someone wrote first."""
+        entity = self.pack(row)
+        with translate_errors(f"update {table.table_name} {entity['PartitionKey']}/{entity['RowKey']}"):
+            meta = table.update_entity(entity, etag=row.etag, **_IF_MATCH)
+        return row.model_copy(update={"etag": meta["etag"]})
+
+    # ------------------------------------------------------------ jobs
+    def get_job(self, job_id: str) -> JobRecord | None:
+        """The job row, or None."""
+        return self._get(self.jobs, JobRecord, job_id, "job")
+
+    def create_job(self, job: JobRecord) -> JobRecord | None:
+        """Insert the job row; None if a row with this id already exists."""
+        entity = self.pack(job)
+        with translate_errors(f"create job {job.job_id}"):
+            try:
+                meta = self.jobs.create_entity(entity)
+            except ResourceExistsError:
+                return None
+        return job.model_copy(update={"etag": meta["etag"]})
+
+    def replace_job(self, job: JobRecord) -> JobRecord:
+        """Conditional update of the job row."""
+        return self._replace(self.jobs, job)
+
+    # ------------------------------------------------------------ stages and counters
+    def create_stage(self, stage: StageRecord, shards: list[ShardRecord], tasks: list[TaskRecord]) -> None:
+        """Write a stage's task rows, counter shards, then its stage row; safe to repeat.
+
+        Batches are deterministic, so a batch that already exists fails whole with a conflict and is
+        skipped. The stage row goes last: if it exists, every row of the stage exists.
+        """
+        entities = [self.pack(t) for t in tasks] + [self.pack(s) for s in shards]
+        for batch in chunk_for_transactions(entities):
+            try:
+                with translate_errors(f"create rows of stage {stage.stage} of job {stage.job_id}"):
+                    self.tasks.submit_transaction([("create", e) for e in batch])
+            except ConflictError:
+                logger.info('{"event": "stage_batch_exists", "job_id": "%s", "stage": %d}',
+                            stage.job_id, stage.stage)
+        with translate_errors(f"create stage row {stage.stage} of job {stage.job_id}"):
+            try:
+                self.tasks.create_entity(self.pack(stage))
+            except ResourceExistsError:
+                pass
+
+    def get_stage(self, job_id: str, stage: int) -> StageRecord | None:
+        """One stage row, or None."""
+        return self._get(self.tasks, StageRecord, job_id, stage_row_key(stage))
+
+    def stage_rows(self, job_id: str) -> tuple[list[StageRecord], list[ShardRecord]]:
+        """Every stage row and counter shard of a job (one partition range query)."""
+        flt = "PartitionKey eq @pk and RowKey ge 'stage-' and RowKey lt 'stage.'"
+        with translate_errors(f"query stages of {job_id}"):
+            entities = list(self.tasks.query_entities(flt, parameters={"pk": job_id}))
+        stages = [self.unpack(StageRecord, e) for e in entities if "-shard-" not in e["RowKey"]]
+        shards = [self.unpack(ShardRecord, e) for e in entities if "-shard-" in e["RowKey"]]
+        return stages, shards
+
+    def counters(self, job_id: str, stage: int, shard: int) -> tuple[StageRecord, ShardRecord]:
+        """A stage row and one of its shards, with ETags, in one request."""
+        flt = "PartitionKey eq @pk and ( RowKey eq @stage or RowKey eq @shard )"  # spaces: SDK substitution splits on them
+        params = {"pk": job_id, "stage": stage_row_key(stage), "shard": shard_row_key(stage, shard)}
+        with translate_errors(f"read counters of stage {stage} of {job_id}"):
+            entities = {e["RowKey"]: e for e in self.tasks.query_entities(flt, parameters=params)}
+        if len(entities) != 2:
+            raise NotFoundError(f"counters of stage {stage} of job {job_id} are missing")
+        return (self.unpack(StageRecord, entities[params["stage"]]),
+                self.unpack(ShardRecord, entities[params["shard"]]))
+
+    def commit_task_end(self, task: TaskRecord, shard: ShardRecord, stage: StageRecord | None) -> None:
+        """Atomically: task row, its shard counter and (when the shard ends) the stage row.
+
+        Every operation is If-Match; ConflictError means another writer got there first.
+        """
+        ops = [("update", self.pack(task), {**_IF_MATCH, "etag": task.etag}),
+               ("update", self.pack(shard), {**_IF_MATCH, "etag": shard.etag})]
+        if stage is not None:
+            ops.append(("update", self.pack(stage), {**_IF_MATCH, "etag": stage.etag}))
+        with translate_errors(f"commit end of task {task.task_id}"):
+            self.tasks.submit_transaction(ops)
+
+    def mark_stage(self, job_id: str, stage: int, **fields: Any) -> None:
+        """Merge flag properties into a stage row without touching its counters (no ETag needed)."""
+        entity = {"PartitionKey": job_id, "RowKey": stage_row_key(stage), **fields}
+        with translate_errors(f"mark stage {stage} of {job_id}"):
+            self.tasks.update_entity(entity, mode=UpdateMode.MERGE)
+
+    # ------------------------------------------------------------ tasks
+    def get_task(self, job_id: str, stage: int, index: int) -> TaskRecord | None:
+        """One task row, or None."""
+        return self._get(self.tasks, TaskRecord, job_id, task_row_key(stage, index))
+
+    def replace_task(self, task: TaskRecord) -> TaskRecord:
+        """Conditional update of a task row."""
+        return self._replace(self.tasks, task)
+
+    def list_tasks(self, job_id: str, stage: int | None = None, status: Status | None = None,
+                   resolve: bool = True) -> list[TaskRecord]:
+        """Task rows of a job (or of one stage), in stage then index order."""
+        lo, hi = ("task-", "task.") if stage is None else (f"task-{stage:02d}-", f"task-{stage:02d}.")
+        flt = "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi"
+        params: dict[str, Any] = {"pk": job_id, "lo": lo, "hi": hi}
+        if status is not None:
+            flt += " and status eq @status"
+            params["status"] = status.value
+        return self._query(self.tasks, TaskRecord, flt, params, resolve=resolve)
+
+    def task_status_counts(self, job_id: str) -> dict[int, dict[str, int]]:
+        """{stage: {status: count}} from a narrow query (only stage and status columns)."""
+        flt = "PartitionKey eq @pk and RowKey ge 'task-' and RowKey lt 'task.'"
+        counts: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        with translate_errors(f"count tasks of {job_id}"):
+            for e in self.tasks.query_entities(flt, parameters={"pk": job_id},
+                                               select=["stage", "status"], results_per_page=1000):
+                counts[int(e["stage"])][e["status"]] += 1
+        return counts
+
+
+class Repositories:
+    """Everything the engine reads and writes, built from settings."""
+
+    def __init__(self, settings: Settings, clients: StorageClients | None = None) -> None:
+        self.settings = settings
+        self.clients = clients or StorageClients(settings)
+        self.blobs = PayloadBlobs(self.clients.blobs, settings.payload_container)
+        self.store = JobStore(self.clients.tables, settings.jobs_table, settings.tasks_table, self.blobs)
+        self.jobs_queue = QueueProducer(self.clients.queues, settings.jobs_queue,
+                                        threads=settings.fanout_threads)
+        self.tasks_queue = QueueProducer(self.clients.queues, settings.tasks_queue,
+                                         threads=settings.fanout_threads)
+        self._ready = False
+        self._lock = threading.Lock()
+
+    def ensure(self) -> "Repositories":
+        """Create tables, queues and the payload container once per process."""
+        if not self._ready:
+            with self._lock:
+                if not self._ready:
+                    self.store.ensure()
+                    self.blobs.ensure()
+                    for queue in self.queues():
+                        queue.ensure()
+                    self._ready = True
+        return self
+
+    def queues(self) -> Iterable[QueueProducer]:
+        """The queues the engine sends to."""
+        return (self.jobs_queue, self.tasks_queue)
+
+
+__all__ = ["JobStore", "Repositories", "chunk_for_transactions", "MAX_ENTITY_BYTES", "ConflictError"]

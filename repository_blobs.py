@@ -1,0 +1,44 @@
+"""Blob payloads: JSON values too large for a table property live here, addressed by content."""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from azure.core.exceptions import ResourceExistsError
+from azure.storage.blob import BlobServiceClient, ContentSettings
+
+from models import PayloadRef, canonical_json
+from repository_clients import translate_errors
+
+
+class PayloadBlobs:
+    """Stores and loads JSON payloads in one container."""
+
+    def __init__(self, service: BlobServiceClient, container: str) -> None:
+        self.container = container
+        self._container = service.get_container_client(container)
+
+    def ensure(self) -> None:
+        """Create the container if it does not exist."""
+        with translate_errors(f"create container {self.container}"):
+            try:
+                self._container.create_container()
+            except ResourceExistsError:
+                pass
+
+    def put_json(self, prefix: str, value: Any) -> PayloadRef:
+        """Store ``value`` under ``prefix``; the name holds a content hash, so a rewrite is harmless."""
+        data = canonical_json(value).encode("utf-8")
+        name = f"{prefix}-{hashlib.sha256(data).hexdigest()[:16]}.json"
+        with translate_errors(f"upload payload {name}"):
+            self._container.upload_blob(
+                name, data, overwrite=True,
+                content_settings=ContentSettings(content_type="application/json"))
+        return PayloadRef(container=self.container, blob=name, bytes=len(data))
+
+    def get_json(self, ref: PayloadRef) -> Any:
+        """Load a payload stored by ``put_json``."""
+        with translate_errors(f"download payload {ref.blob}"):
+            data = self._container.download_blob(ref.blob).readall()
+        return json.loads(data)

@@ -1,0 +1,139 @@
+"""Azure SDK clients built from settings, SDK error translation, and a request counter.
+
+Clients come from a connection string (Azurite, or an account key) or, without one, from the account
+endpoints and ``DefaultAzureCredential`` (managed identity on Azure).
+"""
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from contextlib import contextmanager
+from functools import cached_property
+from typing import Iterator
+
+import requests
+from azure.core.exceptions import (
+    AzureError, HttpResponseError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError,
+    ServiceRequestError, ServiceResponseError,
+)
+from azure.core.pipeline.transport import RequestsTransport
+from azure.data.tables import TableServiceClient
+from azure.storage.blob import BlobServiceClient
+from azure.storage.queue import QueueServiceClient
+
+from config import Settings
+from errors import ConflictError, NotFoundError, OrchestratorError, TransientError
+
+
+class RequestCounter:
+    """Counts HTTP requests sent by the SDK clients, by service: what the benchmarks report."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
+
+    def add(self, service: str) -> None:
+        """Count one request to ``service``."""
+        with self._lock:
+            self.counts[service] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        """Counts so far, by service, plus 'total'."""
+        with self._lock:
+            return {**self.counts, "total": sum(self.counts.values())}
+
+
+REQUEST_COUNTER = RequestCounter()
+
+
+class _CountingTransport(RequestsTransport):
+    """requests transport with a connection pool sized for parallel fan-out, counting each send."""
+
+    def __init__(self, service: str, pool_size: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._service = service
+        self._pool_size = pool_size
+
+    def _init_session(self, session: requests.Session) -> None:
+        super()._init_session(session)
+        adapter = requests.adapters.HTTPAdapter(
+            pool_connections=4, pool_maxsize=self._pool_size,
+            max_retries=requests.adapters.Retry(total=False, redirect=False, raise_on_status=False))
+        for prefix in ("http://", "https://"):
+            session.mount(prefix, adapter)
+
+    def send(self, request, **kwargs):  # noqa: D102 - same contract as RequestsTransport.send
+        REQUEST_COUNTER.add(self._service)
+        return super().send(request, **kwargs)
+
+
+class StorageClients:
+    """The three storage service clients of one account, built lazily from settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def _kwargs(self, service: str) -> dict:
+        pool = max(16, self.settings.fanout_threads * 2)
+        return {"transport": _CountingTransport(service, pool), "connection_timeout": 10, "read_timeout": 30}
+
+    @cached_property
+    def _credential(self):
+        from azure.identity import DefaultAzureCredential
+
+        return DefaultAzureCredential(managed_identity_client_id=self.settings.managed_identity_client_id)
+
+    @cached_property
+    def tables(self) -> TableServiceClient:
+        """Table service client."""
+        if self.settings.storage_connection_string:
+            return TableServiceClient.from_connection_string(
+                self.settings.storage_connection_string, **self._kwargs("table"))
+        return TableServiceClient(self.settings.service_uri("table"), credential=self._credential,
+                                  **self._kwargs("table"))
+
+    @cached_property
+    def queues(self) -> QueueServiceClient:
+        """Queue service client."""
+        if self.settings.storage_connection_string:
+            return QueueServiceClient.from_connection_string(
+                self.settings.storage_connection_string, **self._kwargs("queue"))
+        return QueueServiceClient(self.settings.service_uri("queue"), credential=self._credential,
+                                  **self._kwargs("queue"))
+
+    @cached_property
+    def blobs(self) -> BlobServiceClient:
+        """Blob service client."""
+        if self.settings.storage_connection_string:
+            return BlobServiceClient.from_connection_string(
+                self.settings.storage_connection_string, **self._kwargs("blob"))
+        return BlobServiceClient(self.settings.service_uri("blob"), credential=self._credential,
+                                 **self._kwargs("blob"))
+
+
+def is_transient_status(status: int | None) -> bool:
+    """Throttling, timeouts and server errors are worth retrying."""
+    return status is not None and (status in (408, 429) or status >= 500)
+
+
+@contextmanager
+def translate_errors(what: str) -> Iterator[None]:
+    """Turn SDK exceptions into the project's errors; ``what`` names the operation for the message."""
+    try:
+        yield
+    except OrchestratorError:
+        raise
+    except ResourceNotFoundError as exc:
+        raise NotFoundError(f"{what}: not found") from exc
+    except (ResourceModifiedError, ResourceExistsError) as exc:
+        raise ConflictError(f"{what}: {exc.reason or 'conflict'}") from exc
+    except (ServiceRequestError, ServiceResponseError) as exc:
+        raise TransientError(f"{what}: storage unreachable ({type(exc).__name__})") from exc
+    except HttpResponseError as exc:
+        if exc.status_code in (409, 412):
+            raise ConflictError(f"{what}: {exc.reason or 'conflict'}") from exc
+        if is_transient_status(exc.status_code):
+            raise TransientError(f"{what}: storage answered {exc.status_code} {exc.reason}") from exc
+        raise OrchestratorError(f"{what}: storage answered {exc.status_code} {exc.reason}") from exc
+    except AzureError as exc:
+        raise TransientError(f"{what}: {type(exc).__name__}: {exc}") from exc
