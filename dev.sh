@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# One entry point for developers and CI.
+#   ./dev.sh run    install what is missing, start Azurite + the local Functions host on :7071, show a job
+#                   running, then stay in the foreground; Ctrl-C stops everything this script started.
+#   ./dev.sh test   install what is missing, run the whole test suite (tests start and stop their own
+#                   services); exit code = the suite's. Extra arguments go to pytest.
+#   ./dev.sh setup  only install.
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$(pwd)
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+RUN_DIR="$ROOT/.run"
+PORT="${PORT:-7071}"
+PIDS=()
+
+log() { printf '\033[1m[dev.sh]\033[0m %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 2; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi; }
+
+apt_install() {  # apt_install PKG... : install Debian packages that are missing
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing Debian packages: ${missing[*]}"
+  as_root apt-get update -qq || true
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null \
+    || die "could not install ${missing[*]} (need root or sudo)"
+}
+
+find_python() {
+  for c in python3.11 python3; do
+    if command -v "$c" >/dev/null && "$c" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+      echo "$c"; return 0
+    fi
+  done
+  die "Python 3.11 or newer is needed"
+}
+
+setup_python() {
+  local py; py=$(find_python)
+  if [ ! -x "$PY" ]; then
+    log "creating virtual environment .venv"
+    if ! "$py" -m venv "$VENV" 2>/dev/null; then
+      rm -rf "$VENV"; apt_install python3-venv; "$py" -m venv "$VENV"
+    fi
+  fi
+  local want; want=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)
+  if [ "$(cat "$VENV/.requirements-hash" 2>/dev/null)" != "$want" ]; then
+    log "installing Python requirements"
+    "$PY" -m pip install -q --disable-pip-version-check -r requirements-dev.txt 2> >(grep -v "is ignored" >&2)
+    echo "$want" > "$VENV/.requirements-hash"
+  fi
+}
+
+setup_node() {
+  command -v node >/dev/null || apt_install nodejs npm
+  command -v npm >/dev/null || apt_install npm
+  local want; want=$(sha256sum package.json | cut -c1-16)
+  if [ ! -x node_modules/.bin/azurite ] || [ "$(cat node_modules/.package-hash 2>/dev/null)" != "$want" ]; then
+    log "installing Azurite (npm, pinned in package.json)"
+    npm install --no-audit --no-fund --loglevel=error 2>&1 | grep -v "Unknown user config" >&2 || true
+    [ -x node_modules/.bin/azurite ] || die "npm install did not provide node_modules/.bin/azurite"
+    echo "$want" > node_modules/.package-hash
+  fi
+}
+
+setup() { setup_python; setup_node; }
+
+stop_all() {
+  for pid in "${PIDS[@]:-}"; do
+    [ -n "$pid" ] && kill "$pid" 2>/dev/null && log "stopped pid $pid"
+  done
+  for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && wait "$pid" 2>/dev/null; done
+  PIDS=()
+}
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {  # wait_port PORT NAME
+  for _ in $(seq 1 150); do port_busy "$1" && return 0; sleep 0.2; done
+  die "$2 did not start listening on port $1"
+}
+
+start_azurite() {
+  for p in 10000 10001 10002; do port_busy "$p" && die "port $p is in use (another Azurite?); stop it first"; done
+  mkdir -p "$RUN_DIR" .azurite
+  node_modules/.bin/azurite --silent --skipApiVersionCheck --disableTelemetry --location .azurite \
+    --blobHost 127.0.0.1 --queueHost 127.0.0.1 --tableHost 127.0.0.1 > "$RUN_DIR/azurite.log" 2>&1 &
+  PIDS+=($!)
+  wait_port 10002 Azurite; wait_port 10001 Azurite; wait_port 10000 Azurite
+  log "Azurite running (pid ${PIDS[-1]}, data in .azurite/, log in .run/azurite.log)"
+}
+
+demo() {
+  local base="http://localhost:$PORT/api" body id state
+  log "submitting a hello_world job (n=5):"
+  body=$(curl -s -X POST "$base/jobs/submit/hello_world" -H 'Content-Type: application/json' \
+    -d "{\"n\": 5, \"message\": \"hello $(date +%s)\"}")
+  echo "$body"
+  id=$("$PY" -c 'import json,sys; print(json.load(sys.stdin)["job_id"])' <<<"$body")
+  for _ in $(seq 1 100); do
+    state=$(curl -s "$base/jobs/status/$id")
+    case "$state" in *'"status": "completed"'*|*'"status": "failed"'*) break;; esac
+    sleep 0.3
+  done
+  log "its status:"; "$PY" -m json.tool <<<"$state"
+  cat <<MSG
+
+Local Functions host on http://localhost:$PORT (Ctrl-C stops it and Azurite). Try:
+  curl -s -X POST http://localhost:$PORT/api/jobs/submit/hello_world -H 'Content-Type: application/json' -d '{"n": 10}'
+  curl -s http://localhost:$PORT/api/jobs/status/<job_id>
+MSG
+}
+
+cmd_run() {
+  setup
+  trap 'stop_all; exit 0' INT TERM
+  trap stop_all EXIT
+  start_azurite
+  export AzureWebJobsStorage="${AzureWebJobsStorage:-UseDevelopmentStorage=true}"
+  port_busy "$PORT" && die "port $PORT is in use"
+  "$PY" local_host.py --port "$PORT" &
+  PIDS+=($!)
+  wait_port "$PORT" "local host"
+  demo
+  wait "${PIDS[-1]}"
+}
+
+cmd_test() {
+  setup
+  local rc=0
+  "$PY" -m pytest "$@" || rc=$?
+  [ $rc -eq 5 ] && { log "pytest collected no tests"; rc=1; }
+  return $rc
+}
+
+case "${1:-}" in
+  run) shift; cmd_run "$@" ;;
+  test) shift; cmd_test "$@" ;;
+  setup) setup ;;
+  *) echo "usage: ./dev.sh run | test [pytest args] | setup" >&2; exit 2 ;;
+esac

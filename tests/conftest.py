@@ -1,0 +1,62 @@
+"""Fixtures layered settings -> repositories -> engine, over one private Azurite per test session."""
+from __future__ import annotations
+
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from azurite_proc import Azurite  # noqa: E402
+from config import Settings  # noqa: E402
+from repositories import Repositories  # noqa: E402
+from task_manager import Engine  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory):
+    """A private Azurite on free ports, stopped by PID at the end of the session (even on failure)."""
+    instance = Azurite(location=tmp_path_factory.mktemp("azurite")).start()
+    try:
+        yield instance
+    finally:
+        instance.stop()
+
+
+def fresh_settings(connection_string: str, **overrides) -> Settings:
+    """Settings with table/queue/container names no other test run uses."""
+    run = uuid.uuid4().hex[:10]
+    return Settings(storage_connection_string=connection_string, jobs_queue=f"jobs-{run}",
+                    tasks_queue=f"tasks-{run}", jobs_table=f"jobs{run}", tasks_table=f"tasks{run}",
+                    payload_container=f"payloads-{run}", **overrides)
+
+
+@pytest.fixture
+def settings(azurite) -> Settings:
+    """Fresh names for this test."""
+    return fresh_settings(azurite.connection_string)
+
+
+@pytest.fixture
+def repos(settings) -> Repositories:
+    """Repositories with their tables, queues and container created."""
+    return Repositories(settings).ensure()
+
+
+@pytest.fixture
+def engine(repos) -> Engine:
+    """The engine over this test's storage."""
+    return Engine(repos)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment variables that make a host process use ``settings``."""
+    return {"AzureWebJobsStorage": settings.storage_connection_string or "",
+            "JOBS_QUEUE": settings.jobs_queue, "TASKS_QUEUE": settings.tasks_queue,
+            "JOBS_TABLE": settings.jobs_table, "TASKS_TABLE": settings.tasks_table,
+            "PAYLOAD_CONTAINER": settings.payload_container,
+            "COUNTER_SHARDS": str(settings.counter_shards)}
