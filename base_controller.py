@@ -6,7 +6,7 @@ as a one-stage job. A ``TaskHandler`` is a typed function: validated parameters 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -63,6 +63,7 @@ class TaskHandler(Generic[P]):
     parameters_model: type[P]
     run: Callable[[P, TaskContext], Any]
     description: str = ""
+    time_limit_s: int | None = None  # None: the TASK_TIME_LIMIT_S setting
 
 
 def validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
@@ -80,11 +81,17 @@ class JobController:
     parameters_model: type[BaseModel]
     stages: tuple[Stage, ...]
     aggregate: Callable[[Any, dict[int, list[TaskOutcome]]], Any]
-    extra: dict[str, Any] = field(default_factory=dict)
+    tolerated_failure_fraction: float = 0.0  # share of a stage's tasks that may fail without failing the job
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.stages) <= MAX_STAGES:
             raise ValueError(f"job type {self.job_type!r} needs 1..{MAX_STAGES} stages")
+        if not 0.0 <= self.tolerated_failure_fraction < 1.0:
+            raise ValueError(f"job type {self.job_type!r}: tolerated_failure_fraction must be in [0, 1)")
+
+    def tolerated_failures(self, total: int) -> int:
+        """How many of a stage's ``total`` tasks may fail with the job still completing."""
+        return int(self.tolerated_failure_fraction * total)
 
     @property
     def total_stages(self) -> int:
@@ -120,3 +127,8 @@ class JobController:
 def outcomes_in_order(outcomes: list[TaskOutcome]) -> list[TaskOutcome]:
     """Outcomes sorted by task index."""
     return sorted(outcomes, key=lambda o: o.index)
+
+
+def succeeded(outcomes: list[TaskOutcome]) -> list[TaskOutcome]:
+    """The completed outcomes, by index (what a next stage builds on when failures are tolerated)."""
+    return [o for o in outcomes_in_order(outcomes) if o.status == Status.COMPLETED]

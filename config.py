@@ -55,6 +55,22 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         default=1024 * 1024, validation_alias=AliasChoices("MAX_REQUEST_BYTES", "max_request_bytes"))
 
+    task_time_limit_s: int = Field(
+        default=300, ge=1, validation_alias=AliasChoices("TASK_TIME_LIMIT_S", "task_time_limit_s"),
+        description="Default time limit of a task; a task type may set its own. Past it, the task's lease "
+                    "expires and a redelivered message (or the sweeper) runs it again.")
+    retry_base_delay_s: float = Field(
+        default=2.0, ge=0, validation_alias=AliasChoices("RETRY_BASE_DELAY_S", "retry_base_delay_s"),
+        description="Delay before the 2nd attempt after a transient error; doubles per attempt.")
+    retry_max_delay_s: float = Field(
+        default=120.0, ge=0, validation_alias=AliasChoices("RETRY_MAX_DELAY_S", "retry_max_delay_s"))
+    sweeper_schedule: str = Field(
+        default="0 */1 * * * *", validation_alias=AliasChoices("SWEEPER_SCHEDULE", "sweeper_schedule"),
+        description="NCRONTAB schedule of the sweeper timer (sec min hour day month dow).")
+    sweeper_grace_s: float = Field(
+        default=60.0, ge=0, validation_alias=AliasChoices("SWEEPER_GRACE_S", "sweeper_grace_s"),
+        description="How long a step may look unfinished before the sweeper re-drives it.")
+
     @property
     def uses_identity(self) -> bool:
         """True when storage is reached with DefaultAzureCredential rather than a connection string."""
@@ -82,6 +98,19 @@ def queue_message_encoding(host: dict[str, Any] | None = None) -> str:
     """'base64' or 'none', as host.json's ``extensions.queues.messageEncoding`` says (host default base64)."""
     host = load_host_json() if host is None else host
     return str(host.get("extensions", {}).get("queues", {}).get("messageEncoding", "base64")).lower()
+
+
+def max_dequeue_count(host: dict[str, Any] | None = None) -> int:
+    """host.json's ``extensions.queues.maxDequeueCount`` (host default 5): attempts before poison."""
+    host = load_host_json() if host is None else host
+    return int(host.get("extensions", {}).get("queues", {}).get("maxDequeueCount", 5))
+
+
+def function_timeout_s(host: dict[str, Any] | None = None) -> float:
+    """host.json's ``functionTimeout`` in seconds (Consumption plan default 5 minutes)."""
+    host = load_host_json() if host is None else host
+    hh, mm, ss = str(host.get("functionTimeout", "00:05:00")).split(":")
+    return int(hh) * 3600 + int(mm) * 60 + float(ss)
 
 
 @lru_cache(maxsize=1)

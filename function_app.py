@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import azure.functions as func
 
+import engine_recovery
 import job_api
 from config import JOBS_QUEUE_SETTING, STORAGE_CONNECTION, TASKS_QUEUE_SETTING, get_settings
 from logs import log_event
@@ -60,6 +61,18 @@ def job_status(req: func.HttpRequest) -> func.HttpResponse:
     return _http(job_api.respond(lambda: job_api.status(engine(), req.route_params.get("job_id", ""))))
 
 
+@app.route(route="jobs/{job_id}/retry", methods=["POST"])
+def retry_job(req: func.HttpRequest) -> func.HttpResponse:
+    """Re-run a failed job's failed tasks (202); 409 for a job that is not failed."""
+    return _http(job_api.respond(lambda: job_api.retry(engine(), req.route_params.get("job_id", ""))))
+
+
+@app.route(route="jobs/{job_id}/cancel", methods=["POST"])
+def cancel_job(req: func.HttpRequest) -> func.HttpResponse:
+    """Cancel a job (200); 409 for a job that already ended."""
+    return _http(job_api.respond(lambda: job_api.cancel(engine(), req.route_params.get("job_id", ""))))
+
+
 @app.queue_trigger(arg_name="msg", queue_name=f"%{JOBS_QUEUE_SETTING}%", connection=STORAGE_CONNECTION)
 def process_job_message(msg: func.QueueMessage) -> None:
     """Jobs queue: run a stage (write its tasks, queue them) or complete a job."""
@@ -77,3 +90,21 @@ def process_task_message(msg: func.QueueMessage) -> None:
     """Tasks queue: run one task; the last task of a stage advances the job."""
     message = decode_task_message(msg.get_body())
     engine().run_task(message, dequeue_count=getattr(msg, "dequeue_count", None) or 1)
+
+
+@app.queue_trigger(arg_name="msg", queue_name=f"%{JOBS_QUEUE_SETTING}%-poison", connection=STORAGE_CONNECTION)
+def process_job_poison(msg: func.QueueMessage) -> None:
+    """Jobs poison queue: a stage or completion message gave up; the job is failed."""
+    engine_recovery.on_job_poison(engine(), msg.get_body())
+
+
+@app.queue_trigger(arg_name="msg", queue_name=f"%{TASKS_QUEUE_SETTING}%-poison", connection=STORAGE_CONNECTION)
+def process_task_poison(msg: func.QueueMessage) -> None:
+    """Tasks poison queue: a task gave up; it is failed with its last error."""
+    engine_recovery.on_task_poison(engine(), msg.get_body())
+
+
+@app.timer_trigger(schedule=get_settings().sweeper_schedule, arg_name="timer", run_on_startup=False)
+def sweeper(timer: func.TimerRequest) -> None:
+    """Re-drive what a crash left unfinished (lost advances, unsent first messages, dead leases)."""
+    engine_recovery.sweep(engine())

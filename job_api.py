@@ -9,17 +9,20 @@ import json
 import logging
 from typing import Any, Callable
 
+import engine_admin
+import faults
 from controller_factory import get_controller
 from errors import BadRequestError, NotFoundError, OrchestratorError, PayloadTooLargeError, http_status_for
 from logs import log_event
 from models import (
     JobRecord, JobStatusResponse, StageMessage, StageStatus, Status, SubmitResponse, TaskCounts,
-    is_job_id, make_job_id,
+    TaskErrorSummary, is_job_id, make_job_id,
 )
 from task_manager import Engine
 
 logger = logging.getLogger(__name__)
 Response = tuple[int, dict[str, Any]]
+RECENT_ERRORS = 5
 
 
 def parse_json_object(body: bytes, max_bytes: int) -> dict[str, Any]:
@@ -50,6 +53,7 @@ def submit(engine: Engine, job_type: str, body: bytes, base_url: str) -> Respons
         job = store.create_job(JobRecord(job_id=job_id, job_type=job_type, total_stages=controller.total_stages,
                                          stage_name=controller.stage(1).name, parameters=canonical))
         if job is not None:
+            faults.point("job_row_written")
             engine.repos.jobs_queue.send(StageMessage(job_id=job_id, stage=1))
             created = True
             log_event(logger, "job_submitted", job_id=job_id, job_type=job_type)
@@ -57,10 +61,12 @@ def submit(engine: Engine, job_type: str, body: bytes, base_url: str) -> Respons
             job = store.get_job(job_id)
     if job is None:  # created by a concurrent identical request and not readable yet
         raise NotFoundError(f"job {job_id} could not be read back; retry")
+    hint = (f"this job failed; POST {base_url}/api/jobs/{job.job_id}/retry re-runs its failed tasks"
+            if job.status == Status.FAILED else None)
     body_out = SubmitResponse(job_id=job.job_id, job_type=job.job_type, status=job.status, stage=job.stage,
-                              total_stages=job.total_stages, created=created,
+                              total_stages=job.total_stages, created=created, hint=hint,
                               status_url=f"{base_url}/api/jobs/status/{job.job_id}")
-    return (202 if created else 200), body_out.model_dump(mode="json")
+    return (202 if created else 200), body_out.model_dump(mode="json", exclude_none=True)
 
 
 def status(engine: Engine, job_id: str) -> Response:
@@ -70,21 +76,38 @@ def status(engine: Engine, job_id: str) -> Response:
         raise NotFoundError(f"no job with id {job_id!r}")
     controller = get_controller(job.job_type)
     stage_rows = {s.stage: s for s in engine.store.stage_rows(job_id)[0]}
-    counts = engine.store.task_status_counts(job_id)
+    tasks = engine.store.task_summaries(job_id)
     stages: list[StageStatus] = []
     for number, definition in enumerate(controller.stages, start=1):
-        c = counts.get(number, {})
-        tasks = TaskCounts(total=sum(c.values()), **{s.value: c.get(s.value, 0) for s in Status})
+        mine = [t for t in tasks if t["stage"] == number]
+        counts = TaskCounts(total=len(mine), **{s.value: sum(t["status"] == s.value for t in mine) for s in Status})
         row = stage_rows.get(number)
-        stages.append(StageStatus(stage=number, name=definition.name,
-                                  status=row.status if row else Status.QUEUED, tasks=tasks))
+        stages.append(StageStatus(stage=number, name=definition.name, status=row.status if row else Status.QUEUED,
+                                  tasks=counts, attempts=sum(t.get("attempts") or 0 for t in mine)))
     totals = TaskCounts(**{f: sum(getattr(s.tasks, f) for s in stages) for f in TaskCounts.model_fields})
+    with_errors = sorted((t for t in tasks if t.get("error_details") or t.get("last_error")),
+                         key=lambda t: str(t.get("ended_at") or ""), reverse=True)[:RECENT_ERRORS]
+    recent = [TaskErrorSummary(task_id=t["task_id"], status=t["status"], attempts=t.get("attempts") or 0,
+                               error=t.get("error_details") or t.get("last_error")) for t in with_errors]
     response = JobStatusResponse(
         job_id=job.job_id, job_type=job.job_type, status=job.status, stage=job.stage,
         total_stages=job.total_stages, stage_name=job.stage_name, parameters=job.parameters, tasks=totals,
-        stages=stages, result_data=job.result_data if job.status == Status.COMPLETED else None,
+        stages=stages, attempts=sum(s.attempts for s in stages), retries=job.retries, recent_errors=recent,
+        result_data=job.result_data if job.status == Status.COMPLETED else None,
         error_details=job.error_details, created_at=job.created_at, updated_at=job.updated_at)
     return 200, response.model_dump(mode="json", exclude_none=True)
+
+
+def retry(engine: Engine, job_id: str) -> Response:
+    """POST /api/jobs/{job_id}/retry: 202 and the job's status; 409 unless the job failed."""
+    engine_admin.retry(engine, job_id)
+    return 202, status(engine, job_id)[1]
+
+
+def cancel(engine: Engine, job_id: str) -> Response:
+    """POST /api/jobs/{job_id}/cancel: 200 and the job's status; 409 if it already ended."""
+    engine_admin.cancel(engine, job_id)
+    return 200, status(engine, job_id)[1]
 
 
 def respond(call: Callable[[], Response]) -> Response:

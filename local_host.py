@@ -234,7 +234,7 @@ class LocalHost:
         """One line per served function."""
         return [b.describe(self.route_prefix) for b in self.bindings]
 
-    def start(self) -> LocalHost:
+    def start(self) -> Self:
         """Listen for HTTP and start pollers and timers; returns at once."""
         clients: dict[str, Any] = {}
         for b in self.bindings:
@@ -335,7 +335,9 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stopping.set())
     while not stopping.wait(1.0):
         pass
-    logger.info("stopping")
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)  # a second signal ends the process at once
+    logger.info("stopping: waiting up to %.0f s for running invocations", args.shutdown_timeout)
     return 0 if host.stop(args.shutdown_timeout) else 1
 
 

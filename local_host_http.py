@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 MAX_BODY_BYTES = 100 * 1024 * 1024  # the host's default request size limit
 _PARAM = re.compile(r"\{((?:[^{}]|\{\{|\}\})+)\}")
 _INT = re.compile(r"-?\d+")
+_RANKS = ("literal", "complex", "constrained", "param", "optional", "catch-all")  # matched in this order
 
 
 def _number(value: str) -> bool:
@@ -106,8 +107,9 @@ class Route:
             pieces.append(re.escape(segment[last:]))
             optional = bool({"optional", "catch-all"} & set(kinds))
             pattern += f"(?:/{''.join(pieces)})?" if optional else f"/{''.join(pieces)}"
-            kind = "literal" if not kinds else kinds[0] if len(pieces) == 3 and not pieces[0] + pieces[2] else "complex"
-            ranks.append(("literal", "complex", "constrained", "param", "optional", "catch-all").index(kind))
+            whole = len(kinds) == 1 and not pieces[0] and not pieces[2]  # the segment is one parameter
+            kind = kinds[0] if whole else "complex" if kinds else "literal"
+            ranks.append(_RANKS.index(kind))
         self.regex = re.compile(f"{pattern}/?", re.IGNORECASE)
         self.rank = tuple(ranks)
 

@@ -150,7 +150,9 @@ class QueuePoller:
                 if failing:
                     logger.info("queue %s: receiving again", self.binding.queue_name)
                 failing = False
-            if messages:
+            if messages and self._stop.is_set():
+                self._release(messages)
+            elif messages:
                 delay = MIN_POLL_SECONDS
                 for message in messages:
                     self._dispatch(message)
@@ -169,6 +171,14 @@ class QueuePoller:
         pages = self.queue.receive_messages(messages_per_page=size, max_messages=size,
                                             visibility_timeout=self.lease).by_page()
         return list(next(pages, []))
+
+    def _release(self, messages: list[QueueMessage]) -> None:
+        """Make messages received during stop() visible again at once, for other hosts."""
+        for message in messages:
+            try:
+                self.queue.update_message(message.id, message.pop_receipt, visibility_timeout=0)
+            except Exception as exc:  # noqa: BLE001 - then the lease runs out instead
+                logger.warning("queue %s: could not release message %s: %s", self.binding.queue_name, message.id, exc)
 
     def _dispatch(self, message: QueueMessage) -> None:
         held = _Held(message, time.monotonic() + self.lease / 2)

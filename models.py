@@ -29,28 +29,37 @@ def utcnow() -> datetime:
 class Status(StrEnum):
     """Status of a job, a stage or a task.
 
-    queued: written, not started. processing: started (a job: some stage is running).
-    completed / failed: terminal, never left.
+    queued: written, not started (a task handed back for a retry is queued again).
+    processing: started (a job: some stage is running). completed / failed / cancelled: terminal;
+    only the retry API reopens a failed job (see RETRY_TRANSITIONS).
     """
 
     QUEUED = "queued"
     PROCESSING = "processing"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 TRANSITIONS: dict[Status, frozenset[Status]] = {
-    Status.QUEUED: frozenset({Status.PROCESSING, Status.FAILED}),
-    Status.PROCESSING: frozenset({Status.COMPLETED, Status.FAILED}),
+    Status.QUEUED: frozenset({Status.PROCESSING, Status.FAILED, Status.CANCELLED}),
+    # processing -> queued: a task handed back after a transient error or an expired lease
+    Status.PROCESSING: frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.QUEUED}),
     Status.COMPLETED: frozenset(),
     Status.FAILED: frozenset(),
+    Status.CANCELLED: frozenset(),
+}
+RETRY_TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.FAILED: frozenset({Status.QUEUED, Status.PROCESSING}),
 }
 TERMINAL: frozenset[Status] = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
 
 
-def check_transition(current: Status, new: Status) -> None:
-    """Raise InvalidTransitionError unless ``current -> new`` is in the table."""
-    if new not in TRANSITIONS[current]:
+def check_transition(current: Status, new: Status, retry: bool = False) -> None:
+    """Raise InvalidTransitionError unless ``current -> new`` is in the table (or, for the retry API,
+    in RETRY_TRANSITIONS)."""
+    allowed = TRANSITIONS[current] | (RETRY_TRANSITIONS.get(current, frozenset()) if retry else frozenset())
+    if new not in allowed:
         raise InvalidTransitionError(f"status cannot go from {current} to {new}")
 
 
@@ -195,6 +204,7 @@ class JobRecord(Row):
     parameters: dict[str, Any] = Field(default_factory=dict)
     result_data: Any = None
     error_details: str | None = None
+    retries: int = 0
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     schema_version: int = SCHEMA_VERSION
@@ -218,8 +228,10 @@ class StageRecord(Row):
     shards_remaining: int
     completed: int = 0
     failed: int = 0
+    tolerated_failures: int = 0
     finisher: str | None = None
     dispatched: bool = False
+    cancelled: bool = False
     advance_sent: bool = False
     created_at: datetime = Field(default_factory=utcnow)
     ended_at: datetime | None = None
@@ -258,6 +270,9 @@ class TaskRecord(Row):
     result: Any = None
     error_details: str | None = None
     attempts: int = 0
+    last_error: str | None = None
+    time_limit_s: int | None = None
+    lease_until: datetime | None = None
     end_token: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
@@ -362,6 +377,7 @@ class TaskCounts(BaseModel):
     processing: int = 0
     completed: int = 0
     failed: int = 0
+    cancelled: int = 0
 
 
 class StageStatus(BaseModel):
@@ -371,6 +387,16 @@ class StageStatus(BaseModel):
     name: str
     status: Status
     tasks: TaskCounts
+    attempts: int = 0
+
+
+class TaskErrorSummary(BaseModel):
+    """A task's latest error, as status shows it."""
+
+    task_id: str
+    status: Status
+    attempts: int
+    error: str
 
 
 class SubmitResponse(BaseModel):
@@ -383,6 +409,7 @@ class SubmitResponse(BaseModel):
     total_stages: int
     status_url: str
     created: bool
+    hint: str | None = None
 
 
 class JobStatusResponse(BaseModel):
@@ -397,6 +424,9 @@ class JobStatusResponse(BaseModel):
     parameters: dict[str, Any]
     tasks: TaskCounts
     stages: list[StageStatus]
+    attempts: int = 0
+    retries: int = 0
+    recent_errors: list[TaskErrorSummary] = Field(default_factory=list)
     result_data: Any = None
     error_details: str | None = None
     created_at: datetime

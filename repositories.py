@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import defaultdict
+from datetime import datetime
 from typing import Any, Iterable, TypeVar
 
 from azure.core import MatchConditions
@@ -199,7 +199,31 @@ class JobStore:
         with translate_errors(f"mark stage {stage} of {job_id}"):
             self.tasks.update_entity(entity, mode=UpdateMode.MERGE)
 
+    def reopen(self, tasks: list[TaskRecord], shard: ShardRecord, stage: StageRecord | None) -> None:
+        """Atomically hand failed tasks back (queued) with their shard (and stage) counters; If-Match."""
+        ops = [("update", self.pack(t), {**_IF_MATCH, "etag": t.etag}) for t in tasks]
+        ops.append(("update", self.pack(shard), {**_IF_MATCH, "etag": shard.etag}))
+        if stage is not None:
+            ops.append(("update", self.pack(stage), {**_IF_MATCH, "etag": stage.etag}))
+        with translate_errors(f"reopen shard {shard.shard} of stage {shard.stage} of {shard.job_id}"):
+            self.tasks.submit_transaction(ops)
+
+    def get_shard(self, job_id: str, stage: int, shard: int) -> ShardRecord | None:
+        """One counter shard, or None."""
+        return self._get(self.tasks, ShardRecord, job_id, shard_row_key(stage, shard))
+
     # ------------------------------------------------------------ tasks
+    def task_and_stage(self, job_id: str, stage: int, index: int) -> tuple[TaskRecord | None, StageRecord | None]:
+        """A task row and its stage row, with ETags, in one request."""
+        flt = "PartitionKey eq @pk and ( RowKey eq @task or RowKey eq @stage )"
+        params = {"pk": job_id, "task": task_row_key(stage, index), "stage": stage_row_key(stage)}
+        with translate_errors(f"read task {params['task']} of {job_id}"):
+            entities = {e["RowKey"]: e for e in self.tasks.query_entities(flt, parameters=params)}
+        task = entities.get(params["task"])
+        row = entities.get(params["stage"])
+        return (self.unpack(TaskRecord, task) if task else None,
+                self.unpack(StageRecord, row) if row else None)
+
     def get_task(self, job_id: str, stage: int, index: int) -> TaskRecord | None:
         """One task row, or None."""
         return self._get(self.tasks, TaskRecord, job_id, task_row_key(stage, index))
@@ -219,15 +243,25 @@ class JobStore:
             params["status"] = status.value
         return self._query(self.tasks, TaskRecord, flt, params, resolve=resolve)
 
-    def task_status_counts(self, job_id: str) -> dict[int, dict[str, int]]:
-        """{stage: {status: count}} from a narrow query (only stage and status columns)."""
+    def task_summaries(self, job_id: str) -> list[dict[str, Any]]:
+        """Narrow view of every task of a job (ids, status, attempts, errors): one query, no payloads."""
         flt = "PartitionKey eq @pk and RowKey ge 'task-' and RowKey lt 'task.'"
-        counts: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        with translate_errors(f"count tasks of {job_id}"):
-            for e in self.tasks.query_entities(flt, parameters={"pk": job_id},
-                                               select=["stage", "status"], results_per_page=1000):
-                counts[int(e["stage"])][e["status"]] += 1
-        return counts
+        select = ["task_id", "stage", "status", "attempts", "last_error", "error_details", "ended_at"]
+        with translate_errors(f"summarise tasks of {job_id}"):
+            return [dict(e) for e in self.tasks.query_entities(flt, parameters={"pk": job_id}, select=select,
+                                                               results_per_page=1000)]
+
+    def stale_tasks(self, job_id: str, stage: int, before: datetime) -> list[TaskRecord]:
+        """Tasks of a stage still processing with a lease that ended before ``before``."""
+        flt = ("PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi and status eq 'processing' "
+               "and lease_until lt @before")
+        params = {"pk": job_id, "lo": f"task-{stage:02d}-", "hi": f"task-{stage:02d}.", "before": before}
+        return self._query(self.tasks, TaskRecord, flt, params, resolve=False)
+
+    def active_jobs(self) -> list[JobRecord]:
+        """Jobs that are queued or processing (the sweeper's work list)."""
+        flt = "status eq 'queued' or status eq 'processing'"
+        return self._query(self.jobs, JobRecord, flt, {}, resolve=False)
 
 
 class Repositories:
@@ -242,6 +276,8 @@ class Repositories:
                                         threads=settings.fanout_threads)
         self.tasks_queue = QueueProducer(self.clients.queues, settings.tasks_queue,
                                          threads=settings.fanout_threads)
+        self.tasks_poison = QueueProducer(self.clients.queues, f"{settings.tasks_queue}-poison")
+        self.jobs_poison = QueueProducer(self.clients.queues, f"{settings.jobs_queue}-poison")
         self._ready = False
         self._lock = threading.Lock()
 
@@ -259,7 +295,7 @@ class Repositories:
 
     def queues(self) -> Iterable[QueueProducer]:
         """The queues the engine sends to."""
-        return (self.jobs_queue, self.tasks_queue)
+        return (self.jobs_queue, self.tasks_queue, self.jobs_poison, self.tasks_poison)
 
 
 __all__ = ["JobStore", "Repositories", "chunk_for_transactions", "MAX_ENTITY_BYTES", "ConflictError"]

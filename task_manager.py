@@ -5,18 +5,23 @@ shard and (when that shard reaches zero) the stage row, each If-Match. Only one 
 the stage's ``shards_remaining`` to zero; its writer (``finisher``) sends the one advance message. A
 duplicate delivery cannot commit (its task ETag is stale) and re-reads to learn what happened.
 Every handler below is safe to repeat: a redelivered message finds the rows it would write.
+Recovery (poison, sweeper) is in ``engine_recovery.py``; retry and cancel in ``engine_admin.py``.
 """
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from pydantic import ValidationError
 
-from base_controller import TaskContext, TaskOutcome, validation_errors
+import faults
+from base_controller import JobController, TaskContext, TaskOutcome, validation_errors
+from config import max_dequeue_count
 from controller_factory import get_controller, get_handler
 from errors import ConflictError, OrchestratorError, TransientError
 from logs import log_event
@@ -29,15 +34,18 @@ from repositories import Repositories
 logger = logging.getLogger(__name__)
 MAX_COMMIT_ATTEMPTS = 200
 MAX_ERROR_TASKS_LISTED = 20
+MAX_QUEUE_DELAY_S = 7 * 24 * 3600 - 60
 
 
 class Engine:
     """Jobs -> stages -> tasks on tables and queues."""
 
-    def __init__(self, repos: Repositories) -> None:
+    def __init__(self, repos: Repositories, max_attempts: int | None = None) -> None:
         self.repos = repos
         self.store = repos.store
+        self.settings = repos.settings
         self.shards_per_stage = repos.settings.counter_shards
+        self.max_attempts = max_attempts or max_dequeue_count()
 
     # ------------------------------------------------------------------ stage fan-out
     def run_stage(self, msg: StageMessage) -> None:
@@ -57,14 +65,17 @@ class Engine:
             log_event(logger, "stage_already_dispatched", job_id=job.job_id, stage=msg.stage)
             return
         if stage is None:
-            stage = self._create_stage(job, msg.stage)
+            stage = self._create_stage(job, controller, msg.stage)
             if stage is None:
                 return
-        self._move_job(job, stage=msg.stage, stage_name=stage.name, status=Status.PROCESSING)
+        faults.point("stage_rows_written")
+        if not self._move_job(job, stage=msg.stage, stage_name=stage.name):
+            return
         started = time.perf_counter()
         self.repos.tasks_queue.send_many([
             TaskMessage(job_id=job.job_id, task_id=make_task_id(job.job_id, msg.stage, i))
             for i in range(stage.total)])
+        faults.point("task_messages_sent")
         self.store.mark_stage(job.job_id, msg.stage, dispatched=True)
         log_event(logger, "stage_dispatched", job_id=job.job_id, stage=msg.stage, tasks=stage.total,
                   send_ms=round((time.perf_counter() - started) * 1000))
@@ -75,8 +86,7 @@ class Engine:
         previous = self.store.get_stage(job.job_id, number - 1)
         return previous is not None and previous.status == Status.COMPLETED
 
-    def _create_stage(self, job: JobRecord, number: int) -> StageRecord | None:
-        controller = get_controller(job.job_type)
+    def _create_stage(self, job: JobRecord, controller: JobController, number: int) -> StageRecord | None:
         definition = controller.stage(number)
         previous = self.outcomes(job.job_id, number - 1) if number > 1 else []
         try:
@@ -85,7 +95,7 @@ class Engine:
             if not planned:
                 raise ValueError(f"stage {number} ({definition.name}) has no tasks to run")
         except (ValueError, OrchestratorError) as exc:
-            self._finish_job(job.job_id, Status.FAILED, error=f"planning stage {number} failed: {exc}")
+            self.finish_job(job.job_id, Status.FAILED, error=f"planning stage {number} failed: {exc}")
             return None
         shards = min(self.shards_per_stage, len(planned))
         tasks = [TaskRecord(job_id=job.job_id, task_id=make_task_id(job.job_id, number, i), stage=number,
@@ -96,36 +106,68 @@ class Engine:
                                   remaining=len(range(s, len(planned), shards))) for s in range(shards)]
         stage = StageRecord(job_id=job.job_id, stage=number, name=definition.name,
                             task_type=definition.task_type, total=len(planned), shards=shards,
-                            shards_remaining=shards)
+                            shards_remaining=shards, tolerated_failures=controller.tolerated_failures(len(planned)))
         self.store.create_stage(stage, shard_rows, tasks)
         return stage
 
     # ------------------------------------------------------------------ one task
     def run_task(self, msg: TaskMessage, dequeue_count: int = 1) -> None:
-        """Run one task once: claim it, call its handler, record the outcome, advance if last."""
-        _, stage, index = parse_task_id(msg.task_id)
-        task = self.store.get_task(msg.job_id, stage, index)
-        if task is None or task.status != Status.QUEUED:
-            log_event(logger, "task_message_ignored", job_id=msg.job_id, task_id=msg.task_id,
-                      status=task.status if task else None, dequeue_count=dequeue_count)
+        """Run one task once: claim it (lease), call its handler, record the outcome, advance if last."""
+        _, stage_no, index = parse_task_id(msg.task_id)
+        task, stage = self.store.task_and_stage(msg.job_id, stage_no, index)
+        ids = {"job_id": msg.job_id, "task_id": msg.task_id, "dequeue_count": dequeue_count}
+        if task is None or stage is None or task.status in TERMINAL:
+            log_event(logger, "task_message_ignored", status=task.status if task else None, **ids)
             return
+        now = utcnow()
+        lease_live = task.status == Status.PROCESSING and task.lease_until is not None and task.lease_until > now
+        if stage.cancelled:  # queued (or abandoned) tasks of a cancelled job never start; running ones finish
+            if not lease_live:
+                self._cancel_task(task)
+            return
+        if task.status == Status.PROCESSING:
+            if lease_live:
+                delay = math.ceil((task.lease_until - now).total_seconds()) + 1
+                self.repos.tasks_queue.send(msg, delay_s=min(delay, MAX_QUEUE_DELAY_S))
+                log_event(logger, "task_busy_deferred", delay_s=delay, **ids)
+                return
+            task.last_error = (f"attempt {task.attempts} did not finish within its {task.time_limit_s}s "
+                               f"lease (worker stopped or overran)")
+        if task.attempts >= self.max_attempts:
+            self.give_up(task, msg)
+            return
+        limit = get_handler(task.task_type).time_limit_s or self.settings.task_time_limit_s
         try:
             task = self.store.replace_task(task.model_copy(update={
-                "status": Status.PROCESSING, "attempts": task.attempts + 1, "started_at": utcnow()}))
+                "status": Status.PROCESSING, "attempts": task.attempts + 1, "started_at": now,
+                "time_limit_s": limit, "lease_until": now + timedelta(seconds=limit)}))
         except ConflictError:
-            log_event(logger, "task_claimed_elsewhere", job_id=msg.job_id, task_id=msg.task_id)
+            log_event(logger, "task_claimed_elsewhere", **ids)
             return
-        log_event(logger, "task_started", job_id=task.job_id, task_id=task.task_id, stage=stage,
+        try:
+            self._run_claimed(task, stage_no)
+        except TransientError as exc:  # storage trouble in the engine: hand the task back, let the host retry
+            self._release(task, str(exc))
+            raise
+
+    def _run_claimed(self, task: TaskRecord, stage_no: int) -> None:
+        faults.point("task_claimed")
+        log_event(logger, "task_started", job_id=task.job_id, task_id=task.task_id, stage=stage_no,
                   task_type=task.task_type, attempt=task.attempts)
         started = time.perf_counter()
         status, result, error = self._call_handler(task)
         log_event(logger, "task_ended", logging.INFO if status == Status.COMPLETED else logging.WARNING,
-                  job_id=task.job_id, task_id=task.task_id, stage=stage, task_type=task.task_type,
+                  job_id=task.job_id, task_id=task.task_id, stage=stage_no, task_type=task.task_type,
                   status=status, attempt=task.attempts, error=error,
                   duration_ms=round((time.perf_counter() - started) * 1000))
+        if status == Status.QUEUED:
+            self._retry_later(task, error or "transient error")
+            return
+        faults.point("handler_returned")
         self.end_task(task, status, result, error)
 
     def _call_handler(self, task: TaskRecord) -> tuple[Status, Any, str | None]:
+        """(completed, result, None), (failed, None, error), or (queued, None, error) for a transient error."""
         ctx = TaskContext(task.job_id, task.task_id, task.stage, task.index, task.attempts)
         try:
             handler = get_handler(task.task_type)
@@ -134,9 +176,8 @@ class Engine:
             if hasattr(result, "model_dump"):
                 result = result.model_dump(mode="json")
             return Status.COMPLETED, result, None
-        except TransientError:
-            self._release(task)
-            raise
+        except TransientError as exc:
+            return Status.QUEUED, None, exc.message
         except ValidationError as exc:
             fields = "; ".join(f"{e['field']}: {e['message']}" for e in validation_errors(exc))
             return Status.FAILED, None, f"invalid task parameters: {fields}"
@@ -147,10 +188,44 @@ class Engine:
                       task_id=task.task_id)
             return Status.FAILED, None, f"{type(exc).__name__}: {exc}"
 
-    def _release(self, task: TaskRecord) -> None:
-        """Hand a task back to the queue after a transient error (the message will be redelivered)."""
+    def retry_delay_s(self, attempt: int) -> int:
+        """Backoff before attempt ``attempt + 1``: base * 2^(attempt-1), capped, with +-20% jitter."""
+        base = self.settings.retry_base_delay_s * 2 ** max(0, attempt - 1)
+        return max(0, round(min(base, self.settings.retry_max_delay_s) * random.uniform(0.8, 1.2)))
+
+    def _retry_later(self, task: TaskRecord, error: str) -> None:
+        """After a transient handler error: hand back and queue again with backoff, or give up."""
+        released = self._release(task, error)
+        if released is None:
+            return
+        msg = TaskMessage(job_id=task.job_id, task_id=task.task_id)
+        if released.attempts >= self.max_attempts:
+            self.give_up(released, msg)
+            return
+        delay = self.retry_delay_s(released.attempts)
+        self.repos.tasks_queue.send(msg, delay_s=delay)
+        log_event(logger, "task_retry_scheduled", job_id=task.job_id, task_id=task.task_id,
+                  attempt=released.attempts, delay_s=delay, error=error)
+
+    def give_up(self, task: TaskRecord, msg: TaskMessage) -> None:
+        """Out of attempts: move the message to the poison queue, whose function records the failure."""
+        self.repos.tasks_poison.send(msg)
+        log_event(logger, "task_poisoned", logging.WARNING, job_id=task.job_id, task_id=task.task_id,
+                  attempt=task.attempts, error=task.last_error)
+
+    def _release(self, task: TaskRecord, error: str) -> TaskRecord | None:
+        """Hand a claimed task back (queued, with its error); None if someone else moved it meanwhile."""
         try:
-            self.store.replace_task(task.model_copy(update={"status": Status.QUEUED}))
+            return self.store.replace_task(task.model_copy(update={
+                "status": Status.QUEUED, "last_error": error, "lease_until": None}))
+        except (ConflictError, TransientError):
+            return None
+
+    def _cancel_task(self, task: TaskRecord) -> None:
+        try:
+            self.store.replace_task(task.model_copy(update={"status": Status.CANCELLED, "ended_at": utcnow(),
+                                                            "lease_until": None}))
+            log_event(logger, "task_cancelled", job_id=task.job_id, task_id=task.task_id)
         except ConflictError:
             pass
 
@@ -158,28 +233,30 @@ class Engine:
         """Commit the task's end with its counters; the one commit that ends the stage advances it."""
         token = uuid.uuid4().hex
         ended = task.model_copy(update={"status": status, "result": result, "error_details": error,
-                                        "ended_at": utcnow(), "end_token": token})
+                                        "ended_at": utcnow(), "end_token": token, "lease_until": None})
         for attempt in range(MAX_COMMIT_ATTEMPTS):
             stage, shard = self.store.counters(task.job_id, task.stage, task.shard)
-            shard_after, stage_after = _count_end(shard, stage, status, token)
+            shard_after, stage_after = count_end(shard, stage, status, token)
             try:
                 self.store.commit_task_end(ended, shard_after, stage_after)
-                finished_stage = stage_after if stage_after and stage_after.status in TERMINAL else None
+                finished = stage_after if stage_after and stage_after.status in TERMINAL else None
                 break
             except ConflictError:
                 current = self.store.get_task(task.job_id, task.stage, task.index)
-                if current is not None and current.status in TERMINAL:
-                    if current.end_token != token:
-                        log_event(logger, "task_end_duplicate", job_id=task.job_id, task_id=task.task_id)
-                        return
-                    stage = self.store.get_stage(task.job_id, task.stage)  # our commit landed; reply lost
-                    finished_stage = stage if stage is not None and stage.finisher == token else None
+                if current is not None and current.end_token == token:  # our commit landed; its reply was lost
+                    stage = self.store.get_stage(task.job_id, task.stage)
+                    finished = stage if stage is not None and stage.finisher == token else None
                     break
-                time.sleep(random.uniform(0, min(0.05, 0.002 * (attempt + 1))))
+                if current is None or current.etag != task.etag:
+                    log_event(logger, "task_end_superseded", job_id=task.job_id, task_id=task.task_id,
+                              status=current.status if current else None)
+                    return
+                time.sleep(random.uniform(0, min(0.05, 0.002 * (attempt + 1))))  # counters contended
         else:
             raise TransientError(f"task {task.task_id}: counters stayed contended for {MAX_COMMIT_ATTEMPTS} tries")
-        if finished_stage is not None:
-            self.advance(finished_stage)
+        if finished is not None:
+            faults.point("stage_decided")
+            self.advance(finished)
 
     # ------------------------------------------------------------------ advance and complete
     def advance(self, stage: StageRecord) -> None:
@@ -194,6 +271,7 @@ class Engine:
         else:
             self.repos.jobs_queue.send(StageMessage(job_id=job.job_id, stage=stage.stage + 1))
             nxt = f"stage {stage.stage + 1}"
+        faults.point("advance_message_sent")
         self.store.mark_stage(job.job_id, stage.stage, advance_sent=True)
         log_event(logger, "stage_advanced", job_id=job.job_id, stage=stage.stage, status=stage.status,
                   next=nxt, finisher=stage.finisher)
@@ -208,19 +286,25 @@ class Engine:
         failed = [s for s in stages.values() if s.status == Status.FAILED]
         last = stages.get(controller.total_stages)
         if failed:
-            self._finish_job(job.job_id, Status.FAILED, error=self._failure_summary(failed[0]))
+            self.finish_job(job.job_id, Status.FAILED, error=self._failure_summary(failed[0]))
         elif last is not None and last.status == Status.COMPLETED:
             outcomes: dict[int, list[TaskOutcome]] = {}
             for o in self.outcomes(job.job_id):
                 outcomes.setdefault(o.stage, []).append(o)
             params = controller.parameters_model.model_validate(job.parameters)
-            self._finish_job(job.job_id, Status.COMPLETED, result=controller.aggregate(params, outcomes))
+            result = controller.aggregate(params, outcomes)
+            tolerated = [{"task_id": o.task_id, "error": o.error_details}
+                         for stage_outcomes in outcomes.values() for o in stage_outcomes if o.status == Status.FAILED]
+            if tolerated and isinstance(result, dict):
+                result = {**result, "failed_tasks": tolerated}
+            faults.point("completion_aggregated")
+            self.finish_job(job.job_id, Status.COMPLETED, result=result)
         else:
             log_event(logger, "completion_ignored", logging.WARNING, job_id=job.job_id,
                       reason="no stage failed and the last stage has not completed")
 
     def _failure_summary(self, stage: StageRecord) -> str:
-        failed = self.store.list_tasks(stage.job_id, stage.stage, status=Status.FAILED)
+        failed = self.store.list_tasks(stage.job_id, stage.stage, status=Status.FAILED, resolve=False)
         listed = "; ".join(f"{t.task_id}: {t.error_details}" for t in failed[:MAX_ERROR_TASKS_LISTED])
         more = f"; and {len(failed) - MAX_ERROR_TASKS_LISTED} more" if len(failed) > MAX_ERROR_TASKS_LISTED else ""
         return (f"stage {stage.stage} ({stage.name}) failed: {stage.failed} of {stage.total} tasks failed: "
@@ -232,40 +316,49 @@ class Engine:
                             result=t.result, error_details=t.error_details)
                 for t in self.store.list_tasks(job_id, stage)]
 
-    def _finish_job(self, job_id: str, status: Status, result: Any = None, error: str | None = None) -> None:
+    def finish_job(self, job_id: str, status: Status, result: Any = None, error: str | None = None) -> bool:
+        """Move a job to a terminal status (conditional); False if it already was terminal."""
         for _ in range(MAX_COMMIT_ATTEMPTS):
             job = self.store.get_job(job_id)
             if job is None or job.status in TERMINAL:
-                return
+                return False
             check_transition(job.status, status)
             try:
                 self.store.replace_job(job.model_copy(update={
                     "status": status, "result_data": result, "error_details": error, "updated_at": utcnow()}))
                 log_event(logger, "job_finished", job_id=job_id, status=status, error=error)
-                return
+                return True
             except ConflictError:
                 continue
         raise TransientError(f"job {job_id}: could not write its final status")
 
-    def _move_job(self, job: JobRecord, stage: int, stage_name: str, status: Status) -> None:
-        """Bring the job row to ``stage`` / ``status`` (conditional; a no-op if already there)."""
+    def _move_job(self, job: JobRecord, stage: int, stage_name: str) -> bool:
+        """Bring the job row to ``stage`` / processing (conditional); False if the job is terminal."""
         for _ in range(MAX_COMMIT_ATTEMPTS):
-            if job.status in TERMINAL or (job.stage, job.status) == (stage, status):
-                return
-            if job.status != status:
-                check_transition(job.status, status)
+            if job is None or job.status in TERMINAL:
+                return False
+            if (job.stage, job.status) == (stage, Status.PROCESSING):
+                return True
+            if job.status != Status.PROCESSING:
+                check_transition(job.status, Status.PROCESSING)
             try:
                 self.store.replace_job(job.model_copy(update={
-                    "stage": stage, "stage_name": stage_name, "status": status, "updated_at": utcnow()}))
-                return
+                    "stage": stage, "stage_name": stage_name, "status": Status.PROCESSING,
+                    "updated_at": utcnow()}))
+                return True
             except ConflictError:
                 job = self.store.get_job(job.job_id)
         raise TransientError(f"job {job.job_id}: could not move to stage {stage}")
 
 
-def _count_end(shard: ShardRecord, stage: StageRecord, status: Status,
-               token: str) -> tuple[ShardRecord, StageRecord | None]:
-    """Counters after one task ends; the stage row changes only when the shard reaches zero."""
+def count_end(shard: ShardRecord, stage: StageRecord, status: Status,
+              token: str) -> tuple[ShardRecord, StageRecord | None]:
+    """Counters after one task ends; the stage row changes only when the shard reaches zero.
+
+    A stage ends ``failed`` when more of its tasks failed than it tolerates, else ``completed``.
+    """
+    if shard.remaining <= 0:
+        raise ConflictError(f"shard {shard.shard} of stage {shard.stage} has no task left to end")
     done = {"completed": shard.completed + (status == Status.COMPLETED),
             "failed": shard.failed + (status == Status.FAILED)}
     shard_after = shard.model_copy(update={"remaining": shard.remaining - 1, **done})
@@ -278,7 +371,7 @@ def _count_end(shard: ShardRecord, stage: StageRecord, status: Status,
         "completed": stage.completed + shard_after.completed,
         "failed": stage.failed + shard_after.failed})
     if remaining == 0:
-        stage_after.status = Status.FAILED if stage_after.failed else Status.COMPLETED
+        stage_after.status = Status.FAILED if stage_after.failed > stage.tolerated_failures else Status.COMPLETED
         stage_after.finisher = token
         stage_after.ended_at = utcnow()
     return shard_after, stage_after

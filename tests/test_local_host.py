@@ -128,7 +128,8 @@ def queue_empty(client: QueueClient) -> bool:
 
 def test_describe_functions_reads_the_apps_bindings(toy):
     found = {b.name: b for b in describe_functions(toy_app())}
-    assert set(found) == {"item", "plain", "toy_queue", "toy_timer"}
+    assert set(found) == {"item", "plain", "echo", "toy_queue", "toy_timer"}
+    assert found["echo"].methods is None and found["echo"].wants_context
     item, plain, queue, timer = found["item"], found["plain"], found["toy_queue"], found["toy_timer"]
     assert (item.trigger, item.route, item.methods, item.auth_level, item.arg_name) == (
         "http", "items/{item_id:int}/{action?}", ("GET", "POST"), "function", "req")
@@ -244,6 +245,18 @@ def test_http_routes_params_and_errors(toy, hosts):
     assert "boom requested" in failed.json()["message"]
 
 
+def test_http_async_context_chunked_and_head(toy, hosts):
+    base = f"http://127.0.0.1:{hosts(functions=['echo']).port}/api"
+    chunked = requests.post(f"{base}/echo/a/b%20c", data=iter([b"first,", b"second"]), timeout=5)
+    assert chunked.json() == {"function": "echo", "invocation_id": chunked.json()["invocation_id"],
+                              "rest": "a/b c", "body": "first,second"}
+    assert len(chunked.json()["invocation_id"]) == 36
+    head = requests.head(f"{base}/echo/x", timeout=5)
+    assert head.status_code == 200 and head.content == b"" and int(head.headers["Content-Length"]) > 0
+    with requests.Session() as session:  # keep-alive: one connection, several requests
+        assert [session.get(f"{base}/echo/{i}", timeout=5).json()["rest"] for i in range(3)] == ["0", "1", "2"]
+
+
 def test_http_route_prefix_from_host_json(toy, hosts):
     host = hosts({"version": "2.0", "extensions": {"http": {"routePrefix": ""}}}, functions=["item"])
     assert requests.get(f"http://127.0.0.1:{host.port}/items/3", timeout=5).json()["route"] == {"item_id": "3"}
@@ -253,8 +266,9 @@ def test_http_route_prefix_from_host_json(toy, hosts):
 
 def test_base64_message_arrives_decoded_and_is_deleted(toy, hosts):
     hosts(functions=["toy_queue"])
+    wait_for(lambda: _exists(toy.raw), 5, "the host to create the trigger queue")
     text = json.dumps({"tag": "héllo wörld"})
-    toy.b64.send_message(text)  # the trigger queue is created by the host
+    toy.b64.send_message(text)
     got = wait_for(lambda: records(toy.records), 10, "the message")
     assert [(r["body"], r["dequeue_count"]) for r in got] == [(text, 1)]
     assert got[0]["id"] and got[0]["pop_receipt"] and got[0]["inserted"] != "None"
@@ -328,6 +342,7 @@ def test_message_reappears_one_lease_after_kill_9(toy, hosts, tmp_path):
     env = {**os.environ, local_host.LEASE_SETTING: "2", "PYTHONUNBUFFERED": "1"}
     with _cli(tmp_path, env, "--functions", "toy_queue", "--no-timers") as proc:
         _read_until(proc, "ready")
+        wait_for(lambda: _exists(toy.raw), 5, "the host to create the queue")
         toy.b64.send_message(json.dumps({"sleep_first": 60, "announce": True}))
         wait_for(lambda: records(toy.records, "queue_start"), 10, "the first delivery")
         os.kill(proc.pid, signal.SIGKILL)

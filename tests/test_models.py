@@ -18,17 +18,27 @@ from controller_factory import get_controller
 
 
 # ---------------------------------------------------------------- status
-def test_transition_table_allows_only_forward_moves():
+def test_transition_table_is_explicit_and_terminal_states_stay_put():
     allowed = {(a, b) for a, nexts in TRANSITIONS.items() for b in nexts}
-    assert allowed == {(Status.QUEUED, Status.PROCESSING), (Status.QUEUED, Status.FAILED),
-                       (Status.PROCESSING, Status.COMPLETED), (Status.PROCESSING, Status.FAILED)}
-    assert TERMINAL == {Status.COMPLETED, Status.FAILED}
+    Q, P, C, F, X = Status.QUEUED, Status.PROCESSING, Status.COMPLETED, Status.FAILED, Status.CANCELLED
+    assert allowed == {(Q, P), (Q, F), (Q, X), (P, C), (P, F), (P, X), (P, Q)}
+    assert TERMINAL == {C, F, X}
     for a, b in itertools.product(Status, Status):
         if (a, b) in allowed:
             check_transition(a, b)
         else:
             with pytest.raises(InvalidTransitionError):
                 check_transition(a, b)
+
+
+def test_only_the_retry_path_reopens_a_failed_job():
+    with pytest.raises(InvalidTransitionError):
+        check_transition(Status.FAILED, Status.PROCESSING)
+    check_transition(Status.FAILED, Status.PROCESSING, retry=True)
+    check_transition(Status.FAILED, Status.QUEUED, retry=True)
+    for terminal in (Status.COMPLETED, Status.CANCELLED):
+        with pytest.raises(InvalidTransitionError):
+            check_transition(terminal, Status.PROCESSING, retry=True)
 
 
 # ---------------------------------------------------------------- job ids

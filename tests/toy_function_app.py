@@ -42,6 +42,14 @@ def plain(req: func.HttpRequest) -> str:
     return "deleted"
 
 
+@app.route(route="echo/{*rest}")
+async def echo(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
+    """Any method: an async function that also takes the invocation context."""
+    body = {"function": context.function_name, "invocation_id": context.invocation_id,
+            "rest": req.route_params.get("rest"), "body": req.get_body().decode("utf-8")}
+    return func.HttpResponse(json.dumps(body), mimetype="application/json")
+
+
 @app.queue_trigger(arg_name="msg", queue_name="%TOY_QUEUE%", connection="AzureWebJobsStorage")
 def toy_queue(msg: func.QueueMessage) -> None:
     """Record the message; announce, sleep (on every or the first attempt) and/or fail as its JSON body says."""

@@ -1,0 +1,106 @@
+"""Recovery: poison-queue handlers and the sweeper that re-drives what a crash left unfinished.
+
+Everything here only re-sends idempotent messages or ends tasks through the engine's own atomic path,
+so it is safe to run concurrently with normal traffic and with other sweepers.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from errors import OrchestratorError
+from logs import log_event
+from models import (
+    TERMINAL, CompletionMessage, JobRecord, StageMessage, Status, TaskMessage, decode_job_message,
+    decode_task_message, parse_task_id, utcnow,
+)
+from controller_factory import get_controller
+from task_manager import Engine
+
+logger = logging.getLogger(__name__)
+
+
+def on_task_poison(engine: Engine, body: str | bytes) -> None:
+    """A task message gave up: record the task failed (the stage rules then decide the job)."""
+    try:
+        msg = decode_task_message(body)
+        _, stage, index = parse_task_id(msg.task_id)
+    except (ValueError, OrchestratorError):
+        log_event(logger, "poison_unreadable", logging.ERROR, queue="tasks", body=str(body)[:2000])
+        return
+    task = engine.store.get_task(msg.job_id, stage, index)
+    if task is None or task.status in TERMINAL:
+        return
+    reason = task.last_error or "no error was recorded (the worker stopped every time)"
+    error = f"gave up after {task.attempts} attempts: {reason}"
+    engine.end_task(task, Status.FAILED, None, error)
+    log_event(logger, "task_gave_up", logging.WARNING, job_id=msg.job_id, task_id=msg.task_id,
+              attempt=task.attempts, error=error)
+
+
+def on_job_poison(engine: Engine, body: str | bytes) -> None:
+    """A stage or completion message gave up: the job is failed, saying which step kept failing."""
+    try:
+        msg = decode_job_message(body)
+    except ValueError:
+        log_event(logger, "poison_unreadable", logging.ERROR, queue="jobs", body=str(body)[:2000])
+        return
+    step = f"stage {msg.stage}" if isinstance(msg, StageMessage) else "completion"
+    error = (f"gave up after {engine.max_attempts} attempts: the {step} message kept failing "
+             f"(see the function logs for job {msg.job_id})")
+    if engine.finish_job(msg.job_id, Status.FAILED, error=error):
+        log_event(logger, "job_gave_up", logging.WARNING, job_id=msg.job_id, error=error)
+
+
+def sweep(engine: Engine, now: datetime | None = None) -> dict[str, int]:
+    """Re-drive every active job whose next step looks lost; returns counts of actions taken."""
+    now = now or utcnow()
+    actions: dict[str, int] = {}
+    for job in engine.store.active_jobs():
+        try:
+            for action in sweep_job(engine, job, now):
+                actions[action] = actions.get(action, 0) + 1
+        except OrchestratorError as exc:  # one broken job must not stop the sweep
+            log_event(logger, "sweep_failed", logging.ERROR, job_id=job.job_id, error=exc.message)
+    log_event(logger, "sweep_done", **actions)
+    return actions
+
+
+def sweep_job(engine: Engine, job: JobRecord, now: datetime) -> list[str]:
+    """The re-drive actions one job needs (already taken when this returns)."""
+    grace = timedelta(seconds=engine.settings.sweeper_grace_s)
+    cutoff = now - grace
+    stages = {s.stage: s for s in engine.store.stage_rows(job.job_id)[0]}
+    send_job = engine.repos.jobs_queue.send
+    done: list[str] = []
+    if not stages:
+        if job.created_at < cutoff:  # crash between the job row and its first message
+            send_job(StageMessage(job_id=job.job_id, stage=1))
+            done.append("resent_first_stage")
+        return _logged(job, done)
+    current = stages[max(stages)]
+    total = get_controller(job.job_type).total_stages
+    if current.status in TERMINAL:
+        if current.ended_at is not None and current.ended_at < cutoff:  # an ended stage that never advanced
+            if current.status == Status.FAILED or current.stage >= total:
+                send_job(CompletionMessage(job_id=job.job_id))
+                done.append("resent_completion")
+            else:
+                send_job(StageMessage(job_id=job.job_id, stage=current.stage + 1))
+                done.append("resent_advance")
+    elif not current.dispatched:
+        if current.created_at < cutoff:  # crash between a stage's rows and its messages
+            send_job(StageMessage(job_id=job.job_id, stage=current.stage))
+            done.append("resent_stage")
+    else:
+        stale = engine.store.stale_tasks(job.job_id, current.stage, cutoff)
+        engine.repos.tasks_queue.send_many([TaskMessage(job_id=job.job_id, task_id=t.task_id) for t in stale])
+        done.extend("resent_stale_task" for _ in stale)
+    return _logged(job, done)
+
+
+def _logged(job: JobRecord, done: list[str]) -> list[str]:
+    if done:
+        log_event(logger, "sweeper_redrive", job_id=job.job_id, actions=done[:10], count=len(done))
+    return done
+

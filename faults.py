@@ -1,0 +1,96 @@
+"""Fault injection for tests: make the engine raise, throttle or die at a named point.
+
+Off unless the environment variable ``GEOETL_FAULTS`` is set (never from HTTP), e.g.
+``GEOETL_FAULTS="before_advance_message=kill@0.5,task_claimed=throttle@0.2"``: at each named point,
+with the given probability (default 1), ``raise`` an exception, ``throttle`` (a TransientError as a
+storage 503 would), or ``kill`` the process with SIGKILL. Tests in one process may also ``arm()``.
+"""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+from dataclasses import dataclass
+
+from errors import TransientError
+
+ENV = "GEOETL_FAULTS"
+POINTS = (
+    "job_row_written",          # submit: job row written, stage-1 message not sent
+    "stage_rows_written",       # run_stage: rows written, job not moved, messages not sent
+    "task_messages_sent",       # run_stage: messages sent, stage not marked dispatched
+    "task_claimed",             # run_task: task marked processing, handler not called
+    "handler_returned",         # run_task: handler done, end not committed
+    "stage_decided",            # end_task: the commit that ended the stage landed, nothing sent
+    "advance_message_sent",     # advance: next message sent, stage not marked advance_sent
+    "completion_aggregated",    # complete: result computed, job row not written
+)
+MODES = ("raise", "throttle", "kill")
+
+
+class InjectedFault(RuntimeError):
+    """An exception raised on purpose at a fault point."""
+
+
+@dataclass
+class Fault:
+    """What happens at one point."""
+
+    mode: str
+    probability: float = 1.0
+    times: int | None = None  # None: every time (subject to probability)
+
+
+_lock = threading.Lock()
+_armed: dict[str, Fault] = {}
+_rng = random.Random(os.environ.get("GEOETL_FAULTS_SEED"))
+
+
+def parse(spec: str) -> dict[str, Fault]:
+    """Parse ``point=mode[@probability]`` items separated by commas."""
+    faults = {}
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        point, _, rest = item.partition("=")
+        mode, _, prob = rest.partition("@")
+        if point not in POINTS or mode not in MODES:
+            raise ValueError(f"bad fault {item!r}: points {POINTS}, modes {MODES}")
+        faults[point] = Fault(mode, float(prob) if prob else 1.0)
+    return faults
+
+
+def arm(point: str, mode: str, times: int | None = 1, probability: float = 1.0) -> None:
+    """Arm a fault in this process (tests)."""
+    if point not in POINTS or mode not in MODES:
+        raise ValueError(f"bad fault {point}={mode}")
+    with _lock:
+        _armed[point] = Fault(mode, probability, times)
+
+
+def disarm() -> None:
+    """Remove every armed fault (tests)."""
+    with _lock:
+        _armed.clear()
+
+
+if os.environ.get(ENV):
+    _armed.update(parse(os.environ[ENV]))
+
+
+def point(name: str) -> None:
+    """A named point in the engine; does nothing unless a fault is armed there."""
+    if not _armed:
+        return
+    with _lock:
+        fault = _armed.get(name)
+        if fault is None or _rng.random() >= fault.probability:
+            return
+        if fault.times is not None:
+            fault.times -= 1
+            if fault.times <= 0:
+                del _armed[name]
+    if fault.mode == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if fault.mode == "throttle":
+        raise TransientError(f"storage answered 503 Server Busy (injected at {name})")
+    raise InjectedFault(f"injected fault at {name}")

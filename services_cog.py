@@ -1,0 +1,270 @@
+"""Cloud Optimized GeoTIFFs: ``create_cog`` (one task) and the deterministic ``cog_output_name``.
+
+Pure: reads a local path, writes a local path, returns a ``CogResult``. Inputs that cannot become the
+requested COG raise ``TaskError`` with the reason; a full disk raises ``TransientError``.
+
+Decisions worth knowing:
+- jpeg and webp are lossy and 8-bit: non-uint8 data is refused (no silent rescaling). A lossy codec
+  would smear a nodata value or an alpha edge, so with jpeg (which cannot store alpha) and with webp
+  on nodata data, validity moves to an internal mask band (GDAL_TIFF_INTERNAL_MASK); webp keeps a
+  real alpha band (it stores RGBA natively). jpeg needs 1 or 3 data bands, webp 3 (+ alpha).
+- ``target_crs`` reprojects through a ``WarpedVRT``; pixels outside the source become nodata (if the
+  source has one), transparent (alpha), or masked (otherwise: an internal mask is added).
+- Work happens in a private temporary folder (``tmp_dir``, default: next to ``dst_path`` so the final
+  rename is atomic) that is removed on success and on failure; ``dst_path`` appears only once the COG
+  has been validated.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from contextlib import ExitStack
+from enum import StrEnum
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+import rasterio
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioIOError
+from rasterio.vrt import WarpedVRT
+from rio_cogeo import cog_translate, cog_validate
+from rio_cogeo.errors import RioCogeoError
+from rio_cogeo.profiles import cog_profiles
+
+from errors import TaskError, TransientError
+from services_raster import RASTER_ERRORS, RasterInfo, crs_string, gdal_message, open_raster, validate_raster
+
+logger = logging.getLogger(__name__)
+
+OverviewResampling = Literal["nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode",
+                             "gauss", "rms"]
+WarpResampling = Literal["nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode",
+                         "sum", "rms"]
+
+
+class CogProfile(StrEnum):
+    """Compression profiles (rio-cogeo's ``cog_profiles`` names). deflate/lzw/zstd are lossless."""
+
+    DEFLATE = "deflate"
+    LZW = "lzw"
+    ZSTD = "zstd"
+    WEBP = "webp"
+    JPEG = "jpeg"
+
+
+LOSSY_8BIT = frozenset({CogProfile.WEBP, CogProfile.JPEG})
+
+
+class CogOptions(BaseModel):
+    """How to build a COG. Only the fields in ``OUTPUT_FIELDS`` change the output (and its name)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cog_profile: CogProfile = CogProfile.DEFLATE
+    blocksize: int = Field(512, ge=64, le=4096, multiple_of=16, description="internal tile size, px")
+    overview_resampling: OverviewResampling = "nearest"
+    target_crs: str | None = Field(None, description="reproject to this CRS (any rasterio CRS input)")
+    resampling: WarpResampling = Field("nearest", description="warp resampling, with target_crs")
+    quality: int | None = Field(None, ge=1, le=100, description="jpeg/webp quality")
+    # Run-time knobs: they bound memory and choose folders, and never change the output.
+    in_memory_max_pixels: int = Field(2048 * 2048, ge=0,
+                                      description="above this many pixels: temp file + GDAL_CACHEMAX")
+    gdal_cachemax_mb: int = Field(64, ge=8, description="GDAL block cache for inputs above the threshold")
+    tmp_dir: str | None = Field(None, description="folder for temporary files (default: dst's folder)")
+
+    @field_validator("target_crs")
+    @classmethod
+    def _canonical_crs(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        try:
+            return crs_string(CRS.from_user_input(value.strip()))
+        except RASTER_ERRORS as exc:
+            raise ValueError(f"unknown CRS {value!r}: {exc}") from exc
+
+
+OUTPUT_FIELDS = ("cog_profile", "blocksize", "overview_resampling", "target_crs", "resampling", "quality")
+
+
+class CogResult(BaseModel):
+    """The COG that was written (read back from the file)."""
+
+    dst_path: str
+    cog_profile: CogProfile
+    file_size: int
+    width: int
+    height: int
+    count: int
+    dtypes: list[str]
+    nodata: float | None
+    validity: Literal["nodata", "alpha", "mask", "none"]
+    crs: str
+    epsg: int | None
+    bounds: tuple[float, float, float, float]
+    res: tuple[float, float]
+    blocksize: int
+    overview_factors: list[int]
+    in_memory: bool
+    gdal_cachemax_mb: int | None
+    elapsed_s: float
+    warnings: list[str] = Field(default_factory=list)
+
+
+def cog_output_name(input_blob: str, options: CogOptions | None = None) -> str:
+    """Deterministic output blob name: same input + same output options -> same name.
+
+    ``folder/scene.tif`` -> ``folder/scene_cog_deflate_<8 hex>.tif`` (with ``_epsg3857`` before the hash
+    when reprojecting). The hash covers every field in ``OUTPUT_FIELDS``, so a retry or resubmission
+    overwrites its own earlier output and different options never collide.
+    """
+    options = options or CogOptions()
+    blob = PurePosixPath(input_blob.strip("/"))
+    if not blob.name:
+        raise ValueError("input_blob is empty")
+    wanted = {name: getattr(options, name) for name in OUTPUT_FIELDS}
+    digest = hashlib.sha256(json.dumps(wanted, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    crs_tag = ""
+    if options.target_crs:
+        crs_tag = "_" + "".join(c for c in options.target_crs.lower() if c.isalnum())[:24]
+    stem = blob.name.rsplit(".", 1)[0] if "." in blob.name.lstrip(".") else blob.name
+    return str(blob.with_name(f"{stem}_cog_{options.cog_profile.value}{crs_tag}_{digest}.tif"))
+
+
+def create_cog(src_path: str | Path, dst_path: str | Path, options: CogOptions | None = None) -> CogResult:
+    """Write ``src_path`` as a validated COG at ``dst_path`` (512 px tiles, overviews, nodata/alpha/mask
+    and dtype preserved; see the module docstring for the lossy profiles and reprojection)."""
+    return translate_to_cog(src_path, dst_path, options or CogOptions(), validate_raster(src_path))
+
+
+def translate_to_cog(src_path: str | Path, dst_path: str | Path, options: CogOptions,
+                     info: RasterInfo) -> CogResult:
+    """``create_cog`` for an already validated source (``services_tiles.assemble_tiles`` passes a VRT)."""
+    started = time.perf_counter()
+    dst_kwargs, add_mask, notes = _profile_plan(info, options)
+    dst_path = Path(dst_path)
+    dst_path.parent.mkdir(parents=True, exist_ok=True)
+    work_parent = Path(options.tmp_dir) if options.tmp_dir else dst_path.parent
+    work_parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".cog-", dir=work_parent))
+    try:
+        tmp_out = work / dst_path.name
+        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True, GDAL_TIFF_OVR_BLOCKSIZE=str(options.blocksize)):
+            in_memory, cachemax, caught = _translate(str(src_path), tmp_out, info, options, dst_kwargs,
+                                                     add_mask)
+            result = _describe_output(tmp_out, dst_path, options, in_memory, cachemax)
+        _move_into_place(tmp_out, dst_path)
+    except RASTER_ERRORS + (RioCogeoError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "No space left" in gdal_message(exc):
+            raise TransientError(f"disk full while writing the COG for {src_path}: {gdal_message(exc)}") from exc
+        if isinstance(exc, OSError) and not isinstance(exc, RasterioIOError):
+            raise
+        raise TaskError(f"COG creation failed for {src_path}: {gdal_message(exc)}") from exc
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result.warnings = notes + [w for w in caught if w not in notes]
+    result.elapsed_s = round(time.perf_counter() - started, 3)
+    return result
+
+
+def _profile_plan(info: RasterInfo, options: CogOptions) -> tuple[dict, bool, list[str]]:
+    """(creation options, add_mask, notes) for this input, or TaskError when the profile cannot hold it."""
+    profile = options.cog_profile
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "non-standard compression" for zstd/webp: chosen on purpose
+        dst_kwargs = dict(cog_profiles.get(profile.value))
+    dst_kwargs.update(blockxsize=options.blocksize, blockysize=options.blocksize, BIGTIFF="IF_SAFER")
+    notes: list[str] = []
+    if profile not in LOSSY_8BIT:
+        return dst_kwargs, False, notes
+    if any(dt != "uint8" for dt in info.dtypes):
+        raise TaskError(f"cog_profile {profile.value!r} stores 8-bit data only and this raster is "
+                        f"{'/'.join(sorted(set(info.dtypes)))}: use deflate, lzw or zstd (lossless, any "
+                        f"data type), or rescale to uint8 first")
+    data_bands = info.count - (1 if info.has_alpha else 0)
+    if options.quality is not None:
+        dst_kwargs["quality"] = options.quality
+    add_mask = False
+    if profile is CogProfile.JPEG:
+        if data_bands not in (1, 3):
+            raise TaskError(f"cog_profile 'jpeg' needs 1 or 3 data bands (gray or RGB); this raster has "
+                            f"{data_bands}: use deflate, lzw or zstd")
+        if data_bands != 3:
+            dst_kwargs.pop("photometric", None)
+        if info.nodata is not None or info.has_alpha:
+            add_mask = True
+            notes.append(f"jpeg cannot store {'alpha' if info.has_alpha else 'nodata'} exactly: validity "
+                         f"is kept as an internal mask band")
+    else:
+        if data_bands != 3:
+            raise TaskError(f"cog_profile 'webp' needs 3 bands (RGB) or 4 (RGBA); this raster has "
+                            f"{info.count}{' including alpha' if info.has_alpha else ''}: use deflate, "
+                            f"lzw or zstd")
+        if info.nodata is not None:
+            add_mask = True
+            notes.append("webp is lossy, so nodata is kept as an internal mask band")
+    return dst_kwargs, add_mask, notes
+
+
+def _translate(src_path: str, tmp_out: Path, info: RasterInfo, options: CogOptions, dst_kwargs: dict,
+               add_mask: bool) -> tuple[bool, int | None, list[str]]:
+    """Run cog_translate into ``tmp_out``; returns (in_memory, GDAL_CACHEMAX used, warnings raised)."""
+    with ExitStack() as stack:
+        src = stack.enter_context(open_raster(src_path))
+        source = src
+        if options.target_crs:
+            vrt_kwargs: dict = {"crs": options.target_crs, "resampling": Resampling[options.resampling]}
+            if info.nodata is not None:
+                vrt_kwargs.update(src_nodata=info.nodata, nodata=info.nodata)
+            elif not info.has_alpha:
+                vrt_kwargs["add_alpha"] = True  # outside the source: transparent, stored as a mask
+                add_mask = True
+            source = stack.enter_context(WarpedVRT(src, **vrt_kwargs))
+        pixels = source.width * source.height
+        in_memory = pixels <= options.in_memory_max_pixels
+        cachemax = None if in_memory else options.gdal_cachemax_mb
+        env = {} if cachemax is None else {"GDAL_CACHEMAX": cachemax}
+        with rasterio.Env(**env), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cog_translate(source, str(tmp_out), dst_kwargs, add_mask=add_mask,
+                          overview_resampling=options.overview_resampling, resampling=options.resampling,
+                          in_memory=in_memory, quiet=True)
+    ignored = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+    return in_memory, cachemax, [str(w.message) for w in caught if not issubclass(w.category, ignored)]
+
+
+def _describe_output(tmp_out: Path, dst_path: Path, options: CogOptions, in_memory: bool,
+                     cachemax: int | None) -> CogResult:
+    """Validate the new file as a COG (TaskError if it is not) and describe it."""
+    valid, errors, _ = cog_validate(str(tmp_out), quiet=True)
+    if not valid:
+        raise TaskError(f"the file written for {dst_path.name} is not a valid COG: {'; '.join(errors)}")
+    out = validate_raster(tmp_out)
+    return CogResult(dst_path=str(dst_path), cog_profile=options.cog_profile, file_size=out.file_size,
+                     width=out.width, height=out.height, count=out.count, dtypes=out.dtypes,
+                     nodata=out.nodata, validity=out.validity, crs=out.crs, epsg=out.epsg, bounds=out.bounds,
+                     res=out.res, blocksize=out.block_shape[1], overview_factors=out.overviews,
+                     in_memory=in_memory, gdal_cachemax_mb=cachemax, elapsed_s=0.0)
+
+
+def _move_into_place(tmp_out: Path, dst_path: Path) -> None:
+    """Atomic rename when on the same filesystem, copy + rename otherwise."""
+    try:
+        os.replace(tmp_out, dst_path)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        staging = dst_path.with_name(f".{dst_path.name}.partial")
+        try:
+            shutil.copyfile(tmp_out, staging)
+            os.replace(staging, dst_path)
+        finally:
+            staging.unlink(missing_ok=True)

@@ -1,0 +1,104 @@
+"""The app's contract with the Functions host: function index, README table, message encoding."""
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import pytest
+from azure.storage.queue import QueueClient
+
+import function_app
+from config import STORAGE_CONNECTION, load_host_json, queue_message_encoding
+from local_host import describe_functions
+from local_host_queues import decode_body
+from models import StageMessage, TaskMessage, decode_job_message
+from repository_queues import encode_policies
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_function_table() -> dict[str, dict[str, str]]:
+    """Rows of the README's function table (between the <!-- functions --> markers)."""
+    text = README.read_text()
+    block = text.split("<!-- functions -->")[1].split("<!-- /functions -->")[0]
+    rows = {}
+    for line in block.strip().splitlines()[2:]:
+        cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+        rows[cells[0]] = {"trigger": cells[1], "target": cells[2], "methods": cells[3], "connection": cells[4]}
+    return rows
+
+
+@pytest.fixture(scope="module")
+def functions(monkeypatch_module_env):
+    return {f.name: f for f in describe_functions(function_app.app)}
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module_env():
+    mp = pytest.MonkeyPatch()
+    mp.setenv("JOBS_QUEUE", "geoetl-jobs")
+    mp.setenv("TASKS_QUEUE", "geoetl-tasks")
+    yield
+    mp.undo()
+
+
+def test_function_index_matches_the_readme(functions):
+    documented = readme_function_table()
+    assert set(documented) == set(functions)
+    for name, fn in functions.items():
+        row = documented[name]
+        assert row["trigger"] == fn.trigger
+        if fn.trigger == "http":
+            assert row["target"] == f"/api/{fn.route}" and row["methods"] == ",".join(fn.methods)
+            assert fn.auth_level == "function"
+        elif fn.trigger == "queue":
+            assert row["target"] == fn.queue_name_raw and row["connection"] == fn.connection
+            assert fn.connection == STORAGE_CONNECTION
+        elif fn.trigger == "timer":
+            assert row["target"] == fn.schedule_raw
+
+
+def test_queue_names_come_from_settings(functions):
+    assert functions["process_job_message"].queue_name_raw == "%JOBS_QUEUE%"
+    assert functions["process_task_message"].queue_name_raw == "%TASKS_QUEUE%"
+    assert functions["process_job_message"].queue_name == "geoetl-jobs"
+
+
+@pytest.mark.parametrize("encoding", ["base64", "none"])
+def test_producer_encoding_agrees_with_what_the_host_decodes(azurite, encoding):
+    """What our producer puts on the wire is what a host configured by host.json hands the function."""
+    from repositories import Repositories
+    from conftest import fresh_settings
+
+    settings = fresh_settings(azurite.connection_string)
+    repos = Repositories(settings)
+    from repository_queues import QueueProducer
+
+    producer = QueueProducer(repos.clients.queues, settings.jobs_queue, encoding=encoding)
+    producer.ensure()
+    sent = StageMessage(job_id="a" * 64, stage=1)
+    producer.send(sent)
+    raw = QueueClient.from_connection_string(azurite.connection_string, settings.jobs_queue)  # no decoding
+    (wire,) = list(raw.receive_messages())
+    if encoding == "base64":
+        assert base64.b64decode(wire.content).decode() == sent.encode()
+    else:
+        assert wire.content == sent.encode()
+    assert decode_job_message(decode_body(wire.content, encoding)) == sent
+
+
+def test_the_shipped_host_json_and_producers_use_the_same_encoding():
+    host = load_host_json()
+    assert host["extensions"]["queues"]["messageEncoding"] == queue_message_encoding() == "base64"
+    encode, _ = encode_policies(queue_message_encoding())
+    wire = encode.encode(TaskMessage(job_id="b" * 64, task_id="b" * 12 + "-s01-t000001").encode())
+    assert json.loads(decode_body(wire, "base64"))["task_id"] == "b" * 12 + "-s01-t000001"
+
+
+def test_host_json_writes_every_queue_setting_out():
+    queues = load_host_json()["extensions"]["queues"]
+    assert set(queues) >= {"batchSize", "newBatchThreshold", "maxDequeueCount", "visibilityTimeout",
+                           "maxPollingInterval", "messageEncoding"}
+    assert re.fullmatch(r"\d\d:\d\d:\d\d", queues["visibilityTimeout"])
