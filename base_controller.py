@@ -74,7 +74,11 @@ def validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
 
 @dataclass(frozen=True)
 class JobController:
-    """A job type: parameters, ordered stages (at least one), and result aggregation."""
+    """A job type: parameters, ordered stages (at least one), and result aggregation.
+
+    ``aggregate(parameters, outcomes_by_stage)`` sees only completed tasks; when failures are
+    tolerated, the engine adds ``failed_tasks`` (id and error of each) to the result itself.
+    """
 
     job_type: str
     description: str

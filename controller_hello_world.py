@@ -1,8 +1,9 @@
 """hello_world: two stages of n parallel tasks with lineage; the proof that the engine works.
 
 Stage 1 ``hello_worlds``: task i greets. Stage 2 ``worlds_reply``: task i answers stage-1 task i.
-``fail_indices`` makes chosen stage-1 tasks fail on purpose (to see failure handling), and
-``sleep_ms`` makes every task take that long (to watch progress, or to test crashes mid-task).
+``fail_indices`` makes chosen stage-1 tasks fail on purpose (to see failure handling),
+``transient_failures`` makes every stage-1 task raise a transient error on its first k attempts (to
+see retries with backoff), and ``sleep_ms`` makes every task take that long (to watch progress).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from base_controller import JobController, Stage, TaskContext, TaskHandler, TaskOutcome, outcomes_in_order
-from errors import TaskError
+from errors import TaskError, TransientError
 
 
 class HelloWorldParameters(BaseModel):
@@ -24,6 +25,8 @@ class HelloWorldParameters(BaseModel):
     fail_indices: list[int] = Field(default_factory=list, max_length=1000,
                                     description="Stage-1 task indices that fail on purpose.")
     sleep_ms: int = Field(default=0, ge=0, le=600_000, description="Time each task sleeps.")
+    transient_failures: int = Field(default=0, ge=0, le=100,
+                                    description="Transient errors each stage-1 task raises before succeeding.")
 
 
 class GreetingParameters(BaseModel):
@@ -32,6 +35,7 @@ class GreetingParameters(BaseModel):
     message: str
     fail: bool = False
     sleep_ms: int = 0
+    transient_failures: int = 0
 
 
 class ReplyParameters(BaseModel):
@@ -46,7 +50,8 @@ class ReplyParameters(BaseModel):
 def plan_greetings(p: HelloWorldParameters, previous: list[TaskOutcome]) -> list[dict[str, Any]]:
     """n greeting tasks."""
     fail = set(p.fail_indices)
-    return [{"message": p.message, "fail": i in fail, "sleep_ms": p.sleep_ms} for i in range(p.n)]
+    return [{"message": p.message, "fail": i in fail, "sleep_ms": p.sleep_ms,
+             "transient_failures": p.transient_failures} for i in range(p.n)]
 
 
 def plan_replies(p: HelloWorldParameters, previous: list[TaskOutcome]) -> list[dict[str, Any]]:
@@ -58,6 +63,8 @@ def plan_replies(p: HelloWorldParameters, previous: list[TaskOutcome]) -> list[d
 def greet(p: GreetingParameters, ctx: TaskContext) -> dict[str, str]:
     """Stage 1 task."""
     time.sleep(p.sleep_ms / 1000)
+    if ctx.attempt <= p.transient_failures:
+        raise TransientError(f"simulated transient error on attempt {ctx.attempt} (transient_failures)")
     if p.fail:
         raise TaskError(f"task {ctx.task_id} was asked to fail (fail_indices)")
     return {"greeting": f"{p.message} from {ctx.task_id}!"}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from itertools import groupby
 
 from errors import ConflictError, NotFoundError
@@ -97,7 +98,13 @@ def cancel(engine: Engine, job_id: str) -> JobRecord:
             break
         except ConflictError:
             job = _job(engine, job_id)
+    flipped = 0
     for stage in engine.store.stage_rows(job_id)[0]:
+        if stage.status in TERMINAL:
+            continue
         engine.store.mark_stage(job_id, stage.stage, cancelled=True)
-    log_event(logger, "job_cancelled", job_id=job_id)
+        queued = engine.store.list_tasks(job_id, stage.stage, status=Status.QUEUED, resolve=False)
+        with ThreadPoolExecutor(max_workers=engine.settings.fanout_threads) as pool:
+            flipped += sum(pool.map(engine.cancel_task, queued))
+    log_event(logger, "job_cancelled", job_id=job_id, tasks_cancelled=flipped)
     return job

@@ -15,7 +15,7 @@ from controller_factory import get_controller
 from errors import BadRequestError, NotFoundError, OrchestratorError, PayloadTooLargeError, http_status_for
 from logs import log_event
 from models import (
-    JobRecord, JobStatusResponse, StageMessage, StageStatus, Status, SubmitResponse, TaskCounts,
+    TERMINAL, JobRecord, JobStatusResponse, StageMessage, StageStatus, Status, SubmitResponse, TaskCounts,
     TaskErrorSummary, is_job_id, make_job_id,
 )
 from task_manager import Engine
@@ -82,7 +82,9 @@ def status(engine: Engine, job_id: str) -> Response:
         mine = [t for t in tasks if t["stage"] == number]
         counts = TaskCounts(total=len(mine), **{s.value: sum(t["status"] == s.value for t in mine) for s in Status})
         row = stage_rows.get(number)
-        stages.append(StageStatus(stage=number, name=definition.name, status=row.status if row else Status.QUEUED,
+        shown = Status.QUEUED if row is None else (
+            Status.CANCELLED if row.cancelled and row.status not in TERMINAL else row.status)
+        stages.append(StageStatus(stage=number, name=definition.name, status=shown,
                                   tasks=counts, attempts=sum(t.get("attempts") or 0 for t in mine)))
     totals = TaskCounts(**{f: sum(getattr(s.tasks, f) for s in stages) for f in TaskCounts.model_fields})
     with_errors = sorted((t for t in tasks if t.get("error_details") or t.get("last_error")),

@@ -143,7 +143,12 @@ def _binding(fn: Any) -> FunctionBinding:
 
 def describe_functions(app: Any) -> list[FunctionBinding]:
     """The app's functions with their resolved trigger settings; calls ``app.get_functions()`` (once per app)."""
-    return [_binding(fn) for fn in app.get_functions()]
+    try:
+        functions = app.get_functions()
+    except ValueError as exc:  # azure.functions remembers names: a second call sees "duplicates"
+        raise LocalHostError(f"{exc} (if the names are unique: get_functions() works once per app object, "
+                             "and it was already called)") from exc
+    return [_binding(fn) for fn in functions]
 
 
 def load_host_config(path: str | Path = ROOT / "host.json") -> dict[str, Any]:
@@ -329,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     except (LocalHostError, ValueError, OSError) as exc:
         logger.error("cannot start: %s", exc)
         return 2
-    print(f"Local host ready on http://{args.bind}:{host.port} (Ctrl-C stops it)", flush=True)
+    where = f" on http://{args.bind}:{host.port}" if any(b.trigger == "http" for b in host.bindings) else ""
+    print(f"Local host ready{where} (Ctrl-C stops it)", flush=True)
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())

@@ -171,15 +171,19 @@ class JobStore:
         return stages, shards
 
     def counters(self, job_id: str, stage: int, shard: int) -> tuple[StageRecord, ShardRecord]:
-        """A stage row and one of its shards, with ETags, in one request."""
-        flt = "PartitionKey eq @pk and ( RowKey eq @stage or RowKey eq @shard )"  # spaces: SDK substitution splits on them
-        params = {"pk": job_id, "stage": stage_row_key(stage), "shard": shard_row_key(stage, shard)}
+        """A stage row and one of its shards, with ETags, in one request.
+
+        A RowKey range ('stage-NN' .. 'stage-NN-shard-MM') reads at most shards + 1 rows, so it stays
+        cheap however many tasks share the partition (an OR of RowKeys would scan the partition).
+        """
+        flt = "PartitionKey eq @pk and RowKey ge @lo and RowKey le @hi"
+        params = {"pk": job_id, "lo": stage_row_key(stage), "hi": shard_row_key(stage, shard)}
         with translate_errors(f"read counters of stage {stage} of {job_id}"):
             entities = {e["RowKey"]: e for e in self.tasks.query_entities(flt, parameters=params)}
-        if len(entities) != 2:
+        if params["lo"] not in entities or params["hi"] not in entities:
             raise NotFoundError(f"counters of stage {stage} of job {job_id} are missing")
-        return (self.unpack(StageRecord, entities[params["stage"]]),
-                self.unpack(ShardRecord, entities[params["shard"]]))
+        return (self.unpack(StageRecord, entities[params["lo"]]),
+                self.unpack(ShardRecord, entities[params["hi"]]))
 
     def commit_task_end(self, task: TaskRecord, shard: ShardRecord, stage: StageRecord | None) -> None:
         """Atomically: task row, its shard counter and (when the shard ends) the stage row.
@@ -213,17 +217,6 @@ class JobStore:
         return self._get(self.tasks, ShardRecord, job_id, shard_row_key(stage, shard))
 
     # ------------------------------------------------------------ tasks
-    def task_and_stage(self, job_id: str, stage: int, index: int) -> tuple[TaskRecord | None, StageRecord | None]:
-        """A task row and its stage row, with ETags, in one request."""
-        flt = "PartitionKey eq @pk and ( RowKey eq @task or RowKey eq @stage )"
-        params = {"pk": job_id, "task": task_row_key(stage, index), "stage": stage_row_key(stage)}
-        with translate_errors(f"read task {params['task']} of {job_id}"):
-            entities = {e["RowKey"]: e for e in self.tasks.query_entities(flt, parameters=params)}
-        task = entities.get(params["task"])
-        row = entities.get(params["stage"])
-        return (self.unpack(TaskRecord, task) if task else None,
-                self.unpack(StageRecord, row) if row else None)
-
     def get_task(self, job_id: str, stage: int, index: int) -> TaskRecord | None:
         """One task row, or None."""
         return self._get(self.tasks, TaskRecord, job_id, task_row_key(stage, index))

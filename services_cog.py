@@ -10,6 +10,11 @@ Decisions worth knowing:
   real alpha band (it stores RGBA natively). jpeg needs 1 or 3 data bands, webp 3 (+ alpha).
 - ``target_crs`` reprojects through a ``WarpedVRT``; pixels outside the source become nodata (if the
   source has one), transparent (alpha), or masked (otherwise: an internal mask is added).
+- Internal masks survive for every data type: rio-cogeo carries a mask through a WarpedVRT alpha band,
+  which GDAL treats as a mask for Byte/UInt16 only, so masked rasters of other types (and reprojected
+  ones without nodata) are written by ``_masked_cog`` with the same layout. Pixels under alpha = 0 or
+  a mask are written as 0 (GDAL's warper does that); valid pixels are never changed by lossless
+  profiles.
 - Work happens in a private temporary folder (``tmp_dir``, default: next to ``dst_path`` so the final
   rename is atomic) that is removed on success and on failure; ``dst_path`` appears only once the COG
   has been validated.
@@ -30,18 +35,29 @@ from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
+import numpy as np
 import rasterio
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError
+from rasterio.io import MemoryFile
+from rasterio.rio.overview import get_maximum_overview_level
+from rasterio.shutil import copy as rio_copy
 from rasterio.vrt import WarpedVRT
 from rio_cogeo import cog_translate, cog_validate
 from rio_cogeo.errors import RioCogeoError
 from rio_cogeo.profiles import cog_profiles
 
 from errors import TaskError, TransientError
-from services_raster import RASTER_ERRORS, RasterInfo, crs_string, gdal_message, open_raster, validate_raster
+from services_raster import (
+    RASTER_ERRORS,
+    RasterInfo,
+    crs_string,
+    gdal_message,
+    open_raster,
+    validate_raster,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +78,8 @@ class CogProfile(StrEnum):
 
 
 LOSSY_8BIT = frozenset({CogProfile.WEBP, CogProfile.JPEG})
+# GDAL reads an alpha band as a mask only for these types (rio-cogeo relies on it for masks).
+ALPHA_MASK_DTYPES = frozenset({"uint8", "uint16"})
 
 
 class CogOptions(BaseModel):
@@ -163,11 +181,12 @@ def translate_to_cog(src_path: str | Path, dst_path: str | Path, options: CogOpt
             result = _describe_output(tmp_out, dst_path, options, in_memory, cachemax)
         _move_into_place(tmp_out, dst_path)
     except RASTER_ERRORS + (RioCogeoError, OSError) as exc:
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "No space left" in gdal_message(exc):
-            raise TransientError(f"disk full while writing the COG for {src_path}: {gdal_message(exc)}") from exc
+        message = gdal_message(exc)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "No space left" in message:
+            raise TransientError(f"disk full while writing the COG for {src_path}: {message}") from exc
         if isinstance(exc, OSError) and not isinstance(exc, RasterioIOError):
             raise
-        raise TaskError(f"COG creation failed for {src_path}: {gdal_message(exc)}") from exc
+        raise TaskError(f"COG creation failed for {src_path}: {message}") from exc
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result.warnings = notes + [w for w in caught if w not in notes]
@@ -216,16 +235,18 @@ def _profile_plan(info: RasterInfo, options: CogOptions) -> tuple[dict, bool, li
 
 def _translate(src_path: str, tmp_out: Path, info: RasterInfo, options: CogOptions, dst_kwargs: dict,
                add_mask: bool) -> tuple[bool, int | None, list[str]]:
-    """Run cog_translate into ``tmp_out``; returns (in_memory, GDAL_CACHEMAX used, warnings raised)."""
+    """Write the COG into ``tmp_out``; returns (in_memory, GDAL_CACHEMAX used, warnings raised)."""
     with ExitStack() as stack:
         src = stack.enter_context(open_raster(src_path))
         source = src
+        data_indexes = list(src.indexes)
+        alpha_added = False
         if options.target_crs:
             vrt_kwargs: dict = {"crs": options.target_crs, "resampling": Resampling[options.resampling]}
             if info.nodata is not None:
                 vrt_kwargs.update(src_nodata=info.nodata, nodata=info.nodata)
             elif not info.has_alpha:
-                vrt_kwargs["add_alpha"] = True  # outside the source: transparent, stored as a mask
+                vrt_kwargs["add_alpha"] = alpha_added = True  # outside the source: stored as a mask
                 add_mask = True
             source = stack.enter_context(WarpedVRT(src, **vrt_kwargs))
         pixels = source.width * source.height
@@ -234,11 +255,50 @@ def _translate(src_path: str, tmp_out: Path, info: RasterInfo, options: CogOptio
         env = {} if cachemax is None else {"GDAL_CACHEMAX": cachemax}
         with rasterio.Env(**env), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            cog_translate(source, str(tmp_out), dst_kwargs, add_mask=add_mask,
-                          overview_resampling=options.overview_resampling, resampling=options.resampling,
-                          in_memory=in_memory, quiet=True)
+            if info.dtypes[0] not in ALPHA_MASK_DTYPES and (alpha_added or info.validity == "mask"):
+                alpha_index = source.count if alpha_added else None
+                _masked_cog(source, data_indexes, alpha_index, tmp_out, dst_kwargs, options, in_memory)
+            else:
+                cog_translate(source, str(tmp_out), dst_kwargs, add_mask=add_mask,
+                              overview_resampling=options.overview_resampling,
+                              resampling=options.resampling, in_memory=in_memory, quiet=True)
     ignored = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
     return in_memory, cachemax, [str(w.message) for w in caught if not issubclass(w.category, ignored)]
+
+
+def _masked_cog(source, data_indexes: list[int], alpha_index: int | None, tmp_out: Path, dst_kwargs: dict,
+                options: CogOptions, in_memory: bool) -> None:
+    """rio-cogeo's layout (tiled stage + internal mask, overviews, ``copy_src_overviews``) for masked
+    data of types GDAL does not accept as alpha-as-mask (only Byte/UInt16 do): through cog_translate's
+    WarpedVRT such a mask would be silently dropped. The mask is the source's dataset mask, or
+    ``alpha_index`` > 0 for a WarpedVRT that added an alpha band."""
+    size = options.blocksize
+    meta = {"driver": "GTiff", "width": source.width, "height": source.height, "count": len(data_indexes),
+            "dtype": source.dtypes[0], "crs": source.crs, "transform": source.transform, "tiled": True,
+            "blockxsize": size, "blockysize": size, "interleave": "pixel", "BIGTIFF": "IF_SAFER"}
+    with ExitStack() as stack:
+        if in_memory:
+            stage = stack.enter_context(stack.enter_context(MemoryFile()).open(**meta))
+        else:
+            stage = stack.enter_context(rasterio.open(tmp_out.with_name(".stage.tif"), "w", **meta))
+        stage.colorinterp = [source.colorinterp[i - 1] for i in data_indexes]
+        for out_index, index in enumerate(data_indexes, start=1):
+            stage.set_band_description(out_index, source.descriptions[index - 1])
+        stage.scales = [source.scales[i - 1] for i in data_indexes]
+        stage.offsets = [source.offsets[i - 1] for i in data_indexes]
+        for _, window in stage.block_windows(1):
+            stage.write(source.read(indexes=data_indexes, window=window), window=window)
+            if alpha_index is None:
+                mask = source.dataset_mask(window=window)
+            else:
+                mask = np.where(source.read(alpha_index, window=window) > 0, 255, 0).astype("uint8")
+            stage.write_mask(mask, window=window)
+        levels = get_maximum_overview_level(stage.width, stage.height, minsize=size)
+        if levels:
+            factors = [2**j for j in range(1, levels + 1)]
+            stage.build_overviews(factors, Resampling[options.overview_resampling])
+        stage.update_tags(**source.tags(), OVERVIEW_RESAMPLING=options.overview_resampling.upper())
+        rio_copy(stage, str(tmp_out), copy_src_overviews=True, **dst_kwargs)
 
 
 def _describe_output(tmp_out: Path, dst_path: Path, options: CogOptions, in_memory: bool,

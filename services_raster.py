@@ -12,7 +12,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import rasterio
@@ -36,7 +36,8 @@ TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 DENSIFY_POINTS = 21
 WGS84 = CRS.from_epsg(4326)
 # Errors rasterio and GDAL raise for bad files; anything else is a bug and propagates.
-RASTER_ERRORS = (RasterioError, CPLE_BaseError, CRSError, ValueError)
+GDAL_ERRORS = (RasterioError, CPLE_BaseError)
+RASTER_ERRORS = GDAL_ERRORS + (CRSError, ValueError)
 
 Bounds = tuple[float, float, float, float]
 
@@ -158,7 +159,8 @@ def validate_raster(path: str | Path) -> RasterInfo:
         tiff_dt, dt_note = parse_tiff_datetime(src.tags().get("TIFFTAG_DATETIME"))
         if dt_note:
             notes.append(dt_note)
-        info = dict(
+        is_cog, cog_errors, cog_warnings = _cog_check(path)
+        return RasterInfo(
             path=path, driver=src.driver, file_size=os.path.getsize(path),
             crs=crs_string(crs), crs_wkt=crs.to_wkt(version="WKT2_2019"), epsg=crs.to_epsg(),
             bounds=bounds, bounds_wgs84=tuple(bounds_wgs84), transform=tuple(transform)[:6],
@@ -169,9 +171,8 @@ def validate_raster(path: str | Path) -> RasterInfo:
             has_mask=MaskFlags.per_dataset in flags and MaskFlags.alpha not in flags,
             block_shape=tuple(src.block_shapes[0]), overviews=src.overviews(1),
             compression=src.compression.value if src.compression else None,
-            georeferenced_by_gcps=bool(gcp_warnings), tiff_datetime=tiff_dt)
-    is_cog, cog_errors, cog_warnings = _cog_check(path)
-    return RasterInfo(**info, is_cog=is_cog, cog_errors=cog_errors, warnings=notes + cog_warnings)
+            georeferenced_by_gcps=bool(gcp_warnings), tiff_datetime=tiff_dt,
+            is_cog=is_cog, cog_errors=cog_errors, warnings=notes + cog_warnings)
 
 
 def crs_string(crs: CRS) -> str:
@@ -182,7 +183,8 @@ def crs_string(crs: CRS) -> str:
 
 def native_bounds(transform: Affine, width: int, height: int) -> Bounds:
     """(left, bottom, right, top) enclosing the four corners (true for rotated transforms too)."""
-    xs, ys = zip(*(transform @ corner for corner in ((0, 0), (width, 0), (width, height), (0, height))))
+    corners = [transform @ corner for corner in ((0, 0), (width, 0), (width, height), (0, height))]
+    xs, ys = [x for x, _ in corners], [y for _, y in corners]
     return (min(xs), min(ys), max(xs), max(ys))
 
 
@@ -192,7 +194,7 @@ def parse_tiff_datetime(value: str | None) -> tuple[datetime | None, str | None]
         return None, None
     for fmt in ("%Y:%m:%d %H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S"):
         try:
-            return datetime.strptime(value.strip().rstrip("\x00"), fmt).replace(tzinfo=timezone.utc), None
+            return datetime.strptime(value.strip().rstrip("\x00"), fmt).replace(tzinfo=UTC), None
         except ValueError:
             continue
     return None, f"ignored TIFFTAG_DATETIME {value!r}: not 'YYYY:MM:DD HH:MM:SS'"

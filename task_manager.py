@@ -94,8 +94,11 @@ class Engine:
             planned = controller.plan_stage(number, params, previous)
             if not planned:
                 raise ValueError(f"stage {number} ({definition.name}) has no tasks to run")
-        except (ValueError, OrchestratorError) as exc:
-            self.finish_job(job.job_id, Status.FAILED, error=f"planning stage {number} failed: {exc}")
+        except TransientError:
+            raise
+        except Exception as exc:  # planning is deterministic: a retry would fail the same way
+            self.finish_job(job.job_id, Status.FAILED, error=f"planning stage {number} ({definition.name}) "
+                                                             f"failed: {_describe(exc)}")
             return None
         shards = min(self.shards_per_stage, len(planned))
         tasks = [TaskRecord(job_id=job.job_id, task_id=make_task_id(job.job_id, number, i), stage=number,
@@ -114,19 +117,14 @@ class Engine:
     def run_task(self, msg: TaskMessage, dequeue_count: int = 1) -> None:
         """Run one task once: claim it (lease), call its handler, record the outcome, advance if last."""
         _, stage_no, index = parse_task_id(msg.task_id)
-        task, stage = self.store.task_and_stage(msg.job_id, stage_no, index)
+        task = self.store.get_task(msg.job_id, stage_no, index)
         ids = {"job_id": msg.job_id, "task_id": msg.task_id, "dequeue_count": dequeue_count}
-        if task is None or stage is None or task.status in TERMINAL:
+        if task is None or task.status in TERMINAL:  # includes tasks a cancel has flipped
             log_event(logger, "task_message_ignored", status=task.status if task else None, **ids)
             return
         now = utcnow()
-        lease_live = task.status == Status.PROCESSING and task.lease_until is not None and task.lease_until > now
-        if stage.cancelled:  # queued (or abandoned) tasks of a cancelled job never start; running ones finish
-            if not lease_live:
-                self._cancel_task(task)
-            return
         if task.status == Status.PROCESSING:
-            if lease_live:
+            if task.lease_until is not None and task.lease_until > now:
                 delay = math.ceil((task.lease_until - now).total_seconds()) + 1
                 self.repos.tasks_queue.send(msg, delay_s=min(delay, MAX_QUEUE_DELAY_S))
                 log_event(logger, "task_busy_deferred", delay_s=delay, **ids)
@@ -221,13 +219,13 @@ class Engine:
         except (ConflictError, TransientError):
             return None
 
-    def _cancel_task(self, task: TaskRecord) -> None:
+    def cancel_task(self, task: TaskRecord) -> bool:
+        """Mark a queued task cancelled (conditional); False if it was claimed meanwhile."""
         try:
-            self.store.replace_task(task.model_copy(update={"status": Status.CANCELLED, "ended_at": utcnow(),
-                                                            "lease_until": None}))
-            log_event(logger, "task_cancelled", job_id=task.job_id, task_id=task.task_id)
+            self.store.replace_task(task.model_copy(update={"status": Status.CANCELLED, "ended_at": utcnow()}))
+            return True
         except ConflictError:
-            pass
+            return False
 
     def end_task(self, task: TaskRecord, status: Status, result: Any, error: str | None) -> None:
         """Commit the task's end with its counters; the one commit that ends the stage advances it."""
@@ -236,8 +234,8 @@ class Engine:
                                         "ended_at": utcnow(), "end_token": token, "lease_until": None})
         for attempt in range(MAX_COMMIT_ATTEMPTS):
             stage, shard = self.store.counters(task.job_id, task.stage, task.shard)
-            shard_after, stage_after = count_end(shard, stage, status, token)
             try:
+                shard_after, stage_after = count_end(shard, stage, status, token)
                 self.store.commit_task_end(ended, shard_after, stage_after)
                 finished = stage_after if stage_after and stage_after.status in TERMINAL else None
                 break
@@ -289,14 +287,23 @@ class Engine:
             self.finish_job(job.job_id, Status.FAILED, error=self._failure_summary(failed[0]))
         elif last is not None and last.status == Status.COMPLETED:
             outcomes: dict[int, list[TaskOutcome]] = {}
+            tolerated = []
             for o in self.outcomes(job.job_id):
-                outcomes.setdefault(o.stage, []).append(o)
-            params = controller.parameters_model.model_validate(job.parameters)
-            result = controller.aggregate(params, outcomes)
-            tolerated = [{"task_id": o.task_id, "error": o.error_details}
-                         for stage_outcomes in outcomes.values() for o in stage_outcomes if o.status == Status.FAILED]
-            if tolerated and isinstance(result, dict):
-                result = {**result, "failed_tasks": tolerated}
+                if o.status == Status.COMPLETED:
+                    outcomes.setdefault(o.stage, []).append(o)
+                else:
+                    tolerated.append({"task_id": o.task_id, "error": o.error_details})
+            try:
+                params = controller.parameters_model.model_validate(job.parameters)
+                result = controller.aggregate(params, outcomes)
+            except TransientError:
+                raise
+            except Exception as exc:  # deterministic: fail now with a readable error, don't loop to poison
+                self.finish_job(job.job_id, Status.FAILED, error=f"aggregating results failed: {_describe(exc)}")
+                return
+            if tolerated:
+                result = {**result, "failed_tasks": tolerated} if isinstance(result, dict) else \
+                    {"result": result, "failed_tasks": tolerated}
             faults.point("completion_aggregated")
             self.finish_job(job.job_id, Status.COMPLETED, result=result)
         else:
@@ -349,6 +356,10 @@ class Engine:
             except ConflictError:
                 job = self.store.get_job(job.job_id)
         raise TransientError(f"job {job.job_id}: could not move to stage {stage}")
+
+
+def _describe(exc: Exception) -> str:
+    return exc.message if isinstance(exc, OrchestratorError) else f"{type(exc).__name__}: {exc}"
 
 
 def count_end(shard: ShardRecord, stage: StageRecord, status: Status,

@@ -357,15 +357,20 @@ def measure_fanout(connection_string: str, n: int, threads: int) -> dict[str, An
 
 
 def fanout_series(connection_string: str, profile: Profile) -> list[dict[str, Any]]:
-    """For each FANOUT_THREADS value: the run with the median total time, with all runs attached."""
-    series = []
-    for threads in profile.fanout_threads:
-        runs = []
-        for repeat in range(profile.fanout_repeats):
+    """For each FANOUT_THREADS value: the run with the median total time, with all runs attached.
+
+    Thread counts are interleaved (8, 16, 32, 8, 16, 32, ...) so drift in Azurite or in the machine's
+    load spreads over all of them instead of favouring the first.
+    """
+    runs: dict[int, list[dict[str, Any]]] = {t: [] for t in profile.fanout_threads}
+    for repeat in range(profile.fanout_repeats):
+        for threads in profile.fanout_threads:
             log(f"fan-out n={profile.fanout_n} FANOUT_THREADS={threads} run {repeat + 1}/{profile.fanout_repeats}")
-            runs.append(measure_fanout(connection_string, profile.fanout_n, threads))
-        median = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
-        series.append({**median, "runs_s": [r["seconds"] for r in runs]})
+            runs[threads].append(measure_fanout(connection_string, profile.fanout_n, threads))
+    series = []
+    for threads, done in runs.items():
+        median = sorted(done, key=lambda r: r["seconds"])[len(done) // 2]
+        series.append({**median, "runs_s": [r["seconds"] for r in done]})
     return series
 
 

@@ -79,6 +79,7 @@ def test_failed_tasks_fail_the_job_and_later_stages_never_run(engine):
 def test_same_stage_message_twice_writes_no_duplicate_rows_or_messages(engine, repos):
     job_id = submit(engine, {"n": 150})
     (msg,) = list(repos.jobs_queue.client.receive_messages())
+    repos.jobs_queue.client.delete_message(msg)
     stage_msg = decode_job_message(msg.content)
     engine.run_stage(stage_msg)
     engine.run_stage(stage_msg)
@@ -92,6 +93,7 @@ def test_same_stage_message_twice_writes_no_duplicate_rows_or_messages(engine, r
 def test_crash_after_partial_stage_write_is_completed_by_redelivery(engine, repos, monkeypatch):
     job_id = submit(engine, {"n": 120})
     (msg,) = list(repos.jobs_queue.client.receive_messages())
+    repos.jobs_queue.client.delete_message(msg)
     stage_msg = decode_job_message(msg.content)
     real = engine.store.tasks.submit_transaction
     calls = {"n": 0}
