@@ -102,7 +102,8 @@ demo() {
   id=$("$PY" -c 'import json,sys; print(json.load(sys.stdin)["job_id"])' <<<"$body")
   for _ in $(seq 1 100); do
     state=$(curl -s "$base/jobs/status/$id")
-    case "$state" in *'"status": "completed"'*|*'"status": "failed"'*) break;; esac
+    "$PY" -c 'import json,sys; sys.exit(json.load(sys.stdin)["status"] in ("completed","failed","cancelled"))' \
+      <<<"$state" || break
     sleep 0.3
   done
   log "its status:"; "$PY" -m json.tool <<<"$state"
@@ -119,9 +120,12 @@ cmd_run() {
   trap 'stop_all; exit 0' INT TERM
   trap stop_all EXIT
   start_azurite
-  export AzureWebJobsStorage="${AzureWebJobsStorage:-UseDevelopmentStorage=true}"
+  if [ ! -f local.settings.json ]; then
+    cp local.settings.json.example local.settings.json
+    log "created local.settings.json from local.settings.json.example (edit it to change settings)"
+  fi
   port_busy "$PORT" && die "port $PORT is in use"
-  "$PY" local_host.py --port "$PORT" &
+  "$PY" local_host.py --port "$PORT" --settings local.settings.json &
   PIDS+=($!)
   wait_port "$PORT" "local host"
   demo

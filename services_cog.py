@@ -30,7 +30,8 @@ import shutil
 import tempfile
 import time
 import warnings
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import Literal
@@ -40,6 +41,7 @@ import rasterio
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
+from rasterio.env import get_gdal_config, set_gdal_config
 from rasterio.errors import RasterioIOError
 from rasterio.io import MemoryFile
 from rasterio.rio.overview import get_maximum_overview_level
@@ -252,8 +254,7 @@ def _translate(src_path: str, tmp_out: Path, info: RasterInfo, options: CogOptio
         pixels = source.width * source.height
         in_memory = pixels <= options.in_memory_max_pixels
         cachemax = None if in_memory else options.gdal_cachemax_mb
-        env = {} if cachemax is None else {"GDAL_CACHEMAX": cachemax}
-        with rasterio.Env(**env), warnings.catch_warnings(record=True) as caught:
+        with gdal_cache_limit(cachemax), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             if info.dtypes[0] not in ALPHA_MASK_DTYPES and (alpha_added or info.validity == "mask"):
                 alpha_index = source.count if alpha_added else None
@@ -264,6 +265,25 @@ def _translate(src_path: str, tmp_out: Path, info: RasterInfo, options: CogOptio
                               resampling=options.resampling, in_memory=in_memory, quiet=True)
     ignored = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
     return in_memory, cachemax, [str(w.message) for w in caught if not issubclass(w.category, ignored)]
+
+
+@contextmanager
+def gdal_cache_limit(megabytes: int | None) -> Iterator[None]:
+    """Bound GDAL's block cache for the duration, then put the previous size back.
+
+    ``rasterio.Env(GDAL_CACHEMAX=n)`` takes *bytes* (it calls GDALSetCacheMax64, unlike the config
+    option where small numbers mean MB), and a nested Env does not restore the size on exit: the
+    limit would stay on for the whole process. Hence the explicit restore.
+    """
+    if megabytes is None:
+        yield
+        return
+    previous = get_gdal_config("GDAL_CACHEMAX")
+    try:
+        with rasterio.Env(GDAL_CACHEMAX=megabytes * 1024 * 1024):
+            yield
+    finally:
+        set_gdal_config("GDAL_CACHEMAX", previous)
 
 
 def _masked_cog(source, data_indexes: list[int], alpha_index: int | None, tmp_out: Path, dst_kwargs: dict,

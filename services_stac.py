@@ -21,6 +21,7 @@ import referencing
 import referencing.exceptions
 from affine import Affine
 from jsonschema import Draft7Validator
+from jsonschema.exceptions import ValidationError
 from pystac.extensions.file import FileExtension
 from pystac.extensions.projection import ProjectionExtension
 from pystac.extensions.raster import DataType, RasterBand, RasterExtension
@@ -413,7 +414,8 @@ def validate_item_offline(item: dict | pystac.Item, schemas_dir: str | Path | No
             raise TaskError(f"no local schema for {uri}: add it under {schemas_dir} "
                             f"(<extension>/<version>/schema.json)") from None
         try:
-            for error in Draft7Validator(schema, registry=registry).iter_errors(data):
+            for top in Draft7Validator(schema, registry=registry).iter_errors(data):
+                error = _deepest(top)
                 where = "/".join(str(p) for p in error.absolute_path) or "(root)"
                 errors.append(f"{uri.rsplit('/', 3)[-3] if 'extensions' in uri else kind}: {where}: "
                               f"{error.message[:300]}")
@@ -423,6 +425,18 @@ def validate_item_offline(item: dict | pystac.Item, schemas_dir: str | Path | No
         raise TaskError(f"STAC {kind} {data.get('id')!r} is invalid: " + "; ".join(errors[:10])
                         + (f" (and {len(errors) - 10} more)" if len(errors) > 10 else ""))
     return uris
+
+
+def _deepest(error: ValidationError) -> ValidationError:
+    """The innermost failure under a oneOf/anyOf (the field that is wrong, not "no branch matched")."""
+    leaves, stack = [], [error]
+    while stack:
+        current = stack.pop()
+        if current.context:
+            stack.extend(current.context)
+        else:
+            leaves.append(current)
+    return max(leaves, key=lambda e: len(e.absolute_path))
 
 
 @lru_cache(maxsize=8)

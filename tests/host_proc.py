@@ -21,6 +21,7 @@ class HostProcess:
     env: dict[str, str]
     log_path: Path
     functions: list[str] | None = None
+    timers: bool = False
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
 
@@ -31,8 +32,10 @@ class HostProcess:
 
     def start(self) -> "HostProcess":
         """Start and wait until HTTP answers."""
-        cmd = [sys.executable, str(ROOT / "local_host.py"), "--port", str(self.port), "--no-timers",
-               "--log-file", str(self.log_path)]
+        cmd = [sys.executable, str(ROOT / "local_host.py"), "--port", str(self.port),
+               "--log-file", str(self.log_path), "--settings", "/nonexistent"]
+        if not self.timers:
+            cmd.append("--no-timers")
         if self.functions:
             cmd += ["--functions", ",".join(self.functions)]
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
