@@ -47,8 +47,9 @@ class Settings(BaseSettings):
         default="geoetl-payloads", validation_alias=AliasChoices("PAYLOAD_CONTAINER", "payload_container"))
 
     counter_shards: int = Field(
-        default=16, ge=1, le=64, validation_alias=AliasChoices("COUNTER_SHARDS", "counter_shards"),
-        description="Counter rows per stage; more shards = less ETag contention between finishing tasks.")
+        default=32, ge=1, le=64, validation_alias=AliasChoices("COUNTER_SHARDS", "counter_shards"),
+        description="Most counter rows per stage (a stage of n tasks uses about sqrt(n)); more shards, "
+                    "less ETag contention between tasks that finish together.")
     fanout_threads: int = Field(
         default=16, ge=1, le=64, validation_alias=AliasChoices("FANOUT_THREADS", "fanout_threads"),
         description="Parallel sends when a stage queues its task messages.")

@@ -1,9 +1,10 @@
 """Fault injection for tests: make the engine raise, throttle or die at a named point.
 
 Off unless the environment variable ``GEOETL_FAULTS`` is set (never from HTTP), e.g.
-``GEOETL_FAULTS="before_advance_message=kill@0.5,task_claimed=throttle@0.2"``: at each named point,
-with the given probability (default 1), ``raise`` an exception, ``throttle`` (a TransientError as a
-storage 503 would), or ``kill`` the process with SIGKILL. Tests in one process may also ``arm()``.
+``GEOETL_FAULTS="stage_decided=kill#1,task_claimed=throttle@0.2"``: at each named point, ``raise``
+an exception, ``throttle`` (a TransientError as a storage 503 would), or ``kill`` the process with
+SIGKILL; ``@p`` on each hit with probability p, ``#k`` once, on the k-th hit in this process.
+Tests in one process may also ``arm()``.
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ class Fault:
     mode: str
     probability: float = 1.0
     times: int | None = None  # None: every time (subject to probability)
+    skip: int = 0  # hits to let pass before the fault fires
 
 
 _lock = threading.Lock()
@@ -52,10 +54,12 @@ def parse(spec: str) -> dict[str, Fault]:
     faults = {}
     for item in filter(None, (x.strip() for x in spec.split(","))):
         point, _, rest = item.partition("=")
+        rest, _, nth = rest.partition("#")
         mode, _, prob = rest.partition("@")
         if point not in POINTS or mode not in MODES:
             raise ValueError(f"bad fault {item!r}: points {POINTS}, modes {MODES}")
-        faults[point] = Fault(mode, float(prob) if prob else 1.0)
+        faults[point] = (Fault(mode, times=1, skip=int(nth) - 1) if nth
+                         else Fault(mode, float(prob) if prob else 1.0))
     return faults
 
 
@@ -84,6 +88,9 @@ def point(name: str) -> None:
     with _lock:
         fault = _armed.get(name)
         if fault is None or _rng.random() >= fault.probability:
+            return
+        if fault.skip > 0:
+            fault.skip -= 1
             return
         if fault.times is not None:
             fault.times -= 1

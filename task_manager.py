@@ -100,7 +100,7 @@ class Engine:
             self.finish_job(job.job_id, Status.FAILED, error=f"planning stage {number} ({definition.name}) "
                                                              f"failed: {_describe(exc)}")
             return None
-        shards = min(self.shards_per_stage, len(planned))
+        shards = shard_count(len(planned), self.shards_per_stage)
         tasks = [TaskRecord(job_id=job.job_id, task_id=make_task_id(job.job_id, number, i), stage=number,
                             index=i, shard=i % shards, task_type=definition.task_type, parameters=p)
                  for i, p in enumerate(planned)]
@@ -356,6 +356,15 @@ class Engine:
             except ConflictError:
                 job = self.store.get_job(job.job_id)
         raise TransientError(f"job {job.job_id}: could not move to stage {stage}")
+
+
+def shard_count(tasks: int, most: int) -> int:
+    """Counter shards for a stage of ``tasks``: about sqrt(tasks), at most ``most``.
+
+    Few tasks per shard means many stage-row updates (one per shard end) that collide; many per
+    shard means finishers collide on the shard. sqrt balances the two.
+    """
+    return max(1, min(most, round(math.sqrt(tasks))))
 
 
 def _describe(exc: Exception) -> str:

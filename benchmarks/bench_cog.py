@@ -11,10 +11,12 @@
 2. tiled    ``plan_tiles`` (4 tiles) -> ``process_tile`` x 4 -> ``assemble_tiles``, each step in its own
             process, against the single ``create_cog``; the two outputs are compared block by block.
 
-Every conversion runs in a fresh child process; its peak RSS is the kernel's ``ru_maxrss`` for that
-child (``os.wait4``), which includes the interpreter and imports (the ``baseline`` child measures
-those alone). Runs are repeated (``--repeat``, modes interleaved) and the median is reported. Every
-output is checked with ``rio_cogeo.cog_validate``. Not a test: it asserts nothing about time.
+Every step runs in a fresh child process (the parent imports neither numpy nor rasterio); its peak
+RSS is the child's VmHWM (peak resident set since exec, from /proc/self/status), which includes the
+interpreter and imports (the ``baseline`` child measures those alone). ``ru_maxrss`` from
+``os.wait4`` is recorded too: it also counts the parent's resident set at fork time. Runs are
+repeated (``--repeat``, modes interleaved) and the median is reported. Every output is checked with
+``rio_cogeo.cog_validate``. Not a test: it asserts nothing about time.
 
     .venv/bin/python benchmarks/bench_cog.py                 # 8000 px, 3 repeats: about 3-4 minutes
     .venv/bin/python benchmarks/bench_cog.py --size 2000 --repeat 1   # quick look
@@ -69,19 +71,30 @@ def generate_input(path: Path, size: int, bands: int = 3) -> None:
         for row in range(0, size, BLOCK):
             rows = min(BLOCK, size - row)
             y = np.arange(row, row + rows, dtype="float32")[:, None]
-            rng = np.random.default_rng(row)
+            rng = np.random.default_rng(row)  # noise of about 1 grey level, so DEFLATE behaves as on imagery
             parcels = ((np.floor(x / 410) * 7 + np.floor(y / 370) * 3) % 5) / 5
             strip = np.empty((bands, rows, size), dtype="uint8")
             for b in range(bands):
-                smooth = 0.45 + 0.2 * np.sin(x / 900 + b) * np.cos(y / 1300 - b) + 0.1 * np.sin((x + y) / 2500)
-                texture = 0.06 * np.sin(x / 7.3 + 3 * np.sin(y / 50)) * np.cos(y / 5.1 + 2 * np.cos(x / 70))
-                noise = rng.normal(0, 0.012, (rows, size)).astype("float32")
+                smooth = (0.45 + 0.2 * np.sin(x / 900 + b) * np.cos(y / 1300 - b)
+                          + 0.1 * np.sin((x + y) / 2500))
+                texture = 0.04 * np.sin(x / 23.3 + 3 * np.sin(y / 50)) * np.cos(y / 17.1 + 2 * np.cos(x / 70))
+                noise = rng.normal(0, 0.003, (rows, size)).astype("float32")
                 value = smooth + 0.18 * parcels * (1 + 0.3 * b) + texture + noise
                 strip[b] = np.clip(value * 255, 0, 255).astype("uint8")
             dst.write(strip, window=((row, row + rows), (0, size)))
 
 
 # ----------------------------------------------------------------------------------- child process
+def peak_rss_mib() -> float:
+    """VmHWM: the peak resident set of this process image since exec. (``ru_maxrss`` would also count
+    the parent's resident memory at fork time: Linux carries that high-water mark across exec.)"""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     """One measured step, in this (fresh) process."""
     import rasterio
@@ -106,9 +119,15 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         process_tile(spec["src"], TileWindow(**spec["tile"]), spec["dst"])
     elif mode == "assemble":
         assemble_tiles(spec["tiles"], spec["dst"], CogOptions())
+    elif mode == "generate":
+        generate_input(Path(spec["dst"]), spec["size"])
+    elif mode == "check":
+        out["outputs"] = {name: validate(Path(path)) for name, path in spec["outputs"].items()}
+        out["identical"] = same_pixels(Path(spec["a"]), Path(spec["b"]))
     elif mode != "baseline":
         raise ValueError(f"unknown mode {mode}")
     out["seconds"] = round(time.perf_counter() - started, 3)
+    out["peak_rss_mib"] = peak_rss_mib()
     return out
 
 
@@ -126,7 +145,7 @@ def run_child(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
         raise RuntimeError(f"child {spec['mode']} failed ({proc.returncode}); see {workdir / 'child.log'}")
     out = json.loads(result_file.read_text())
     result_file.unlink()
-    out.update(wall_s=round(wall, 3), peak_rss_mib=round(usage.ru_maxrss / 1024, 1))
+    out.update(wall_s=round(wall, 3), ru_maxrss_mib=round(usage.ru_maxrss / 1024, 1))
     return out
 
 
@@ -142,7 +161,8 @@ def validate(path: Path) -> dict[str, Any]:
     from rio_cogeo import cog_validate
 
     valid, errors, warnings = cog_validate(str(path), quiet=True)
-    return {"valid": valid, "errors": errors, "warnings": warnings, "mib": round(path.stat().st_size / 2**20, 1)}
+    return {"valid": valid, "errors": errors, "warnings": warnings,
+            "mib": round(path.stat().st_size / 2**20, 1)}
 
 
 def same_pixels(a: Path, b: Path) -> bool:
@@ -172,10 +192,8 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def measure(size: int, repeat: int, workdir: Path) -> dict[str, Any]:
     """Both sections; returns the summary."""
     src = workdir / "input.tif"
-    started = time.perf_counter()
-    generate_input(src, size)
-    log(f"input {size}x{size}x3 written in {time.perf_counter() - started:.1f} s "
-        f"({src.stat().st_size / 2**20:.0f} MiB)")
+    generated = run_child({"mode": "generate", "dst": str(src), "size": size}, workdir)
+    log(f"input {size}x{size}x3 written in {generated['seconds']} s ({src.stat().st_size / 2**20:.0f} MiB)")
     singles = ["ours", "gdal_cog", "gdal_cog_cache64"]
     runs: dict[str, list] = {mode: [] for mode in ["baseline", *singles]}
     tiled_runs: list[dict[str, Any]] = []
@@ -189,8 +207,11 @@ def measure(size: int, repeat: int, workdir: Path) -> dict[str, Any]:
                 f"{runs[mode][-1]['peak_rss_mib']} MiB")
         tiled_runs.append(measure_tiled(src, tile_size, workdir))
         log(f"repeat {i + 1}/{repeat} tiled: {tiled_runs[-1]['total_wall_s']} s")
-    single = {mode: {**median_run(runs[mode]), **(validate(workdir / f"{mode}.tif") if mode != "baseline" else {})}
-              for mode in runs}
+    outputs = {mode: str(workdir / f"{mode}.tif") for mode in singles}
+    outputs["assembled"] = str(workdir / "assembled.tif")
+    checks = run_child({"mode": "check", "outputs": outputs, "a": outputs["ours"], "b": outputs["assembled"]},
+                       workdir)
+    single = {mode: {**median_run(runs[mode]), **checks["outputs"].get(mode, {})} for mode in runs}
     ours, gdal, gdal64 = single["ours"], single["gdal_cog"], single["gdal_cog_cache64"]
     ratios = {"time_ours_over_gdal_cog": round(ours["wall_s"] / gdal["wall_s"], 3),
               "rss_ours_over_gdal_cog": round(ours["peak_rss_mib"] / gdal["peak_rss_mib"], 3),
@@ -198,9 +219,10 @@ def measure(size: int, repeat: int, workdir: Path) -> dict[str, Any]:
               "rss_ours_over_gdal_cog_cache64": round(ours["peak_rss_mib"] / gdal64["peak_rss_mib"], 3),
               "goals": {"time": 1.1, "rss": 1.25}}
     tiled = summarise_tiled(tiled_runs, single["ours"])
-    tiled["identical_to_single"] = same_pixels(workdir / "ours.tif", workdir / "assembled.tif")
-    tiled["output"] = validate(workdir / "assembled.tif")
-    return {"single": single, "ratios": ratios, "tiled": tiled}
+    tiled["identical_to_single"] = checks["identical"]
+    tiled["output"] = checks["outputs"]["assembled"]
+    return {"input": {"mib": round(src.stat().st_size / 2**20, 1), "generate_s": generated["seconds"]},
+            "single": single, "ratios": ratios, "tiled": tiled}
 
 
 def measure_tiled(src: Path, tile_size: int, workdir: Path) -> dict[str, Any]:
@@ -238,26 +260,28 @@ def summarise_tiled(runs: list[dict[str, Any]], single: dict[str, Any]) -> dict[
 # ----------------------------------------------------------------------------------------- report
 def machine(size: int, repeat: int) -> dict[str, Any]:
     """What the numbers were measured on."""
-    import rasterio
-
     packages = {name: metadata.version(name) for name in ("rasterio", "rio-cogeo", "numpy")}
+    gdal = subprocess.run([sys.executable, "-c", "import rasterio; print(rasterio.__gdal_version__)"],
+                          capture_output=True, text=True, check=False).stdout.strip()
     return {"date": datetime.now(UTC).isoformat(timespec="seconds"), "size": size, "repeat": repeat,
             "nproc": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-            "gdal": rasterio.__gdal_version__, "packages": packages, "loadavg_start": list(os.getloadavg())}
+            "gdal": gdal, "packages": packages, "loadavg_start": [round(v, 2) for v in os.getloadavg()]}
 
 
 def markdown(summary: dict[str, Any]) -> str:
     """The results as Markdown tables."""
     s, r, t = summary["single"], summary["ratios"], summary["tiled"]
     size = summary["machine"]["size"]
-    lines = [f"### 1. {size} x {size} x 3 uint8 -> DEFLATE COG (median of {summary['machine']['repeat']})", "",
-             "| run | wall s | in-process s | peak RSS MiB | output MiB | valid COG |", "|---|---|---|---|---|---|"]
+    repeat = summary["machine"]["repeat"]
+    lines = [f"### 1. {size} x {size} x 3 uint8 -> DEFLATE COG (median of {repeat})", "",
+             "| run | wall s | in-process s | peak RSS MiB | output MiB | valid COG |",
+             "|---|---|---|---|---|---|"]
     for mode, run in s.items():
         lines.append(f"| {mode} | {run['wall_s']} | {run['seconds']} | {run['peak_rss_mib']} | "
                      f"{run.get('mib', '-')} | {run.get('valid', '-')} |")
-    lines += ["", f"ours / gdal_cog: time **{r['time_ours_over_gdal_cog']}** (goal <= 1.1), peak RSS "
-                  f"**{r['rss_ours_over_gdal_cog']}** (goal <= 1.25); ours / gdal_cog_cache64: time "
-                  f"{r['time_ours_over_gdal_cog_cache64']}, RSS {r['rss_ours_over_gdal_cog_cache64']}", "",
+    lines += ["", (f"ours / gdal_cog: time **{r['time_ours_over_gdal_cog']}** (goal <= 1.1), peak RSS "
+                   f"**{r['rss_ours_over_gdal_cog']}** (goal <= 1.25); ours / gdal_cog_cache64: time "
+                   f"{r['time_ours_over_gdal_cog_cache64']}, RSS {r['rss_ours_over_gdal_cog_cache64']}"), "",
               f"### 2. Tiled: {t['tiles']} tiles of {t['tile_size']} px vs one create_cog", "",
               "| step | wall s | in-process s | peak RSS MiB |", "|---|---|---|---|"]
     for name, step in t["steps"].items():
@@ -265,8 +289,8 @@ def markdown(summary: dict[str, Any]) -> str:
     lines += [f"| **all steps, one after another** | {t['total_wall_s']} | | {t['peak_rss_mib_max']} (max) |",
               f"| plan + slowest tile + assemble (tiles in parallel) | {t['critical_path_s']} | | |",
               f"| single create_cog | {t['single_wall_s']} | | {t['single_peak_rss_mib']} |", "",
-              f"assembled == single (pixels, masks, georeferencing): **{t['identical_to_single']}**; "
-              f"assembled valid COG: {t['output']['valid']}"]
+              (f"assembled == single (pixels, masks, georeferencing): **{t['identical_to_single']}**; "
+               f"assembled valid COG: {t['output']['valid']}")]
     return "\n".join(lines)
 
 
@@ -290,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    summary["machine"].update(loadavg_end=list(os.getloadavg()), wall_s=round(time.perf_counter() - started, 1))
+    summary["machine"].update(loadavg_end=[round(v, 2) for v in os.getloadavg()],
+                              wall_s=round(time.perf_counter() - started, 1))
     RESULTS.mkdir(parents=True, exist_ok=True)
     suffix = "" if args.size == 8000 else f"-{args.size}"
     path = RESULTS / f"bench_cog-{datetime.now(UTC):%Y-%m-%d}{suffix}.json"

@@ -153,15 +153,20 @@ class Probe:
     calls: int = 0
     seconds: float = 0.0
     conflicts: int = 0
+    conflicts_by: Counter[str] = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly view."""
-        return {"calls": self.calls, "seconds": round(self.seconds, 3), "conflicts": self.conflicts}
+        return {"calls": self.calls, "seconds": round(self.seconds, 3), "conflicts": self.conflicts,
+                **({"conflicts_by": dict(self.conflicts_by)} if self.conflicts_by else {})}
 
 
-def probe(obj: Any, name: str) -> Probe:
-    """Wrap ``obj.<name>`` on this instance only (no engine code changes) to time calls and count conflicts."""
+def probe(obj: Any, name: str, kind: Callable[..., str] | None = None) -> Probe:
+    """Wrap ``obj.<name>`` on this instance only (no engine code changes) to time calls and count conflicts.
+
+    ``kind(*args, **kwargs)``, if given, names the kind of call, to count conflicts by kind.
+    """
     original = getattr(obj, name)
     stats = Probe()
 
@@ -178,6 +183,8 @@ def probe(obj: Any, name: str) -> Probe:
                 stats.calls += 1
                 stats.conflicts += conflict
                 stats.seconds += time.perf_counter() - started
+                if conflict and kind is not None:
+                    stats.conflicts_by[kind(*args, **kwargs)] += 1
 
     setattr(obj, name, wrapper)
     return stats
@@ -304,10 +311,15 @@ class HostLikePump:
             self.stats[key] += 1
 
 
+def _commit_kind(task: Any, shard: Any, stage: Any) -> str:
+    """A task-end commit touches the stage row only when it ends its counter shard."""
+    return "ends_shard" if stage is not None else "shard_only"
+
+
 def measure_requests(connection_string: str, n: int, options: QueueOptions, events: EventLog) -> dict[str, Any]:
     """Requests per task of one hello_world job of 2n tasks, delivered by a HostLikePump."""
     engine = new_engine(connection_string)
-    commits = probe(engine.store, "commit_task_end")
+    commits = probe(engine.store, "commit_task_end", kind=_commit_kind)
     claims = probe(engine.store, "replace_task")
     pump = HostLikePump(engine, options)
     events_before = events.snapshot()
@@ -570,13 +582,15 @@ def _requests_table(section: Any) -> list[str]:
         rows.append([r["n"], r["tasks"], r["status"], r["seconds"], r["tasks_per_s"], p["table"], p["queue"],
                      p["blob"], f"**{p['total']}**", r["delivery_per_task"], r["engine_per_task"],
                      _per_task(r["commit_task_end"]["conflicts"], r["tasks"]),
+                     r["commit_task_end"].get("conflicts_by", {}).get("ends_shard", 0),
                      _per_task(r["replace_task"]["conflicts"], r["tasks"]),
                      sum(v for k, v in r["pump"].items() if k.startswith("empty_receives"))])
     out += _table(["n", "tasks", "status", "s", "tasks/s", "table/task", "queue/task", "blob/task", "total/task",
-                   "of which delivery/task", "engine/task", "commit conflicts (/task)", "claim conflicts (/task)",
+                   "of which delivery/task", "engine/task", "commit conflicts (/task)", "of which ending a shard", "claim conflicts (/task)",
                    "empty receives"], rows)
     note = ("delivery = the host's receives (batch of up to 16) + deletes; engine = everything else "
-            "(submit, rows, task messages, reads, commits).")
+            "(submit, rows, task messages, reads, commits). A commit that ends its counter shard also "
+            "updates the stage row.")
     return [*out, note, ""]
 
 

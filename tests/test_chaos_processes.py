@@ -39,9 +39,10 @@ class Cluster:
         self.tmp, self.hosts, self.started = tmp, [], 0
         self.with_timers = with_timers
 
-    def start_host(self) -> HostProcess:
+    def start_host(self, env: dict[str, str] | None = None) -> HostProcess:
         self.started += 1
-        host = HostProcess(self.env, self.tmp / f"host{self.started}.log", timers=self.with_timers).start()
+        host = HostProcess({**self.env, **(env or {})}, self.tmp / f"host{self.started}.log",
+                           timers=self.with_timers).start()
         self.hosts.append(host)
         return host
 
@@ -146,25 +147,26 @@ def test_retry_and_cancel_over_http(cluster):
     assert requests.post(f"{host.url}/jobs/{'0' * 64}/retry", timeout=10).status_code == 404
 
 
-def run_with_kills(azurite, tmp: Path, point: str, n: int = 50, probability: float = 0.2,
+def run_with_kills(azurite, tmp: Path, point: str, mode: str = "kill", n: int = 50, hit: int = 1,
                    timeout: float = 240) -> dict:
-    """hello_world n with hosts that SIGKILL themselves at ``point``; dead hosts are restarted.
-
-    Returns the outcome: completed exact / failed / stuck / double advance, and counts.
-    """
-    cluster = Cluster(azurite, tmp, {"GEOETL_FAULTS": f"{point}={'kill'}@{probability}"})
-    clean = Cluster.__new__(Cluster)
-    clean.__dict__.update(cluster.__dict__)
+    """hello_world n on two hosts, each of which dies (``kill``) or raises at ``point`` on its
+    ``hit``-th pass; dead hosts are replaced by clean ones. Returns the outcome (completed exact /
+    failed / stuck / double advance) and what it took."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    cluster = Cluster(azurite, tmp)
+    faulty = {"GEOETL_FAULTS": f"{point}={mode}#{hit}"}
+    started = time.monotonic()
     try:
         for _ in range(2):
-            cluster.start_host()
-        message = f"chaos-{point}"
+            cluster.start_host(faulty)
+        message = f"chaos-{point}-{mode}"
         job_id = None
         deadline = time.monotonic() + timeout
         while job_id is None and time.monotonic() < deadline:
+            live = cluster.live()
             try:
-                r = requests.post(f"{cluster.live()[0].url}/jobs/submit/hello_world",
-                                  json={"n": n, "message": message}, timeout=10)
+                r = requests.post(f"{live[0].url}/jobs/submit/hello_world", json={"n": n, "message": message},
+                                  timeout=10)
                 job_id = r.json().get("job_id")
             except (requests.RequestException, IndexError, json.JSONDecodeError):
                 time.sleep(0.5)
@@ -178,9 +180,9 @@ def run_with_kills(azurite, tmp: Path, point: str, n: int = 50, probability: flo
             status = job.status.value if job else None
             if status in ("completed", "failed", "cancelled"):
                 break
-            time.sleep(0.5)
+            time.sleep(0.25)
         events = [e for e in cluster.events() if e.get("job_id") == job_id]
-        advanced = {}
+        advanced: dict[int, int] = {}
         for e in events:
             if e["event"] == "stage_advanced":
                 advanced[e["stage"]] = advanced.get(e["stage"], 0) + 1
@@ -194,8 +196,8 @@ def run_with_kills(azurite, tmp: Path, point: str, n: int = 50, probability: flo
             outcome = "failed"
         else:
             outcome = "stuck"
-        return {"point": point, "outcome": outcome, "status": status, "hosts_started": cluster.started,
-                "advances": advanced, "rows": rows,
+        return {"point": point, "mode": mode, "outcome": outcome, "status": status, "seconds":
+                round(time.monotonic() - started, 1), "hosts_started": cluster.started, "advances": advanced,
                 "redrives": sum(e["event"] == "sweeper_redrive" for e in events)}
     finally:
         cluster.stop()

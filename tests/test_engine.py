@@ -12,6 +12,7 @@ from models import (
     CompletionMessage, JobRecord, StageMessage, Status, TaskRecord, decode_job_message, make_task_id, utcnow,
 )
 from queue_driver import QueueDriver
+from task_manager import shard_count
 
 
 def submit(engine, params: dict) -> str:
@@ -87,7 +88,7 @@ def test_same_stage_message_twice_writes_no_duplicate_rows_or_messages(engine, r
     assert props.approximate_message_count == 150
     assert len(engine.store.list_tasks(job_id, 1)) == 150
     stages, shards = engine.store.stage_rows(job_id)
-    assert len(stages) == 1 and stages[0].dispatched and len(shards) == engine.shards_per_stage
+    assert len(stages) == 1 and stages[0].dispatched and len(shards) == shard_count(150, engine.shards_per_stage) == 12
 
 
 def test_crash_after_partial_stage_write_is_completed_by_redelivery(engine, repos, monkeypatch):
