@@ -37,6 +37,7 @@ class TaskContext:
     stage: int
     index: int
     attempt: int
+    io: Any = None  # task_io.TaskIO: blobs, catalogue, scratch folders (handed in by the engine)
 
 
 Planner = Callable[[Any, list[TaskOutcome]], list[dict[str, Any]]]
@@ -46,13 +47,16 @@ Planner = Callable[[Any, list[TaskOutcome]], list[dict[str, Any]]]
 class Stage:
     """One stage: ``plan(job_parameters, previous_outcomes)`` returns each task's parameters, in order.
 
-    The planner must be deterministic: a redelivered stage message plans the same tasks again.
+    The planner must be deterministic: a redelivered stage message plans the same tasks again. A
+    planner that reads storage (``plan_uses_io``: called as ``plan(params, previous, io)``) may not be,
+    so the engine stores its first plan and reuses it on every redelivery.
     """
 
     name: str
     task_type: str
     plan: Planner
     description: str = ""
+    plan_uses_io: bool = False
 
 
 @dataclass(frozen=True)
@@ -106,23 +110,26 @@ class JobController:
         """Stage ``number`` (1-based)."""
         return self.stages[number - 1]
 
-    def validate(self, raw: Any) -> BaseModel:
-        """Validated parameters with defaults applied, or ParameterValidationError."""
+    def validate(self, raw: Any, settings: Any = None) -> BaseModel:
+        """Validated parameters with defaults applied (settings-based ones from ``settings``), or
+        ParameterValidationError."""
         if not isinstance(raw, dict):
             raise ParameterValidationError("parameters must be a JSON object",
                                            errors=[{"field": "(body)", "message": "expected a JSON object",
                                                     "type": "dict_type"}])
         try:
-            return self.parameters_model.model_validate(raw)
+            return self.parameters_model.model_validate(raw, context={"settings": settings})
         except ValidationError as exc:
             errors = validation_errors(exc)
             raise ParameterValidationError(
                 f"invalid parameters for {self.job_type}: "
                 + "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors) from None
 
-    def plan_stage(self, number: int, parameters: BaseModel, previous: list[TaskOutcome]) -> list[dict[str, Any]]:
+    def plan_stage(self, number: int, parameters: BaseModel, previous: list[TaskOutcome],
+                   io: Any = None) -> list[dict[str, Any]]:
         """Task parameters for stage ``number``; at most MAX_TASKS_PER_STAGE."""
-        tasks = self.stage(number).plan(parameters, previous)
+        stage = self.stage(number)
+        tasks = stage.plan(parameters, previous, io) if stage.plan_uses_io else stage.plan(parameters, previous)
         if len(tasks) > MAX_TASKS_PER_STAGE:
             raise ValueError(f"stage {number} planned {len(tasks)} tasks; the limit is {MAX_TASKS_PER_STAGE}")
         return tasks

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parent
@@ -68,6 +68,26 @@ class Settings(BaseSettings):
     sweeper_schedule: str = Field(
         default="0 */1 * * * *", validation_alias=AliasChoices("SWEEPER_SCHEDULE", "sweeper_schedule"),
         description="NCRONTAB schedule of the sweeper timer (sec min hour day month dow).")
+    input_container: str = Field(default="rasters", validation_alias=AliasChoices("INPUT_CONTAINER", "input_container"),
+                                 description="Where users drop rasters (default of a job's container).")
+    output_container: str = Field(default="cogs", validation_alias=AliasChoices("OUTPUT_CONTAINER", "output_container"),
+                                  description="Where COGs are written (default of output_container).")
+    default_collection: str = Field(default="rasters", validation_alias=AliasChoices("DEFAULT_COLLECTION",
+                                                                                    "default_collection"))
+    work_dir: str | None = Field(default=None, validation_alias=AliasChoices("WORK_DIR", "work_dir"),
+                                 description="Local scratch folder for downloads and outputs (default: system temp).")
+    sas_enabled: bool = Field(default=True, validation_alias=AliasChoices("SAS_ENABLED", "sas_enabled"),
+                              description="Add a read-only, time-limited SAS URL to output links.")
+    sas_ttl_minutes: int = Field(default=60, ge=1, le=7 * 24 * 60,
+                                 validation_alias=AliasChoices("SAS_TTL_MINUTES", "sas_ttl_minutes"))
+    pgstac_host: str | None = Field(default=None, validation_alias=AliasChoices("PGSTAC_HOST", "pgstac_host"),
+                                    description="PostgreSQL host (or socket folder); unset = no catalogue.")
+    pgstac_port: int = Field(default=5432, validation_alias=AliasChoices("PGSTAC_PORT", "pgstac_port"))
+    pgstac_dbname: str = Field(default="postgis", validation_alias=AliasChoices("PGSTAC_DBNAME", "pgstac_dbname"))
+    pgstac_user: str = Field(default="postgres", validation_alias=AliasChoices("PGSTAC_USER", "pgstac_user"))
+    pgstac_password: SecretStr = Field(default=SecretStr(""),
+                                       validation_alias=AliasChoices("PGSTAC_PASSWORD", "pgstac_password"))
+    pgstac_sslmode: str | None = Field(default=None, validation_alias=AliasChoices("PGSTAC_SSLMODE", "pgstac_sslmode"))
     sweeper_grace_s: float = Field(
         default=60.0, ge=0, validation_alias=AliasChoices("SWEEPER_GRACE_S", "sweeper_grace_s"),
         description="How long a step may look unfinished before the sweeper re-drives it.")

@@ -4,16 +4,20 @@ JOB_TYPES maps job type -> controller; TASK_HANDLERS maps task type -> handler.
 """
 from __future__ import annotations
 
+import controller_container
+import controller_raster
 from base_controller import JobController, TaskHandler
 from controller_hello_world import HANDLERS as HELLO_HANDLERS
 from controller_hello_world import HELLO_WORLD
 from errors import UnknownNameError
 
 JOB_TYPES: dict[str, JobController] = {
-    HELLO_WORLD.job_type: HELLO_WORLD,
+    c.job_type: c for c in (HELLO_WORLD, *controller_raster.JOB_TYPES, *controller_container.JOB_TYPES)
 }
 
-TASK_HANDLERS: dict[str, TaskHandler] = {h.task_type: h for h in (*HELLO_HANDLERS,)}
+TASK_HANDLERS: dict[str, TaskHandler] = {
+    h.task_type: h for h in (*HELLO_HANDLERS, *controller_raster.HANDLERS, *controller_container.HANDLERS)
+}
 
 
 def get_controller(job_type: str) -> JobController:

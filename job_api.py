@@ -43,7 +43,7 @@ def parse_json_object(body: bytes, max_bytes: int) -> dict[str, Any]:
 def submit(engine: Engine, job_type: str, body: bytes, base_url: str) -> Response:
     """POST /api/jobs/submit/{job_type}: 202 for a new job, 200 for an existing one."""
     controller = get_controller(job_type)
-    params = controller.validate(parse_json_object(body, engine.repos.settings.max_request_bytes))
+    params = controller.validate(parse_json_object(body, engine.settings.max_request_bytes), engine.settings)
     canonical = params.model_dump(mode="json")
     job_id = make_job_id(job_type, canonical)
     store = engine.store

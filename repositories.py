@@ -26,6 +26,7 @@ from models import (
 from repository_blobs import PayloadBlobs
 from repository_clients import StorageClients, translate_errors
 from repository_queues import QueueProducer
+from repository_rasters import RasterStore
 
 logger = logging.getLogger(__name__)
 R = TypeVar("R", bound=Row)
@@ -270,6 +271,7 @@ class Repositories:
         self.tasks_queue = QueueProducer(self.clients.queues, settings.tasks_queue,
                                          threads=settings.fanout_threads)
         self.tasks_poison = QueueProducer(self.clients.queues, f"{settings.tasks_queue}-poison")
+        self.rasters = RasterStore(self.clients.blobs, settings.sas_enabled, settings.sas_ttl_minutes)
         self.jobs_poison = QueueProducer(self.clients.queues, f"{settings.jobs_queue}-poison")
         self._ready = False
         self._lock = threading.Lock()

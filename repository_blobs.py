@@ -37,6 +37,21 @@ class PayloadBlobs:
                 content_settings=ContentSettings(content_type="application/json"))
         return PayloadRef(container=self.container, blob=name, bytes=len(data))
 
+    def put_json_once(self, name: str, value: Any) -> Any:
+        """Store ``value`` at ``name`` unless something is there already; return what is stored.
+
+        The first writer wins, so a computation that may differ between runs (a listing) is fixed the
+        first time and every redelivery sees the same result.
+        """
+        data = canonical_json(value).encode("utf-8")
+        with translate_errors(f"store {name} once"):
+            try:
+                self._container.upload_blob(name, data, overwrite=False,
+                                            content_settings=ContentSettings(content_type="application/json"))
+                return value
+            except ResourceExistsError:
+                return json.loads(self._container.download_blob(name).readall())
+
     def get_json(self, ref: PayloadRef) -> Any:
         """Load a payload stored by ``put_json``."""
         with translate_errors(f"download payload {ref.blob}"):

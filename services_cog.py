@@ -80,6 +80,9 @@ class CogProfile(StrEnum):
 
 
 LOSSY_8BIT = frozenset({CogProfile.WEBP, CogProfile.JPEG})
+# GDAL messages that mean "the input could not be decoded", as opposed to a failure to write.
+READ_FAILURE_MARKERS = ("Decoding error", "IReadBlock failed", "TIFFRead", "Read error", "TIFFFillTile",
+                        "TIFFFillStrip")
 # GDAL reads an alpha band as a mask only for these types (rio-cogeo relies on it for masks).
 ALPHA_MASK_DTYPES = frozenset({"uint8", "uint16"})
 
@@ -188,6 +191,9 @@ def translate_to_cog(src_path: str | Path, dst_path: str | Path, options: CogOpt
             raise TransientError(f"disk full while writing the COG for {src_path}: {message}") from exc
         if isinstance(exc, OSError) and not isinstance(exc, RasterioIOError):
             raise
+        if any(marker in message for marker in READ_FAILURE_MARKERS):
+            raise TaskError(f"corrupt raster: {src_path}: {message} (a damaged block, found while "
+                            f"converting)") from exc
         raise TaskError(f"COG creation failed for {src_path}: {message}") from exc
     finally:
         shutil.rmtree(work, ignore_errors=True)

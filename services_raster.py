@@ -113,7 +113,7 @@ def open_raster(path: str | Path, **kwargs) -> Iterator[DatasetReader]:
     that GDAL cannot open is "corrupt raster".
     """
     path = str(path)
-    if not os.path.isfile(path):
+    if not path.startswith("/vsi") and not os.path.isfile(path):  # /vsicurl/ etc.: GDAL reads remotely
         raise TaskError(f"not a raster: {path}: no such file")
     try:
         with warnings.catch_warnings():

@@ -30,6 +30,7 @@ from models import (
     TaskRecord, check_transition, make_task_id, parse_task_id, utcnow,
 )
 from repositories import Repositories
+from task_io import TaskIO
 
 logger = logging.getLogger(__name__)
 MAX_COMMIT_ATTEMPTS = 200
@@ -46,6 +47,7 @@ class Engine:
         self.settings = repos.settings
         self.shards_per_stage = repos.settings.counter_shards
         self.max_attempts = max_attempts or max_dequeue_count()
+        self.io = TaskIO(repos.settings, repos.rasters)
 
     # ------------------------------------------------------------------ stage fan-out
     def run_stage(self, msg: StageMessage) -> None:
@@ -91,7 +93,12 @@ class Engine:
         previous = self.outcomes(job.job_id, number - 1) if number > 1 else []
         try:
             params = controller.parameters_model.model_validate(job.parameters)
-            planned = controller.plan_stage(number, params, previous)
+            if definition.plan_uses_io:  # fixed the first time: a redelivery must plan the same tasks
+                planned = self.repos.blobs.put_json_once(
+                    f"{job.job_id}/plans/stage-{number:02d}.json",
+                    controller.plan_stage(number, params, previous, self.io))
+            else:
+                planned = controller.plan_stage(number, params, previous)
             if not planned:
                 raise ValueError(f"stage {number} ({definition.name}) has no tasks to run")
         except TransientError:
@@ -166,7 +173,7 @@ class Engine:
 
     def _call_handler(self, task: TaskRecord) -> tuple[Status, Any, str | None]:
         """(completed, result, None), (failed, None, error), or (queued, None, error) for a transient error."""
-        ctx = TaskContext(task.job_id, task.task_id, task.stage, task.index, task.attempts)
+        ctx = TaskContext(task.job_id, task.task_id, task.stage, task.index, task.attempts, self.io)
         try:
             handler = get_handler(task.task_type)
             params = handler.parameters_model.model_validate(task.parameters)

@@ -60,3 +60,27 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "JOBS_TABLE": settings.jobs_table, "TASKS_TABLE": settings.tasks_table,
             "PAYLOAD_CONTAINER": settings.payload_container,
             "COUNTER_SHARDS": str(settings.counter_shards)}
+
+
+@pytest.fixture(scope="session")
+def pgstac_server(tmp_path_factory):
+    """A private PostgreSQL + PostGIS + pgstac for the session (skips where PostGIS is missing)."""
+    from conftest_geo import running_pgstac
+
+    with running_pgstac(tmp_path_factory.mktemp("pgstac")) as server:
+        yield server
+
+
+@pytest.fixture
+def geo_engine(azurite, pgstac_server, tmp_path) -> Engine:
+    """An engine with the catalogue configured and its own containers."""
+    pg = pgstac_server.settings
+    settings = fresh_settings(azurite.connection_string, retry_base_delay_s=0, sweeper_grace_s=0,
+                              pgstac_host=pg.host, pgstac_port=pg.port, pgstac_dbname=pg.dbname,
+                              pgstac_user=pg.user, pgstac_password=pg.password,
+                              input_container=f"in-{uuid.uuid4().hex[:8]}",
+                              output_container=f"out-{uuid.uuid4().hex[:8]}",
+                              default_collection=f"c-{uuid.uuid4().hex[:8]}", work_dir=str(tmp_path / "work"))
+    engine = Engine(Repositories(settings).ensure())
+    engine.repos.rasters.ensure_container(settings.input_container)
+    return engine

@@ -1,0 +1,118 @@
+"""Container job types: inventory a container, catalogue one file, sync a container into STAC."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import PurePosixPath
+from typing import Any, ClassVar
+
+from pydantic import ConfigDict, Field, field_validator
+
+from base_controller import JobController, Stage, TaskContext, TaskHandler, TaskOutcome, outcomes_in_order, succeeded
+from controller_geo_common import RASTER_SUFFIXES, CatalogOptions, CatalogTask, SettingsDefaults
+from errors import NotFoundError, TaskError
+from models import ContainerName
+
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+TIFF_CONTENT_TYPES = ("image/tiff", "image/geotiff")
+
+
+class ListParameters(SettingsDefaults):
+    """list_container: what to inventory."""
+
+    model_config = ConfigDict(extra="forbid")
+    SETTINGS_DEFAULTS: ClassVar[dict[str, str]] = {"container": "input_container"}
+    container: ContainerName
+    prefix: str | None = Field(default=None, max_length=1024, description="Only blobs under this prefix.")
+    suffixes: list[str] | None = Field(default=None, max_length=50,
+                                       description="Only blobs ending with one of these (case-insensitive).")
+
+    @field_validator("suffixes")
+    @classmethod
+    def _lower(cls, value: list[str] | None) -> list[str] | None:
+        return sorted({s.lower() for s in value}) if value else None
+
+
+class CatalogFileParameters(CatalogTask):
+    """catalog_file: one blob into one collection."""
+
+
+class SyncParameters(CatalogOptions):
+    """sync_container: every geospatial blob of a container (under a prefix) into one collection."""
+
+    model_config = ConfigDict(extra="forbid")
+    SETTINGS_DEFAULTS: ClassVar[dict[str, str]] = {**CatalogOptions.SETTINGS_DEFAULTS, "container": "input_container"}
+    container: ContainerName
+    prefix: str | None = Field(default=None, max_length=1024)
+
+
+def _listing(io: Any, container: str, prefix: str | None) -> list:
+    try:
+        return list(io.rasters.list(container, prefix))
+    except NotFoundError as exc:
+        raise TaskError(exc.message) from None
+
+
+def inventory_task(p: ListParameters, ctx: TaskContext) -> dict[str, Any]:
+    """Count, size and list the container's blobs (large results are spilled to a blob by the engine)."""
+    blobs = [b for b in _listing(ctx.io, p.container, p.prefix)
+             if not p.suffixes or b.name.lower().endswith(tuple(p.suffixes))]
+    by_ext = Counter(PurePosixPath(b.name).suffix.lower() or "(none)" for b in blobs)
+    return {"container": p.container, "prefix": p.prefix, "count": len(blobs),
+            "total_bytes": sum(b.size for b in blobs), "by_extension": dict(sorted(by_ext.items())),
+            "blobs": [{"name": b.name, "size": b.size, "last_modified": b.last_modified.isoformat(),
+                       "content_type": b.content_type} for b in blobs]}
+
+
+def _is_geospatial(io: Any, blob) -> bool:
+    """A GeoTIFF/COG by extension, by content type, or by its first bytes (TIFF signature)."""
+    if blob.name.lower().endswith(RASTER_SUFFIXES):
+        return True
+    if (blob.content_type or "").lower().startswith(TIFF_CONTENT_TYPES):
+        return True
+    return blob.size >= 8 and io.rasters.head_bytes(blob.container, blob.name, 4) in TIFF_MAGIC
+
+
+def list_geospatial_task(p: SyncParameters, ctx: TaskContext) -> dict[str, Any]:
+    """The container's GeoTIFFs (by extension and by content)."""
+    blobs = [b for b in _listing(ctx.io, p.container, p.prefix) if _is_geospatial(ctx.io, b)]
+    return {"container": p.container, "blobs": [b.name for b in blobs], "count": len(blobs)}
+
+
+HANDLERS = (
+    TaskHandler("container_inventory", ListParameters, inventory_task, "List a container's blobs."),
+    TaskHandler("container_list_geospatial", SyncParameters, list_geospatial_task, "Find a container's GeoTIFFs."),
+)
+
+
+def _catalog_listed(p: SyncParameters, previous: list[TaskOutcome]) -> list[dict[str, Any]]:
+    (listing,) = succeeded(previous)
+    if not listing.result["blobs"]:
+        raise TaskError(f"no GeoTIFFs in {p.container}/{p.prefix or ''}")
+    return [{"container": p.container, "blob": name, "collection_id": p.collection_id,
+             "datetime": p.datetime.isoformat() if p.datetime else None} for name in listing.result["blobs"]]
+
+
+def _synced(p: SyncParameters, outcomes: dict[int, list[TaskOutcome]]) -> dict[str, Any]:
+    (listing,) = outcomes.get(1, [])
+    items = [o.result for o in outcomes_in_order(outcomes.get(2, []))]
+    actions = Counter(i["action"] for i in items)
+    return {"container": p.container, "collection_id": p.collection_id, "listed": listing.result["count"],
+            "created": actions.get("created", 0), "updated": actions.get("updated", 0),
+            "failed": listing.result["count"] - len(items), "items": [i["item_id"] for i in items]}
+
+
+JOB_TYPES = (
+    JobController("list_container", "Inventory a container: count, bytes, extensions, blobs.", ListParameters,
+                  (Stage("inventory", "container_inventory",
+                         lambda p, prev: [p.model_dump(mode="json")], "List the blobs."),),
+                  lambda p, o: o[1][0].result),
+    JobController("catalog_file", "Catalogue one raster blob as a STAC item.", CatalogFileParameters,
+                  (Stage("catalog", "stac_catalog", lambda p, prev: [p.model_dump(mode="json")],
+                         "Catalogue the blob."),),
+                  lambda p, o: {"item": o[1][0].result}),
+    JobController("sync_container", "Catalogue every GeoTIFF of a container, one task each.", SyncParameters,
+                  (Stage("list", "container_list_geospatial", lambda p, prev: [p.model_dump(mode="json")],
+                         "Find the GeoTIFFs."),
+                   Stage("catalog", "stac_catalog", _catalog_listed, "Catalogue each GeoTIFF.")),
+                  _synced, tolerated_failure_fraction=0.999),
+)

@@ -1,0 +1,104 @@
+"""Pieces the raster and container job types share: blob references, fetching inputs, cataloguing."""
+from __future__ import annotations
+
+from datetime import datetime as DateTime
+from pathlib import Path
+from contextlib import contextmanager
+from typing import Any, ClassVar, Iterator
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+
+from config import get_settings
+from errors import NotFoundError, TaskError
+from models import BlobName, ContainerName
+from services_raster import validate_raster
+from services_stac import build_collection, build_item
+
+RASTER_SUFFIXES = (".tif", ".tiff")
+
+
+def _input_container() -> str:
+    return get_settings().input_container
+
+
+class SettingsDefaults(BaseModel):
+    """Fills fields whose default is a setting, from the settings in the validation context (the
+    engine's), else the process's. Filled before the job id is computed, so the id names the real value."""
+
+    SETTINGS_DEFAULTS: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_settings(cls, data: Any, info: ValidationInfo) -> Any:
+        if isinstance(data, dict):
+            settings = (info.context or {}).get("settings") or get_settings()
+            data = {**{f: getattr(settings, a) for f, a in cls.SETTINGS_DEFAULTS.items()}, **data}
+        return data
+
+
+class BlobRef(SettingsDefaults):
+    """One blob: where it is."""
+
+    model_config = ConfigDict(extra="forbid")
+    SETTINGS_DEFAULTS: ClassVar[dict[str, str]] = {"container": "input_container"}
+    container: ContainerName = Field(description="Container of the raster (default: INPUT_CONTAINER).")
+    blob: BlobName = Field(description="Blob name (path) of the raster inside the container.")
+
+
+class CatalogOptions(SettingsDefaults):
+    """Where and how items are catalogued."""
+
+    SETTINGS_DEFAULTS: ClassVar[dict[str, str]] = {"collection_id": "default_collection"}
+    collection_id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                               description="STAC collection id (default: DEFAULT_COLLECTION).")
+    datetime: DateTime | None = Field(default=None, description="Item datetime; default: the file's TIFF "
+                                      "datetime, else the blob's last-modified time.")
+
+
+class CatalogTask(BlobRef, CatalogOptions):
+    """Parameters of one catalog task."""
+
+    SETTINGS_DEFAULTS: ClassVar[dict[str, str]] = {**BlobRef.SETTINGS_DEFAULTS, **CatalogOptions.SETTINGS_DEFAULTS}
+
+
+@contextmanager
+def named_as_blob(path: Path | str, container: str, blob: str) -> Iterator[None]:
+    """Errors about a local copy name the blob instead (users know blobs, not our scratch folders)."""
+    try:
+        yield
+    except TaskError as exc:
+        message = exc.message.replace(str(path), f"{container}/{blob}")
+        raise TaskError(message, **exc.details) from exc
+
+
+def fetch(io: Any, container: str, blob: str, folder: Path, name: str = "input") -> tuple[Path, Any]:
+    """Download a blob into ``folder``; a missing blob is a permanent, readable failure."""
+    suffix = Path(blob).suffix or ".bin"
+    path = folder / f"{name}{suffix}"
+    try:
+        info = io.rasters.download(container, blob, path)
+    except NotFoundError as exc:
+        raise TaskError(exc.message) from None
+    return path, info
+
+
+def links(io: Any, container: str, blob: str) -> dict[str, str | None]:
+    """URL of a blob, and a read-only time-limited SAS URL when settings allow it."""
+    return {"url": io.rasters.url(container, blob), "sas_url": io.rasters.read_sas_url(container, blob)}
+
+
+def catalog_blob(io: Any, p: CatalogTask, folder: Path) -> dict[str, Any]:
+    """Build the blob's STAC item, create its collection if missing, upsert the item (idempotent)."""
+    path, blob = fetch(io, p.container, p.blob, folder)
+    with named_as_blob(path, p.container, p.blob):
+        info = validate_raster(path)
+    item = build_item(info, container=p.container, blob=p.blob, href=io.rasters.url(p.container, p.blob),
+                      file_size=blob.size, datetime=p.datetime, last_modified=blob.last_modified,
+                      collection_id=p.collection_id)
+    catalogue = io.pgstac()
+    catalogue.ensure_collection(build_collection(p.collection_id, [item]).to_dict(include_self_link=False,
+                                                                                transform_hrefs=False))
+    action = catalogue.upsert_item(item.to_dict(include_self_link=False, transform_hrefs=False))
+    return {"item_id": item.id, "collection_id": p.collection_id, "action": action, "bbox": item.bbox,
+            "datetime": item.datetime.isoformat() if item.datetime else None, "container": p.container,
+            "blob": p.blob, "media_type": item.assets["data"].media_type}

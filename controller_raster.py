@@ -1,0 +1,281 @@
+"""Raster job types: validate, process (validate -> COG -> catalog) for one, a batch, or one huge
+raster cut into tiles. One raster = one task per stage; N rasters = N tasks; a huge raster = N tiles."""
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from typing import Any, ClassVar
+
+import rasterio
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from base_controller import JobController, Stage, TaskContext, TaskHandler, TaskOutcome, outcomes_in_order, succeeded
+from controller_geo_common import (
+    RASTER_SUFFIXES, BlobRef, CatalogOptions, CatalogTask, catalog_blob, fetch, links, named_as_blob,
+)
+from errors import TaskError
+from models import BlobName, ContainerName
+from repository_rasters import COG_CONTENT_TYPE
+from services_cog import CogOptions, CogProfile, cog_output_name, create_cog
+from services_raster import validate_raster
+from services_tiles import TileWindow, assemble_tiles, plan_tiles, process_tile
+
+MAX_BATCH = 10_000
+# Reading a remote GeoTIFF window by window: no directory listing, range requests merged.
+REMOTE_READ = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+               "GDAL_HTTP_MAX_RETRY": "3", "GDAL_HTTP_RETRY_DELAY": "1", "VSI_CACHE": "TRUE"}
+
+
+class CogJobOptions(CatalogOptions):
+    """What every COG-producing job takes besides its inputs."""
+
+    SETTINGS_DEFAULTS: ClassVar[dict[str, str]] = {**CatalogOptions.SETTINGS_DEFAULTS,
+                                                   "output_container": "output_container"}
+    output_container: ContainerName = Field(description="Where COGs go (default: OUTPUT_CONTAINER).")
+    cog_profile: CogProfile = Field(default=CogProfile.DEFLATE, description="Compression profile.")
+    target_crs: str | None = Field(default=None, description="Reproject to this CRS (e.g. 'EPSG:3857').")
+
+    def cog_options(self) -> CogOptions:
+        """The COG service's options (validates target_crs)."""
+        return CogOptions(cog_profile=self.cog_profile, target_crs=self.target_crs)
+
+
+class ProcessRasterParameters(BlobRef, CogJobOptions):
+    """process_raster: one raster."""
+
+    SETTINGS_DEFAULTS: ClassVar[dict[str, str]] = {**BlobRef.SETTINGS_DEFAULTS, **CogJobOptions.SETTINGS_DEFAULTS}
+
+    @model_validator(mode="after")
+    def _crs_known(self) -> "ProcessRasterParameters":
+        self.target_crs = self.cog_options().target_crs
+        return self
+
+
+class BatchParameters(CogJobOptions):
+    """process_raster_batch: a list of blobs, or every raster under a prefix."""
+
+    model_config = ConfigDict(extra="forbid")
+    SETTINGS_DEFAULTS: ClassVar[dict[str, str]] = {**BlobRef.SETTINGS_DEFAULTS, **CogJobOptions.SETTINGS_DEFAULTS}
+    container: ContainerName
+    blobs: list[BlobName] | None = Field(default=None, max_length=MAX_BATCH)
+    prefix: str | None = Field(default=None, max_length=1024)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "BatchParameters":
+        if (self.blobs is None) == (self.prefix is None):
+            raise ValueError("give exactly one of 'blobs' (a list) or 'prefix'")
+        if self.blobs is not None and not self.blobs:
+            raise ValueError("'blobs' is empty")
+        self.target_crs = self.cog_options().target_crs
+        return self
+
+
+class LargeRasterParameters(ProcessRasterParameters):
+    """process_large_raster: one raster processed as tiles."""
+
+    tile_size: int = Field(default=4096, ge=512, le=32768, multiple_of=512, description="Tile edge, px.")
+
+
+class CogTask(BlobRef):  # planned with every field set: the defaults never apply
+    """Parameters of one create_cog task."""
+
+    output_container: ContainerName
+    output_blob: BlobName
+    cog_profile: CogProfile = CogProfile.DEFLATE
+    target_crs: str | None = None
+
+
+class TileTask(BlobRef):
+    """Parameters of one tile task."""
+
+    tile: TileWindow
+    tile_blob: BlobName  # in the payload container (intermediate files)
+
+
+class AssembleTask(BaseModel):
+    """Parameters of the assemble task."""
+
+    tile_blobs: list[BlobName]
+    output_container: ContainerName
+    output_blob: BlobName
+    cog_profile: CogProfile = CogProfile.DEFLATE
+    target_crs: str | None = None
+
+
+class PlanTilesTask(BlobRef):
+    """Parameters of the plan_tiles task."""
+
+    tile_size: int
+
+
+# ------------------------------------------------------------------ handlers
+def validate_task(p: BlobRef, ctx: TaskContext) -> dict[str, Any]:
+    """Download, validate, describe."""
+    with ctx.io.scratch("validate") as tmp:
+        path, blob = fetch(ctx.io, p.container, p.blob, tmp)
+        with named_as_blob(path, p.container, p.blob):
+            info = validate_raster(path)
+    return {"container": p.container, "blob": p.blob, "size": blob.size,
+            "last_modified": blob.last_modified.isoformat(), **links(ctx.io, p.container, p.blob),
+            **info.model_dump(mode="json", include={"crs", "epsg", "bounds", "bounds_wgs84", "width", "height",
+                                                    "count", "dtypes", "nodata", "is_cog", "warnings"})}
+
+
+def cog_task(p: CogTask, ctx: TaskContext) -> dict[str, Any]:
+    """Download, convert to a validated COG, upload under its deterministic name."""
+    with ctx.io.scratch("cog") as tmp:
+        src, _ = fetch(ctx.io, p.container, p.blob, tmp)
+        options = CogOptions(cog_profile=p.cog_profile, target_crs=p.target_crs, tmp_dir=str(tmp))
+        with named_as_blob(src, p.container, p.blob):
+            result = create_cog(src, tmp / "output.tif", options)
+        ctx.io.rasters.ensure_container(p.output_container)
+        uploaded = ctx.io.rasters.upload(p.output_container, p.output_blob, tmp / "output.tif", COG_CONTENT_TYPE)
+    return {"source": f"{p.container}/{p.blob}", "output_container": p.output_container,
+            "output_blob": p.output_blob, "size": uploaded.size, **links(ctx.io, p.output_container, p.output_blob),
+            **result.model_dump(mode="json", exclude={"dst_path", "in_memory", "gdal_cachemax_mb", "elapsed_s"})}
+
+
+def catalog_task(p: CatalogTask, ctx: TaskContext) -> dict[str, Any]:
+    """Catalogue one blob in pgstac."""
+    with ctx.io.scratch("catalog") as tmp:
+        return catalog_blob(ctx.io, p, tmp)
+
+
+def plan_tiles_task(p: PlanTilesTask, ctx: TaskContext) -> dict[str, Any]:
+    """Describe the raster and cut it into tile windows."""
+    with ctx.io.scratch("plan") as tmp:
+        path, _ = fetch(ctx.io, p.container, p.blob, tmp)
+        with named_as_blob(path, p.container, p.blob):
+            info = validate_raster(path)
+        tiles = plan_tiles(info, p.tile_size)
+    return {"width": info.width, "height": info.height, "tile_size": p.tile_size,
+            "tiles": [t.model_dump() for t in tiles]}
+
+
+def tile_task(p: TileTask, ctx: TaskContext) -> dict[str, Any]:
+    """Read one window of the source (remotely with a SAS when possible) and store it as a tile."""
+    with ctx.io.scratch("tile") as tmp:
+        sas = ctx.io.rasters.read_sas_url(p.container, p.blob)
+        source = f"/vsicurl/{sas}" if sas else fetch(ctx.io, p.container, p.blob, tmp)[0]
+        with named_as_blob(source, p.container, p.blob), rasterio.Env(**REMOTE_READ):  # no SAS in errors
+            result = process_tile(source, p.tile, tmp / "tile.tif")
+        ctx.io.rasters.upload(ctx.io.settings.payload_container, p.tile_blob, tmp / "tile.tif")
+    return {"tile_blob": p.tile_blob, "index": p.tile.index, "bounds": list(result.bounds), "size": result.file_size}
+
+
+def assemble_task(p: AssembleTask, ctx: TaskContext) -> dict[str, Any]:
+    """Stitch the tiles into one COG and upload it."""
+    with ctx.io.scratch("assemble") as tmp:
+        tiles = ctx.io.settings.payload_container
+        paths = [fetch(ctx.io, tiles, b, tmp, name=f"tile{i:05d}")[0] for i, b in enumerate(p.tile_blobs)]
+        options = CogOptions(cog_profile=p.cog_profile, target_crs=p.target_crs, tmp_dir=str(tmp))
+        result = assemble_tiles(paths, tmp / "output.tif", options)
+        ctx.io.rasters.ensure_container(p.output_container)
+        uploaded = ctx.io.rasters.upload(p.output_container, p.output_blob, tmp / "output.tif", COG_CONTENT_TYPE)
+    return {"output_container": p.output_container, "output_blob": p.output_blob, "size": uploaded.size,
+            "tiles": len(p.tile_blobs), **links(ctx.io, p.output_container, p.output_blob),
+            **result.model_dump(mode="json", exclude={"dst_path", "in_memory", "gdal_cachemax_mb", "elapsed_s"})}
+
+
+HANDLERS = (
+    TaskHandler("raster_validate", BlobRef, validate_task, "Validate a raster blob."),
+    TaskHandler("raster_create_cog", CogTask, cog_task, "Convert a raster blob to a COG.", time_limit_s=1800),
+    TaskHandler("stac_catalog", CatalogTask, catalog_task, "Catalogue a raster blob in pgstac."),
+    TaskHandler("raster_plan_tiles", PlanTilesTask, plan_tiles_task, "Cut a raster into tile windows."),
+    TaskHandler("raster_tile", TileTask, tile_task, "Copy one window of a raster to a tile.", time_limit_s=1800),
+    TaskHandler("raster_assemble", AssembleTask, assemble_task, "Stitch tiles into one COG.", time_limit_s=3600),
+)
+
+
+# ------------------------------------------------------------------ planners
+def _one(p: BlobRef, previous: list[TaskOutcome]) -> list[dict[str, Any]]:
+    return [{"container": p.container, "blob": p.blob}]
+
+
+def _cogs_for(p: CogJobOptions, previous: list[TaskOutcome]) -> list[dict[str, Any]]:
+    """One COG task per validated raster."""
+    return [{"container": o.result["container"], "blob": o.result["blob"], "output_container": p.output_container,
+             "output_blob": cog_output_name(o.result["blob"], p.cog_options()), "cog_profile": p.cog_profile.value,
+             "target_crs": p.target_crs} for o in succeeded(previous)]
+
+
+def _catalog_outputs(p: CatalogOptions, previous: list[TaskOutcome]) -> list[dict[str, Any]]:
+    """One catalog task per COG written."""
+    return [{"container": o.result["output_container"], "blob": o.result["output_blob"],
+             "collection_id": p.collection_id, "datetime": p.datetime.isoformat() if p.datetime else None}
+            for o in succeeded(previous)]
+
+
+def _batch_inputs(p: BatchParameters, previous: list[TaskOutcome], io: Any) -> list[dict[str, Any]]:
+    """The batch's blobs: the list given, or every raster under the prefix (listed once, then fixed)."""
+    if p.blobs is not None:
+        names = list(dict.fromkeys(p.blobs))
+    else:
+        names = [b.name for b in io.rasters.list(p.container, p.prefix) if b.name.lower().endswith(RASTER_SUFFIXES)]
+        if not names:
+            raise TaskError(f"no rasters ({', '.join(RASTER_SUFFIXES)}) under {p.container}/{p.prefix}")
+        if len(names) > MAX_BATCH:
+            raise TaskError(f"{len(names)} rasters under the prefix; a batch takes at most {MAX_BATCH}")
+    return [{"container": p.container, "blob": name} for name in names]
+
+
+def _tiles(p: LargeRasterParameters, previous: list[TaskOutcome]) -> list[dict[str, Any]]:
+    (plan,) = succeeded(previous)
+    return [{"container": p.container, "blob": p.blob, "tile": tile, "tile_blob": _tile_blob(p, tile["index"])}
+            for tile in plan.result["tiles"]]
+
+
+def _assemble(p: LargeRasterParameters, previous: list[TaskOutcome]) -> list[dict[str, Any]]:
+    tiles = outcomes_in_order(succeeded(previous))
+    return [{"tile_blobs": [o.result["tile_blob"] for o in tiles],
+             "output_container": p.output_container, "output_blob": cog_output_name(p.blob, p.cog_options()),
+             "cog_profile": p.cog_profile.value, "target_crs": p.target_crs}]
+
+
+def _tile_blob(p: LargeRasterParameters, index: int) -> str:
+    stem = PurePosixPath(cog_output_name(p.blob, p.cog_options())).with_suffix("")
+    return f"tiles/{p.container}/{stem}/tile-{p.tile_size}-{index:05d}.tif"
+
+
+# ------------------------------------------------------------------ aggregation
+def _by_stage(outcomes: dict[int, list[TaskOutcome]], stage: int) -> list[dict[str, Any]]:
+    return [o.result for o in outcomes_in_order(outcomes.get(stage, []))]
+
+
+def _validated(p: Any, outcomes: dict[int, list[TaskOutcome]]) -> dict[str, Any]:
+    return {"raster": _by_stage(outcomes, 1)[0]}
+
+
+def _processed(p: Any, outcomes: dict[int, list[TaskOutcome]]) -> dict[str, Any]:
+    validated, cogs, items = (_by_stage(outcomes, s) for s in (1, 2, 3))
+    return {"count": len(cogs), "rasters": [{"input": v, "cog": c, "item": i} for v, c, i in zip(validated, cogs, items)],
+            "outputs": [{"container": c["output_container"], "blob": c["output_blob"], "url": c["url"],
+                         "sas_url": c["sas_url"]} for c in cogs]}
+
+
+def _processed_large(p: Any, outcomes: dict[int, list[TaskOutcome]]) -> dict[str, Any]:
+    plan, tiles, (cog,), (item,) = (_by_stage(outcomes, s) for s in (1, 2, 3, 4))
+    return {"tiles": len(tiles), "tile_size": plan[0]["tile_size"], "cog": cog, "item": item,
+            "outputs": [{"container": cog["output_container"], "blob": cog["output_blob"], "url": cog["url"],
+                         "sas_url": cog["sas_url"]}]}
+
+
+VALIDATE = Stage("validate", "raster_validate", _one, "Validate the raster.")
+CREATE_COG = Stage("create_cog", "raster_create_cog", _cogs_for, "Write a Cloud-Optimized GeoTIFF per raster.")
+CATALOG_OUTPUTS = Stage("catalog", "stac_catalog", _catalog_outputs, "Catalogue each COG in pgstac.")
+
+JOB_TYPES = (
+    JobController("validate_raster", "Validate one raster: CRS, bounds, size, bands, COG or not.", BlobRef,
+                  (VALIDATE,), _validated),
+    JobController("process_raster", "One raster: validate, convert to COG, catalogue in STAC.",
+                  ProcessRasterParameters, (VALIDATE, CREATE_COG, CATALOG_OUTPUTS), _processed),
+    JobController("process_raster_batch", "N rasters (a list or a prefix): N tasks per stage.", BatchParameters,
+                  (Stage("validate", "raster_validate", _batch_inputs, "Validate every raster.", plan_uses_io=True),
+                   CREATE_COG, CATALOG_OUTPUTS), _processed),
+    JobController("process_large_raster", "One huge raster: plan tiles, process tiles in parallel (windowed "
+                  "reads), assemble one COG, catalogue it.", LargeRasterParameters,
+                  (Stage("plan_tiles", "raster_plan_tiles",
+                         lambda p, prev: [{"container": p.container, "blob": p.blob, "tile_size": p.tile_size}]),
+                   Stage("process_tiles", "raster_tile", _tiles, "Copy each window to a tile."),
+                   Stage("assemble", "raster_assemble", _assemble, "Stitch the tiles into one COG."),
+                   CATALOG_OUTPUTS), _processed_large),
+)
