@@ -66,7 +66,22 @@ setup_node() {
   fi
 }
 
-setup() { setup_python; setup_node; }
+setup_postgres() {  # PostgreSQL + PostGIS from Debian; each run starts a private cluster (tests/postgres_proc.py)
+  local v
+  for v in 15 16 17; do
+    if [ -x "/usr/lib/postgresql/$v/bin/postgres" ] && dpkg -s "postgresql-$v-postgis-3" >/dev/null 2>&1; then
+      return 0
+    fi
+  done
+  if apt-cache policy postgresql-15-postgis-3 2>/dev/null | grep -q "Candidate: [0-9]"; then
+    apt_install postgresql-15 postgresql-15-postgis-3
+  else
+    as_root apt-get update -qq || true
+    apt_install postgresql-15 postgresql-15-postgis-3
+  fi
+}
+
+setup() { setup_python; setup_node; setup_postgres; }
 
 stop_all() {
   for pid in "${PIDS[@]:-}"; do
@@ -91,6 +106,17 @@ start_azurite() {
   PIDS+=($!)
   wait_port 10002 Azurite; wait_port 10001 Azurite; wait_port 10000 Azurite
   log "Azurite running (pid ${PIDS[-1]}, data in .azurite/, log in .run/azurite.log)"
+}
+
+start_postgres() {  # PostgreSQL + PostGIS + pgstac on PGSTAC_PORT (5439), data in .pgdata/
+  export PGSTAC_HOST=127.0.0.1 PGSTAC_PORT="${PGSTAC_PORT:-5439}" PGSTAC_DBNAME=pgstac_test PGSTAC_USER=postgres
+  export PGSTAC_PASSWORD="${PGSTAC_PASSWORD:-pgstac-dev}"
+  port_busy "$PGSTAC_PORT" && die "port $PGSTAC_PORT is in use; set PGSTAC_PORT to another"
+  "$PY" tests/postgres_proc.py --location .pgdata --port "$PGSTAC_PORT" > "$RUN_DIR/postgres.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 1 300); do grep -q "pgstac ready" "$RUN_DIR/postgres.log" && break; sleep 0.2; done
+  grep -q "pgstac ready" "$RUN_DIR/postgres.log" || { cat "$RUN_DIR/postgres.log" >&2; die "PostgreSQL did not start"; }
+  log "PostgreSQL + PostGIS + pgstac running on port $PGSTAC_PORT (data in .pgdata/, log in .run/postgres.log)"
 }
 
 demo() {
@@ -120,6 +146,7 @@ cmd_run() {
   trap 'stop_all; exit 0' INT TERM
   trap stop_all EXIT
   start_azurite
+  start_postgres
   if [ ! -f local.settings.json ]; then
     cp local.settings.json.example local.settings.json
     log "created local.settings.json from local.settings.json.example (edit it to change settings)"

@@ -157,7 +157,8 @@ def _nodata(value: float | None) -> float | str | None:
         return "nan"
     if math.isinf(value):
         return "inf" if value > 0 else "-inf"
-    return int(value) if float(value).is_integer() else value
+    # 0.0 -> 0 reads better; huge integral floats (float32 min, -3.4e38) stay floats for JSON encoders
+    return int(value) if float(value).is_integer() and abs(value) < 2**53 else value
 
 
 def _resolution_m(info: RasterInfo) -> float:

@@ -443,14 +443,15 @@ def read_host_log(path: Path) -> tuple[list[tuple[float, dict[str, Any]]], list[
     return events, durations
 
 
-def wait_for_job(urls: list[str], job_id: str, timeout: float) -> tuple[dict[str, Any], int]:
-    """Poll the status route (hosts in turn) every POLL_SECONDS until terminal; (last body, polls)."""
+def wait_for_job(urls: list[str], job_id: str, timeout: float) -> tuple[dict[str, Any], list[float]]:
+    """Poll the status route (hosts in turn) every POLL_SECONDS until terminal; (last body, poll seconds)."""
     deadline = time.monotonic() + timeout
-    polls = 0
+    polls: list[float] = []
     body: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        body = requests.get(f"{urls[polls % len(urls)]}/jobs/status/{job_id}", timeout=30).json()
-        polls += 1
+        started = time.perf_counter()
+        body = requests.get(f"{urls[len(polls) % len(urls)]}/jobs/status/{job_id}", timeout=30).json()
+        polls.append(time.perf_counter() - started)
         if body.get("status") in TERMINAL:
             return body, polls
         time.sleep(POLL_SECONDS)
@@ -523,7 +524,8 @@ def measure_end_to_end(connection_string: str, n: int, hosts: int, workdir: Path
     drop_storage(repos)
     tasks = 2 * n
     return {"n": n, "tasks": tasks, "hosts": hosts, "status": final.get("status"), "seconds": round(seconds, 2),
-            "tasks_per_s": round(tasks / seconds, 1), "status_polls": polls,
+            "tasks_per_s": round(tasks / seconds, 1), "status_polls": len(polls),
+            "status_poll_ms_mean": round(1000 * statistics.fmean(polls), 1),
             **summarize_hosts(logs, job_id, submitted_at)}
 
 
@@ -559,7 +561,8 @@ def markdown(summary: dict[str, Any]) -> str:
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" for _ in header) + "|"]
+    align = [":---", *("---:" for _ in header[1:])]  # labels left, numbers right
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return lines + [""]
 
@@ -627,7 +630,9 @@ def _e2e_table(section: Any) -> list[str]:
             ["engine tasks/s / raw msg/s", f"**{section['ratio']}**"],
             ["tasks per host (task_started events)", split],
             ["task invocation, mean (host log)", invocation],
-            ["duplicate / ignored deliveries", anomalies]]
+            ["duplicate / ignored deliveries", anomalies],
+            ["status polls (their load is part of the run)",
+             f"{e2e['status_polls']}, mean {e2e['status_poll_ms_mean']} ms each"]]
     out += _table(["measure", "value"], rows)
     out += _table(["timeline (host logs)", "s after submit"], [[t["event"], t["s_after_submit"]]
                                                                 for t in e2e["timeline"]])

@@ -57,7 +57,7 @@ def test_job_id_ignores_key_order_and_omitted_defaults():
 def test_job_id_is_sha256_of_canonical_json():
     import hashlib
 
-    params = {"n": 3, "message": "hello", "fail_indices": [], "sleep_ms": 0}
+    params = {"n": 3, "message": "hello", "fail_indices": [], "sleep_ms": 0, "transient_failures": 0}
     expected = hashlib.sha256(
         canonical_json({"job_type": "hello_world", "parameters": params}).encode()).hexdigest()
     assert _job_id({}) == expected

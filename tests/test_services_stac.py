@@ -240,3 +240,15 @@ def test_masks_do_not_change_the_footprint(tmp_path):
     path = write_raster(tmp_path / "m.tif", data, mask=mask)
     plain = write_raster(tmp_path / "p.tif", data)
     assert as_dict(make_item(path))["bbox"] == as_dict(make_item(plain))["bbox"]
+
+
+def test_huge_integral_nodata_stays_a_float_json_encoders_accept():
+    """float32's lowest value is integral as a float; as an int it would overflow 64-bit JSON encoders."""
+    import orjson
+
+    from services_stac import _nodata
+
+    assert _nodata(-3.4028234663852886e38) == -3.4028234663852886e38
+    assert isinstance(_nodata(-3.4028234663852886e38), float)
+    assert _nodata(0.0) == 0 and isinstance(_nodata(0.0), int)
+    orjson.dumps({"nodata": _nodata(-3.4028234663852886e38)})
