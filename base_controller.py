@@ -57,6 +57,7 @@ class Stage:
     plan: Planner
     description: str = ""
     plan_uses_io: bool = False
+    parallelism: str = "n tasks"  # for people: "one task", "one task per input", "one task per tile", "n tasks"
 
 
 @dataclass(frozen=True)

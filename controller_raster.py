@@ -259,9 +259,12 @@ def _processed_large(p: Any, outcomes: dict[int, list[TaskOutcome]]) -> dict[str
                          "sas_url": cog["sas_url"]}]}
 
 
-VALIDATE = Stage("validate", "raster_validate", _one, "Validate the raster.")
-CREATE_COG = Stage("create_cog", "raster_create_cog", _cogs_for, "Write a Cloud-Optimized GeoTIFF per raster.")
-CATALOG_OUTPUTS = Stage("catalog", "stac_catalog", _catalog_outputs, "Catalogue each COG in pgstac.")
+PER_INPUT = "one task per input"
+VALIDATE = Stage("validate", "raster_validate", _one, "Validate the raster.", parallelism="one task")
+CREATE_COG = Stage("create_cog", "raster_create_cog", _cogs_for, "Write a Cloud-Optimized GeoTIFF per raster.",
+                   parallelism=PER_INPUT)
+CATALOG_OUTPUTS = Stage("catalog", "stac_catalog", _catalog_outputs, "Catalogue each COG in pgstac.",
+                        parallelism=PER_INPUT)
 
 JOB_TYPES = (
     JobController("validate_raster", "Validate one raster: CRS, bounds, size, bands, COG or not.", BlobRef,
@@ -269,13 +272,17 @@ JOB_TYPES = (
     JobController("process_raster", "One raster: validate, convert to COG, catalogue in STAC.",
                   ProcessRasterParameters, (VALIDATE, CREATE_COG, CATALOG_OUTPUTS), _processed),
     JobController("process_raster_batch", "N rasters (a list or a prefix): N tasks per stage.", BatchParameters,
-                  (Stage("validate", "raster_validate", _batch_inputs, "Validate every raster.", plan_uses_io=True),
+                  (Stage("validate", "raster_validate", _batch_inputs, "Validate every raster.", plan_uses_io=True,
+                          parallelism=PER_INPUT),
                    CREATE_COG, CATALOG_OUTPUTS), _processed),
     JobController("process_large_raster", "One huge raster: plan tiles, process tiles in parallel (windowed "
                   "reads), assemble one COG, catalogue it.", LargeRasterParameters,
                   (Stage("plan_tiles", "raster_plan_tiles",
-                         lambda p, prev: [{"container": p.container, "blob": p.blob, "tile_size": p.tile_size}]),
-                   Stage("process_tiles", "raster_tile", _tiles, "Copy each window to a tile."),
-                   Stage("assemble", "raster_assemble", _assemble, "Stitch the tiles into one COG."),
+                         lambda p, prev: [{"container": p.container, "blob": p.blob, "tile_size": p.tile_size}],
+                         "Cut the raster into tile windows.", parallelism="one task"),
+                   Stage("process_tiles", "raster_tile", _tiles, "Copy each window to a tile.",
+                         parallelism="one task per tile"),
+                   Stage("assemble", "raster_assemble", _assemble, "Stitch the tiles into one COG.",
+                         parallelism="one task"),
                    CATALOG_OUTPUTS), _processed_large),
 )

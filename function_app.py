@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 
 import azure.functions as func
 
+import api_listing
+import api_system
 import engine_recovery
 import job_api
 from config import JOBS_QUEUE_SETTING, STORAGE_CONNECTION, TASKS_QUEUE_SETTING, get_settings
@@ -57,8 +59,68 @@ def submit_job(req: func.HttpRequest) -> func.HttpResponse:
 
 @app.route(route="jobs/status/{job_id}", methods=["GET"])
 def job_status(req: func.HttpRequest) -> func.HttpResponse:
-    """A job's status, stages, task counts, and its result or error."""
-    return _http(job_api.respond(lambda: job_api.status(engine(), req.route_params.get("job_id", ""))))
+    """A job's status, stages, progress, task counts, its result or error; ?verbose=true adds its tasks."""
+    q = req.params
+    return _http(job_api.respond(lambda: job_api.status(
+        engine(), req.route_params.get("job_id", ""), verbose=q.get("verbose", "").lower() in ("1", "true", "yes"),
+        limit=q.get("limit") or 100, continuation=q.get("continuation"))))
+
+
+@app.route(route="jobs", methods=["GET"])
+def list_jobs(req: func.HttpRequest) -> func.HttpResponse:
+    """Jobs, newest first: ?status=&job_type=&limit=&continuation=."""
+    q = req.params
+    return _http(job_api.respond(lambda: api_listing.list_jobs(
+        engine(), _base_url(req), q.get("status"), q.get("job_type"), q.get("limit"), q.get("continuation"))))
+
+
+@app.route(route="jobs/stuck", methods=["GET"])
+def stuck_jobs(req: func.HttpRequest) -> func.HttpResponse:
+    """Jobs processing with no task progress for longer than ?older_than_s= (default 600)."""
+    return _http(job_api.respond(lambda: api_listing.stuck_jobs(engine(), _base_url(req),
+                                                                req.params.get("older_than_s"))))
+
+
+@app.route(route="jobs/{job_id}/tasks", methods=["GET"])
+def list_tasks(req: func.HttpRequest) -> func.HttpResponse:
+    """A job's tasks: ?stage=&status=&limit=&continuation=."""
+    q = req.params
+    return _http(job_api.respond(lambda: api_listing.list_tasks(
+        engine(), req.route_params.get("job_id", ""), q.get("stage"), q.get("status"), q.get("limit"),
+        q.get("continuation"))))
+
+
+@app.route(route="jobs/{job_id}/tasks/{task_id}", methods=["GET"])
+def get_task(req: func.HttpRequest) -> func.HttpResponse:
+    """One task: status, attempts, timings, error, parameters and result (large ones by reference)."""
+    return _http(job_api.respond(lambda: api_listing.get_task(
+        engine(), req.route_params.get("job_id", ""), req.route_params.get("task_id", ""))))
+
+
+@app.route(route="job-types", methods=["GET"])
+def job_types(req: func.HttpRequest) -> func.HttpResponse:
+    """Every job type: description, stages, parameters as JSON Schema."""
+    return _http(job_api.respond(api_listing.job_types))
+
+
+@app.route(route="health", methods=["GET"])
+def health(req: func.HttpRequest) -> func.HttpResponse:
+    """200 when storage (and the database) answer; 503 naming the failing part."""
+    return _http(job_api.respond(lambda: api_system.health(engine())))
+
+
+@app.route(route="openapi.json", methods=["GET"])
+def openapi_document(req: func.HttpRequest) -> func.HttpResponse:
+    """The OpenAPI 3.1 document of this API, generated from the models and the job-type registry."""
+    import openapi
+
+    return _http(job_api.respond(lambda: (200, openapi.document(_base_url(req)))))
+
+
+@app.route(route="metrics", methods=["GET"])
+def metrics(req: func.HttpRequest) -> func.HttpResponse:
+    """Jobs by status and type; per task type: count, failure rate, duration percentiles; queue depths."""
+    return _http(job_api.respond(lambda: api_system.metrics(engine(), req.params.get("window_s"))))
 
 
 @app.route(route="jobs/{job_id}/retry", methods=["POST"])

@@ -9,15 +9,14 @@ import json
 import logging
 from typing import Any, Callable
 
+import api_listing
 import engine_admin
 import faults
 from controller_factory import get_controller
 from errors import BadRequestError, NotFoundError, OrchestratorError, PayloadTooLargeError, http_status_for
 from logs import log_event
-from models import (
-    TERMINAL, JobRecord, JobStatusResponse, StageMessage, StageStatus, Status, SubmitResponse, TaskCounts,
-    TaskErrorSummary, is_job_id, make_job_id,
-)
+from api_models import JobStatusResponse, StageStatus, SubmitResponse, TaskCounts, TaskErrorSummary
+from models import TERMINAL, JobRecord, StageMessage, Status, is_job_id, make_job_id
 from task_manager import Engine
 
 logger = logging.getLogger(__name__)
@@ -53,6 +52,7 @@ def submit(engine: Engine, job_type: str, body: bytes, base_url: str) -> Respons
         job = store.create_job(JobRecord(job_id=job_id, job_type=job_type, total_stages=controller.total_stages,
                                          stage_name=controller.stage(1).name, parameters=canonical))
         if job is not None:
+            store.index_job(job)
             faults.point("job_row_written")
             engine.repos.jobs_queue.send(StageMessage(job_id=job_id, stage=1))
             created = True
@@ -69,8 +69,9 @@ def submit(engine: Engine, job_type: str, body: bytes, base_url: str) -> Respons
     return (202 if created else 200), body_out.model_dump(mode="json", exclude_none=True)
 
 
-def status(engine: Engine, job_id: str) -> Response:
-    """GET /api/jobs/status/{job_id}: the job, its stages and task counts."""
+def status(engine: Engine, job_id: str, verbose: bool = False, limit: int = 100,
+           continuation: str | None = None) -> Response:
+    """GET /api/jobs/status/{job_id}: the job, its stages (timings, counts, attempts), progress."""
     job = engine.store.get_job(job_id) if is_job_id(job_id) else None
     if job is None:
         raise NotFoundError(f"no job with id {job_id!r}")
@@ -84,8 +85,12 @@ def status(engine: Engine, job_id: str) -> Response:
         row = stage_rows.get(number)
         shown = Status.QUEUED if row is None else (
             Status.CANCELLED if row.cancelled and row.status not in TERMINAL else row.status)
-        stages.append(StageStatus(stage=number, name=definition.name, status=shown,
-                                  tasks=counts, attempts=sum(t.get("attempts") or 0 for t in mine)))
+        ended = row.ended_at if row is not None and row.status in TERMINAL else None
+        stages.append(StageStatus(
+            stage=number, name=definition.name, status=shown, tasks=counts,
+            attempts=sum(t.get("attempts") or 0 for t in mine),
+            started_at=row.created_at if row else None, ended_at=ended,
+            duration_s=round((ended - row.created_at).total_seconds(), 3) if ended else None))
     totals = TaskCounts(**{f: sum(getattr(s.tasks, f) for s in stages) for f in TaskCounts.model_fields})
     with_errors = sorted((t for t in tasks if t.get("error_details") or t.get("last_error")),
                          key=lambda t: str(t.get("ended_at") or ""), reverse=True)[:RECENT_ERRORS]
@@ -94,10 +99,25 @@ def status(engine: Engine, job_id: str) -> Response:
     response = JobStatusResponse(
         job_id=job.job_id, job_type=job.job_type, status=job.status, stage=job.stage,
         total_stages=job.total_stages, stage_name=job.stage_name, parameters=job.parameters, tasks=totals,
-        stages=stages, attempts=sum(s.attempts for s in stages), retries=job.retries, recent_errors=recent,
+        stages=stages, progress=progress(job.status, stages), attempts=sum(s.attempts for s in stages),
+        retries=job.retries, recent_errors=recent,
         result_data=job.result_data if job.status == Status.COMPLETED else None,
-        error_details=job.error_details, created_at=job.created_at, updated_at=job.updated_at)
+        error_details=job.error_details, created_at=job.created_at, updated_at=job.updated_at,
+        task_page=api_listing.task_page(engine, job_id, None, None, limit, continuation) if verbose else None)
     return 200, response.model_dump(mode="json", exclude_none=True)
+
+
+def progress(job_status: Status, stages: list[StageStatus]) -> float:
+    """0-100: each stage weighs the same; within a stage, the share of its known tasks that ended."""
+    if job_status == Status.COMPLETED:
+        return 100.0
+    done = 0.0
+    for s in stages:
+        if s.status == Status.COMPLETED:
+            done += 1
+        elif s.tasks.total:
+            done += (s.tasks.completed + s.tasks.failed + s.tasks.cancelled) / s.tasks.total
+    return round(100 * done / max(1, len(stages)), 1)
 
 
 def retry(engine: Engine, job_id: str) -> Response:

@@ -193,6 +193,15 @@ def parse_task_id(task_id: str) -> tuple[str, int, int]:
     return match.group(1), int(match.group(2)), int(match.group(3))
 
 
+INDEX_PARTITION = "jobs"
+_MAX_MS = 10**14
+
+
+def job_index_key(created_at: datetime, job_id: str) -> str:
+    """Inverted creation time (ms) then the id: a plain RowKey scan lists newest first."""
+    return f"{_MAX_MS - int(created_at.timestamp() * 1000):014d}-{job_id}"
+
+
 def stage_row_key(stage: int) -> str:
     """RowKey of a stage's summary row."""
     return f"stage-{stage:02d}"
@@ -237,11 +246,17 @@ class JobRecord(Row):
     result_data: Any = None
     error_details: str | None = None
     retries: int = 0
+    callback_url: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     schema_version: int = SCHEMA_VERSION
 
     JSON_FIELDS: ClassVar[tuple[str, ...]] = ("parameters", "result_data")
+
+    @property
+    def index_key(self) -> str:
+        """RowKey of the job's listing row: newest jobs sort first."""
+        return job_index_key(self.created_at, self.job_id)
 
 
 class StageRecord(Row):
@@ -398,68 +413,3 @@ def decode_job_message(body: str | bytes) -> StageMessage | CompletionMessage:
 def decode_task_message(body: str | bytes) -> TaskMessage:
     """Parse a tasks-queue message body."""
     return TaskMessage.model_validate_json(body)
-
-
-# ---------------------------------------------------------------- API bodies
-class TaskCounts(BaseModel):
-    """Tasks by status."""
-
-    total: int = 0
-    queued: int = 0
-    processing: int = 0
-    completed: int = 0
-    failed: int = 0
-    cancelled: int = 0
-
-
-class StageStatus(BaseModel):
-    """One stage in a status response."""
-
-    stage: int
-    name: str
-    status: Status
-    tasks: TaskCounts
-    attempts: int = 0
-
-
-class TaskErrorSummary(BaseModel):
-    """A task's latest error, as status shows it."""
-
-    task_id: str
-    status: Status
-    attempts: int
-    error: str
-
-
-class SubmitResponse(BaseModel):
-    """Body of POST /api/jobs/submit/{job_type}."""
-
-    job_id: str
-    job_type: str
-    status: Status
-    stage: int
-    total_stages: int
-    status_url: str
-    created: bool
-    hint: str | None = None
-
-
-class JobStatusResponse(BaseModel):
-    """Body of GET /api/jobs/status/{job_id}."""
-
-    job_id: str
-    job_type: str
-    status: Status
-    stage: int
-    total_stages: int
-    stage_name: str
-    parameters: dict[str, Any]
-    tasks: TaskCounts
-    stages: list[StageStatus]
-    attempts: int = 0
-    retries: int = 0
-    recent_errors: list[TaskErrorSummary] = Field(default_factory=list)
-    result_data: Any = None
-    error_details: str | None = None
-    created_at: datetime
-    updated_at: datetime

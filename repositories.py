@@ -7,6 +7,8 @@ JSON values too large for a property are spilled to blobs; the row keeps ``<fiel
 """
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import threading
 from datetime import datetime
@@ -17,9 +19,9 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
 from config import Settings
-from errors import ConflictError, NotFoundError
+from errors import BadRequestError, ConflictError, NotFoundError, OrchestratorError
 from models import (
-    MAX_ENTITY_BYTES, JobRecord, PayloadRef, Row, ShardRecord, StageRecord, Status, TaskRecord,
+    INDEX_PARTITION, MAX_ENTITY_BYTES, JobRecord, PayloadRef, Row, ShardRecord, StageRecord, Status, TaskRecord,
     check_entity_limits, entity_bytes, from_entity, shard_row_key, stage_row_key, task_row_key,
     to_entity, utf16_len,
 )
@@ -35,6 +37,24 @@ INLINE_JSON_MAX_BYTES = 60 * 1024  # UTF-16 bytes; Azure's property limit is 64 
 BATCH_MAX_OPERATIONS = 100
 BATCH_MAX_BYTES = 3 * 1024 * 1024  # Azure's transaction payload limit is 4 MiB
 _IF_MATCH = {"mode": UpdateMode.REPLACE, "match_condition": MatchConditions.IfNotModified}
+
+
+def encode_token(token: dict[str, str] | None) -> str | None:
+    """Opaque continuation token for clients."""
+    return base64.urlsafe_b64encode(json.dumps(token).encode()).decode() if token else None
+
+
+def decode_token(token: str | None) -> dict[str, str] | None:
+    """Inverse of ``encode_token``; BadRequestError for anything else."""
+    if not token:
+        return None
+    try:
+        value = json.loads(base64.urlsafe_b64decode(token.encode()))
+        if isinstance(value, dict) and set(value) <= {"PartitionKey", "RowKey"}:
+            return value
+    except (ValueError, UnicodeDecodeError):
+        pass
+    raise BadRequestError("invalid continuation token: pass back the 'continuation' value of the previous page")
 
 
 def chunk_for_transactions(entities: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -62,11 +82,12 @@ class JobStore:
         self.jobs_table_name, self.tasks_table_name = jobs_table, tasks_table
         self.jobs: TableClient = tables.get_table_client(jobs_table)
         self.tasks: TableClient = tables.get_table_client(tasks_table)
+        self.index: TableClient = tables.get_table_client(f"{jobs_table}index")
         self.blobs = blobs
 
     def ensure(self) -> None:
-        """Create both tables if missing."""
-        for table in (self.jobs, self.tasks):
+        """Create the tables if missing."""
+        for table in (self.jobs, self.tasks, self.index):
             with translate_errors(f"create table {table.table_name}"):
                 try:
                     table.create_table()
@@ -134,8 +155,50 @@ class JobStore:
         return job.model_copy(update={"etag": meta["etag"]})
 
     def replace_job(self, job: JobRecord) -> JobRecord:
-        """Conditional update of the job row."""
-        return self._replace(self.jobs, job)
+        """Conditional update of the job row, then its listing row (a projection: best effort)."""
+        written = self._replace(self.jobs, job)
+        self.index_job(written)
+        return written
+
+    def index_job(self, job: JobRecord) -> None:
+        """Upsert the job's listing row; a failure is logged, never raised (the job row is the truth)."""
+        entity = {"PartitionKey": INDEX_PARTITION, "RowKey": job.index_key, "job_id": job.job_id,
+                  "job_type": job.job_type, "status": job.status.value, "stage": job.stage,
+                  "total_stages": job.total_stages, "created_at": job.created_at, "updated_at": job.updated_at}
+        try:
+            with translate_errors(f"index job {job.job_id}"):
+                self.index.upsert_entity(entity, mode=UpdateMode.MERGE)
+        except OrchestratorError as exc:
+            logger.warning('{"event": "index_write_failed", "job_id": "%s", "error": "%s"}', job.job_id, exc.message)
+
+    def list_jobs(self, status: Status | None, job_type: str | None, limit: int,
+                  token: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of listing rows, newest first, filtered server-side."""
+        flt, params = "PartitionKey eq @pk", {"pk": INDEX_PARTITION}
+        if status is not None:
+            flt, params["status"] = flt + " and status eq @status", status.value
+        if job_type is not None:
+            flt, params["job_type"] = flt + " and job_type eq @job_type", job_type
+        return self._page(self.index, flt, params, limit, token)
+
+    def page_tasks(self, job_id: str, stage: int | None, status: Status | None, limit: int,
+                   token: str | None) -> tuple[list[TaskRecord], str | None]:
+        """A page of a job's tasks (payloads by reference: large ones are not loaded)."""
+        lo, hi = ("task-", "task.") if stage is None else (f"task-{stage:02d}-", f"task-{stage:02d}.")
+        flt = "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi"
+        params: dict[str, Any] = {"pk": job_id, "lo": lo, "hi": hi}
+        if status is not None:
+            flt, params["status"] = flt + " and status eq @status", status.value
+        entities, nxt = self._page(self.tasks, flt, params, limit, token)
+        return [self.unpack(TaskRecord, e, resolve=False) for e in entities], nxt
+
+    def _page(self, table: TableClient, flt: str, params: dict[str, Any], limit: int,
+              token: str | None) -> tuple[list[Any], str | None]:
+        pager = table.query_entities(flt, parameters=params, results_per_page=limit).by_page(
+            continuation_token=decode_token(token))
+        with translate_errors(f"query {table.table_name}"):
+            entities = list(next(pager, []))
+        return entities, encode_token(pager.continuation_token)
 
     # ------------------------------------------------------------ stages and counters
     def create_stage(self, stage: StageRecord, shards: list[ShardRecord], tasks: list[TaskRecord]) -> None:
@@ -213,6 +276,14 @@ class JobStore:
         with translate_errors(f"reopen shard {shard.shard} of stage {shard.stage} of {shard.job_id}"):
             self.tasks.submit_transaction(ops)
 
+    def last_progress(self, job_id: str) -> datetime | None:
+        """When any stage or counter row of the job last changed (a task ended, a stage began)."""
+        flt = "PartitionKey eq @pk and RowKey ge 'stage-' and RowKey lt 'stage.'"
+        with translate_errors(f"query progress of {job_id}"):
+            stamps = [e.metadata.get("timestamp") for e in self.tasks.query_entities(
+                flt, parameters={"pk": job_id}, select=["RowKey"])]
+        return max((t for t in stamps if t is not None), default=None)
+
     def get_shard(self, job_id: str, stage: int, shard: int) -> ShardRecord | None:
         """One counter shard, or None."""
         return self._get(self.tasks, ShardRecord, job_id, shard_row_key(stage, shard))
@@ -244,6 +315,14 @@ class JobStore:
         with translate_errors(f"summarise tasks of {job_id}"):
             return [dict(e) for e in self.tasks.query_entities(flt, parameters={"pk": job_id}, select=select,
                                                                results_per_page=1000)]
+
+    def task_timings(self, job_id: str) -> list[dict[str, Any]]:
+        """task_type, status, started_at, ended_at of every task of a job (one narrow query)."""
+        flt = "PartitionKey eq @pk and RowKey ge 'task-' and RowKey lt 'task.'"
+        with translate_errors(f"read task timings of {job_id}"):
+            return [dict(e) for e in self.tasks.query_entities(
+                flt, parameters={"pk": job_id}, select=["task_type", "status", "started_at", "ended_at"],
+                results_per_page=1000)]
 
     def stale_tasks(self, job_id: str, stage: int, before: datetime) -> list[TaskRecord]:
         """Tasks of a stage still processing with a lease that ended before ``before``."""
@@ -287,6 +366,25 @@ class Repositories:
                         queue.ensure()
                     self._ready = True
         return self
+
+    def probe(self) -> dict[str, dict[str, Any]]:
+        """One cheap request per storage part: {part: {"ok": bool, "error"?: str, ...}}."""
+        checks: dict[str, dict[str, Any]] = {}
+
+        def check(name: str, fn) -> None:
+            try:
+                with translate_errors(f"health check of {name}"):
+                    checks[name] = {"ok": True, **(fn() or {})}
+            except OrchestratorError as exc:
+                checks[name] = {"ok": False, "error": exc.message}
+
+        check("tables", lambda: {"jobs": len(list(self.store.jobs.query_entities(
+            "PartitionKey eq 'health-probe'", results_per_page=1)))} and None)
+        check("blobs", lambda: self.clients.blobs.get_container_client(
+            self.settings.payload_container).get_container_properties() and None)
+        check("queues", lambda: {"depths": {q.name: q.client.get_queue_properties().approximate_message_count
+                                            for q in self.queues()}})
+        return checks
 
     def queues(self) -> Iterable[QueueProducer]:
         """The queues the engine sends to."""

@@ -1,0 +1,131 @@
+"""Read-only views: jobs newest first, a job's tasks, one task, stuck jobs, the job types."""
+from __future__ import annotations
+
+from typing import Any
+
+from api_models import JobPage, JobSummary, JobTypeInfo, JobTypes, StageInfo, TaskPage, TaskView
+from controller_factory import JOB_TYPES
+from errors import BadRequestError, NotFoundError
+from models import TaskRecord, Status, is_job_id, parse_task_id, utcnow
+from task_manager import Engine
+
+Response = tuple[int, dict[str, Any]]
+MAX_LIMIT = 1000
+
+
+def _limit(value: str | int | None, default: int = 50) -> int:
+    try:
+        limit = int(value) if value not in (None, "") else default
+    except (TypeError, ValueError):
+        raise BadRequestError(f"limit must be a whole number, got {value!r}") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise BadRequestError(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
+    return limit
+
+
+def _status(value: str | None) -> Status | None:
+    if not value:
+        return None
+    try:
+        return Status(value)
+    except ValueError:
+        raise BadRequestError(f"unknown status {value!r}; one of {', '.join(s.value for s in Status)}") from None
+
+
+def _stage(value: str | None) -> int | None:
+    if value in (None, ""):
+        return None
+    try:
+        stage = int(value)
+    except ValueError:
+        raise BadRequestError(f"stage must be a whole number, got {value!r}") from None
+    if not 1 <= stage <= 99:
+        raise BadRequestError(f"stage must be between 1 and 99, got {stage}")
+    return stage
+
+
+def list_jobs(engine: Engine, base_url: str, status: str | None = None, job_type: str | None = None,
+              limit: str | None = None, continuation: str | None = None) -> Response:
+    """GET /api/jobs: newest first, filtered by status and job type, paged."""
+    if job_type and job_type not in JOB_TYPES:
+        raise BadRequestError(f"unknown job_type {job_type!r}; available: {', '.join(sorted(JOB_TYPES))}")
+    rows, nxt = engine.store.list_jobs(_status(status), job_type or None, _limit(limit), continuation)
+    jobs = [JobSummary(status_url=f"{base_url}/api/jobs/status/{r['job_id']}",
+                       **{k: r[k] for k in JobSummary.model_fields if k in r}) for r in rows]
+    return 200, JobPage(jobs=jobs, continuation=nxt).model_dump(mode="json")
+
+
+def _view(task: TaskRecord) -> TaskView:
+    duration = (task.ended_at - task.started_at).total_seconds() if task.ended_at and task.started_at else None
+    data = task.model_dump(include=set(TaskView.model_fields) - {"duration_s"})
+    return TaskView(**data, duration_s=round(duration, 3) if duration is not None else None)
+
+
+def _job_or_404(engine: Engine, job_id: str):
+    job = engine.store.get_job(job_id) if is_job_id(job_id) else None
+    if job is None:
+        raise NotFoundError(f"no job with id {job_id!r}")
+    return job
+
+
+def task_page(engine: Engine, job_id: str, stage: str | int | None, status: str | None, limit: Any,
+              continuation: str | None) -> TaskPage:
+    """A page of a job's tasks."""
+    tasks, nxt = engine.store.page_tasks(job_id, _stage(None if stage is None else str(stage)), _status(status),
+                                         _limit(limit, 100), continuation)
+    return TaskPage(tasks=[_view(t) for t in tasks], continuation=nxt)
+
+
+def list_tasks(engine: Engine, job_id: str, stage: str | None = None, status: str | None = None,
+               limit: str | None = None, continuation: str | None = None) -> Response:
+    """GET /api/jobs/{job_id}/tasks."""
+    _job_or_404(engine, job_id)
+    return 200, task_page(engine, job_id, stage, status, limit, continuation).model_dump(mode="json")
+
+
+def get_task(engine: Engine, job_id: str, task_id: str) -> Response:
+    """GET /api/jobs/{job_id}/tasks/{task_id}: status, attempts, timings, error, parameters, result."""
+    _job_or_404(engine, job_id)
+    try:
+        prefix, stage, index = parse_task_id(task_id)
+    except Exception:
+        raise NotFoundError(f"no task {task_id!r} in job {job_id}") from None
+    task = engine.store.get_task(job_id, stage, index) if job_id.startswith(prefix) else None
+    if task is None:
+        raise NotFoundError(f"no task {task_id!r} in job {job_id}")
+    return 200, _view(task).model_dump(mode="json")
+
+
+def stuck_jobs(engine: Engine, base_url: str, older_than_s: str | None = None) -> Response:
+    """GET /api/jobs/stuck: processing jobs whose tasks made no progress for ``older_than_s`` seconds."""
+    try:
+        threshold = float(older_than_s) if older_than_s not in (None, "") else 600.0
+    except ValueError:
+        raise BadRequestError(f"older_than_s must be a number, got {older_than_s!r}") from None
+    if threshold < 0:
+        raise BadRequestError("older_than_s must not be negative")
+    now, found, token = utcnow(), [], None
+    while True:
+        rows, token = engine.store.list_jobs(Status.PROCESSING, None, MAX_LIMIT, token)
+        for row in rows:
+            last = engine.store.last_progress(row["job_id"]) or row["updated_at"]
+            idle = (now - last).total_seconds()
+            if idle >= threshold:
+                found.append(JobSummary(status_url=f"{base_url}/api/jobs/status/{row['job_id']}", idle_s=round(idle, 1),
+                                        **{k: row[k] for k in JobSummary.model_fields if k in row}))
+        if token is None:
+            break
+    return 200, {"older_than_s": threshold, **JobPage(jobs=found).model_dump(mode="json")}
+
+
+def job_types() -> Response:
+    """GET /api/job-types: every registered type, its stages and its parameters as JSON Schema."""
+    types = [JobTypeInfo(job_type=c.job_type, description=c.description,
+                         stages=[StageInfo(stage=i, name=s.name, task_type=s.task_type,
+                                           parallelism=s.parallelism, description=s.description)
+                                 for i, s in enumerate(c.stages, start=1)],
+                         parameters=c.parameters_model.model_json_schema(),
+                         tolerated_failure_fraction=c.tolerated_failure_fraction)
+             for c in sorted(JOB_TYPES.values(), key=lambda c: c.job_type)]
+    return 200, JobTypes(job_types=types).model_dump(mode="json")
+

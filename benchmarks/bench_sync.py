@@ -1,0 +1,557 @@
+"""Sync benchmark: ``sync_container`` through the engine against a hand-written pypgstac ``Loader`` run.
+
+Starts its own Azurite and its own PostgreSQL + PostGIS + pgstac (private ports, temporary folders;
+both stopped by PID at the end, even on error or SIGTERM), writes ``--n`` small synthetic GeoTIFFs
+(128 x 128 uint8, each on its own 3.84 km square of a UTM grid, so every bbox differs), uploads them
+to an input container and measures, in one run:
+
+1. ours       ``sync_container`` on that container through ``--hosts`` real local host processes
+              (``tests/host_proc.HostProcess``), submitted over HTTP and timed from submit to
+              ``completed`` (status polled every 0.25 s). Stage 1 lists the GeoTIFFs; stage 2 runs one
+              ``stac_catalog`` task per blob (download, ``validate_raster``, ``build_item``,
+              ``ensure_collection`` + ``upsert_item``). The collection must then hold n items.
+2. baseline   The same n items built in this process, one after the other, the way a hand-written
+              loader would (list, download, ``validate_raster``, ``build_item``, like ``catalog_blob``),
+              then loaded with ``PgstacRepository.bulk_load`` (pypgstac ``Loader``) into a second
+              collection. Timed separately: (a) the bulk load alone, items already built, and (b) list
+              + build + create the collection + bulk load, the fair comparison with ours, which also
+              downloads and reads every file.
+3. writes     Diagnostic: the catalogue writes alone as ``catalog_blob`` does them (``ensure_collection``
+              + ``upsert_item`` per item), one after the other in this process, into a third collection.
+
+From the hosts' JSON log events it reports the wall time distribution of the catalog tasks
+(``task_ended.duration_ms``: the handler alone), the host's invocation times (handler + the engine's
+claim and commit), how the tasks split across the hosts, and a timeline of the job.
+
+It is not a test and asserts nothing. It prints a Markdown table and a JSON summary, and writes the
+JSON to ``benchmarks/results/bench_sync-<UTC date>[-n<n>][-h<hosts>].json`` (suffixes only for
+non-default sizes).
+
+    .venv/bin/python benchmarks/bench_sync.py [--n 200] [--hosts 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+for _path in (ROOT, ROOT / "tests"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+import rasterio
+import requests
+from azurite_proc import Azurite
+from conftest import fresh_settings, settings_env
+from conftest_geo import smooth_image, write_raster
+from host_proc import HostProcess
+from postgres_proc import Postgres, pg_bin
+from rasterio.transform import from_origin
+
+from config import Settings, load_host_json
+from models import TERMINAL
+from repositories import Repositories
+from repository_pgstac import PgstacRepository
+from services_raster import validate_raster
+from services_stac import build_collection, build_item
+
+RESULTS = ROOT / "benchmarks" / "results"
+POLL_SECONDS = 0.25  # status polling interval of "ours"
+SIZE_PX = 128  # side of each synthetic raster
+PIXEL_M = 30.0
+GRID_STEP_M = 4_000.0  # footprints 3.84 km wide on a 4 km grid: distinct, non-overlapping bboxes
+GRID_COLUMNS = 20
+UPLOAD_THREADS = 8
+CATALOG_TASK = "stac_catalog"
+GOAL = 0.5  # the issue's goal: ours >= 0.5 of the Loader's items/s
+
+
+def log(text: str) -> None:
+    """Progress on stderr (stdout carries only the results)."""
+    print(f"[bench_sync {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def stats_ms(values: list[float]) -> dict[str, Any]:
+    """count, mean, min, p50, p90, p95, p99, max of durations in ms (None when empty)."""
+    if not values:
+        return {"count": 0}
+    ordered = sorted(values)
+
+    def pct(p: int) -> float:
+        if len(ordered) == 1:
+            return float(ordered[0])
+        return round(statistics.quantiles(ordered, n=100, method="inclusive")[p - 1], 1)
+
+    return {"count": len(ordered), "mean": round(statistics.fmean(ordered), 1), "min": round(ordered[0], 1),
+            "p50": pct(50), "p90": pct(90), "p95": pct(95), "p99": pct(99), "max": round(ordered[-1], 1),
+            "sum_s": round(sum(ordered) / 1000, 2)}
+
+
+# ---------------------------------------------------------------------------------------------- input
+def write_inputs(settings: Settings, n: int, folder: Path) -> dict[str, Any]:
+    """Write n synthetic GeoTIFFs and upload them to the input container (8 threads)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rasters = Repositories(settings).rasters
+    rasters.ensure_container(settings.input_container)
+    started = time.perf_counter()
+    paths = []
+    for i in range(n):
+        row, col = divmod(i, GRID_COLUMNS)
+        transform = from_origin(400_000 + col * GRID_STEP_M, 4_000_000 - row * GRID_STEP_M, PIXEL_M, PIXEL_M)
+        paths.append(write_raster(folder / f"tile{i:05d}.tif", smooth_image(1, SIZE_PX, SIZE_PX, seed=i),
+                                  transform=transform))
+    written_s = time.perf_counter() - started
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
+        list(pool.map(lambda p: rasters.upload(settings.input_container, f"sync/{p.name}", p), paths))
+    upload_s = time.perf_counter() - started
+    sizes = [p.stat().st_size for p in paths]
+    return {"files": n, "size_px": SIZE_PX, "dtype": "uint8", "bytes_mean": round(statistics.fmean(sizes)),
+            "write_s": round(written_s, 2), "upload_s": round(upload_s, 2)}
+
+
+# ---------------------------------------------------------------------------------------------- 1. ours
+def host_env(settings: Settings, pg: Postgres) -> dict[str, str]:
+    """What a host process needs: the engine's storage names, the catalogue and the containers."""
+    pgs = pg.settings
+    return {**settings_env(settings), "PGSTAC_HOST": pgs.host, "PGSTAC_PORT": str(pgs.port),
+            "PGSTAC_DBNAME": pgs.dbname, "PGSTAC_USER": pgs.user,
+            "PGSTAC_PASSWORD": pgs.password.get_secret_value(),
+            "INPUT_CONTAINER": settings.input_container, "OUTPUT_CONTAINER": settings.output_container,
+            "DEFAULT_COLLECTION": settings.default_collection}
+
+
+def wait_for_job(urls: list[str], job_id: str, timeout: float) -> tuple[dict[str, Any], list[float]]:
+    """Poll the status route (hosts in turn) every POLL_SECONDS until terminal; (last body, poll seconds)."""
+    deadline = time.monotonic() + timeout
+    polls: list[float] = []
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        started = time.perf_counter()
+        body = requests.get(f"{urls[len(polls) % len(urls)]}/jobs/status/{job_id}", timeout=30).json()
+        polls.append(time.perf_counter() - started)
+        if body.get("status") in TERMINAL:
+            return body, polls
+        time.sleep(max(0.0, POLL_SECONDS - polls[-1]))
+    raise TimeoutError(f"job {job_id} not finished after {timeout:.0f} s: {body.get('tasks')}")
+
+
+def measure_ours(settings: Settings, hosts: list[HostProcess], n: int, catalogue: PgstacRepository) -> dict[str, Any]:
+    """sync_container over HTTP through the (started) hosts, timed from submit to completed."""
+    urls = [h.url for h in hosts]
+    body = {"container": settings.input_container, "collection_id": settings.default_collection}
+    submitted_at, started = time.time(), time.perf_counter()
+    response = requests.post(f"{urls[0]}/jobs/submit/sync_container", json=body, timeout=30)
+    if response.status_code != 202:
+        raise RuntimeError(f"submit answered {response.status_code}: {response.text[:2000]}")
+    job_id = response.json()["job_id"]
+    final, polls = wait_for_job(urls, job_id, timeout=max(240.0, 1.5 * n))
+    seconds = time.perf_counter() - started
+    result = final.get("result_data") or {}
+    items = catalogue.count_items(settings.default_collection)
+    return {"job_id": job_id, "status": final.get("status"), "seconds": round(seconds, 2),
+            "items_per_s": round(n / seconds, 1), "submitted_at": submitted_at,
+            "collection": settings.default_collection, "items_in_collection": items,
+            "items_match_n": items == n,
+            "result": {k: result.get(k) for k in ("listed", "created", "updated", "failed")},
+            "task_counts": final.get("tasks"), "attempts": final.get("attempts"),
+            "recent_errors": final.get("recent_errors", [])[:3], "status_polls": len(polls),
+            "status_poll_ms_mean": round(1000 * statistics.fmean(polls), 1) if polls else None}
+
+
+# ---------------------------------------------------------------------------------------------- host logs
+_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (\S+) \S+ (.*)$")
+_EXECUTED = re.compile(r"Executed process_task_message \(Succeeded, (\d+) ms\)")
+
+TIMELINE = (  # (label, event, match on fields, first or last occurrence)
+    ("stage 1 (list) dispatched", "stage_dispatched", {"stage": 1}, min),
+    ("stage 1 ended", "stage_advanced", {"stage": 1}, min),
+    ("stage 2 (catalog) dispatched", "stage_dispatched", {"stage": 2}, min),
+    ("first catalog task started", "task_started", {"stage": 2}, min),
+    ("last catalog task ended", "task_ended", {"stage": 2}, max),
+    ("stage 2 ended", "stage_advanced", {"stage": 2}, min),
+    ("job finished", "job_finished", {}, min),
+)
+
+
+def read_host_log(path: Path) -> tuple[list[tuple[float, dict[str, Any]]], list[int], Counter[str]]:
+    """(timestamped engine events, task invocation durations in ms, lines by level) of one host's log."""
+    events: list[tuple[float, dict[str, Any]]] = []
+    durations: list[int] = []
+    levels: Counter[str] = Counter()
+    if not path.exists():
+        return events, durations, levels
+    for line in path.read_text(errors="replace").splitlines():
+        match = _LOG_LINE.match(line)
+        if not match:
+            continue
+        levels[match.group(2)] += 1
+        stamp = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        text = match.group(3)
+        if text.startswith('{"event"'):
+            with suppress(ValueError):
+                events.append((stamp, json.loads(text)))
+        elif executed := _EXECUTED.search(text):
+            durations.append(int(executed.group(1)))
+    return events, durations, levels
+
+
+def summarize_hosts(logs: list[Path], job_id: str, submitted_at: float) -> dict[str, Any]:
+    """Catalog task times, invocation times, the split across hosts, anomalies, and the job's timeline."""
+    per_host, all_catalog, all_ended, all_invocations = [], [], [], []
+    marks: dict[str, float] = {}
+    for index, path in enumerate(logs):
+        events, invocations, levels = read_host_log(path)
+        mine = [(t, e) for t, e in events if e.get("job_id") == job_id]
+        counts = Counter(e["event"] for _, e in mine)
+        ended = [e for _, e in mine if e["event"] == "task_ended"]
+        catalog = [e["duration_ms"] for e in ended if e.get("task_type") == CATALOG_TASK]
+        all_catalog += catalog
+        all_ended += [e["duration_ms"] for e in ended]
+        all_invocations += invocations
+        per_host.append({
+            "host": index, "catalog_tasks_started": sum(1 for _, e in mine if e["event"] == "task_started"
+                                                        and e.get("task_type") == CATALOG_TASK),
+            "catalog_tasks_ended": len(catalog), "catalog_ms": stats_ms(catalog),
+            "invocation_ms": stats_ms(invocations),
+            "pgstac_item_writes": sum(1 for _, e in events if e["event"] == "pgstac_item"),
+            "claimed_elsewhere": counts["task_claimed_elsewhere"], "busy_deferred": counts["task_busy_deferred"],
+            "retries_scheduled": counts["task_retry_scheduled"], "messages_ignored": counts["task_message_ignored"],
+            "end_superseded": counts["task_end_superseded"],
+            "warning_lines": levels["WARNING"], "error_lines": levels["ERROR"]})
+        for stamp, event in mine:
+            for label, name, match, pick in TIMELINE:
+                if event["event"] == name and all(event.get(k) == v for k, v in match.items()):
+                    marks[label] = pick(marks.get(label, stamp), stamp)
+    total = sum(h["catalog_tasks_ended"] for h in per_host) or 1
+    for host in per_host:
+        host["share"] = round(host["catalog_tasks_ended"] / total, 3)
+    timeline = [{"event": label, "s_after_submit": round(marks[label] - submitted_at, 2)}
+                for label, *_ in TIMELINE if label in marks]
+    phase = None
+    if "first catalog task started" in marks and "last catalog task ended" in marks:
+        phase_s = marks["last catalog task ended"] - marks["first catalog task started"]
+        phase = {"seconds": round(phase_s, 2),
+                 "items_per_s": round(len(all_catalog) / phase_s, 1) if phase_s > 0 else None,
+                 "mean_concurrency": round(sum(all_catalog) / 1000 / phase_s, 2) if phase_s > 0 else None}
+    overhead = None
+    if all_invocations and all_ended:
+        overhead = round(statistics.fmean(all_invocations) - statistics.fmean(all_ended), 1)
+    return {"catalog_task_ms": stats_ms(all_catalog), "task_invocation_ms": stats_ms(all_invocations),
+            "engine_overhead_ms_mean": overhead, "catalog_phase": phase, "per_host": per_host,
+            "timeline": timeline}
+
+
+# ---------------------------------------------------------------------------------------------- 2. baseline
+def build_items(settings: Settings, collection_id: str, folder: Path) -> tuple[list[dict], dict[str, Any]]:
+    """List the container, then per blob: download, ``validate_raster``, ``build_item`` (as catalog_blob)."""
+    rasters = Repositories(settings).rasters
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "input.tif"
+    steps: dict[str, list[float]] = {"download": [], "validate_raster": [], "build_item": [], "total": []}
+    started = time.perf_counter()
+    blobs = [b for b in rasters.list(settings.input_container) if b.name.lower().endswith((".tif", ".tiff"))]
+    list_s = time.perf_counter() - started
+    items = []
+    for blob in blobs:
+        t0 = time.perf_counter()
+        info_blob = rasters.download(settings.input_container, blob.name, path)
+        t1 = time.perf_counter()
+        info = validate_raster(path)
+        t2 = time.perf_counter()
+        item = build_item(info, container=settings.input_container, blob=blob.name,
+                          href=rasters.url(settings.input_container, blob.name), file_size=info_blob.size,
+                          last_modified=info_blob.last_modified, collection_id=collection_id)
+        items.append(item.to_dict(include_self_link=False, transform_hrefs=False))
+        t3 = time.perf_counter()
+        for name, seconds in (("download", t1 - t0), ("validate_raster", t2 - t1), ("build_item", t3 - t2),
+                              ("total", t3 - t0)):
+            steps[name].append(1000 * seconds)
+    return items, {"list_s": round(list_s, 3), "per_item_ms": {k: stats_ms(v) for k, v in steps.items()}}
+
+
+def measure_baseline(settings: Settings, catalogue: PgstacRepository, n: int,
+                     folder: Path) -> tuple[dict[str, Any], list[dict]]:
+    """Build the n items in process, create the collection, bulk load; (a) load alone, (b) everything."""
+    collection_id = f"{settings.default_collection}-loader"
+    started = time.perf_counter()
+    items, build = build_items(settings, collection_id, folder)
+    build_s = time.perf_counter() - started
+    started = time.perf_counter()
+    catalogue.ensure_collection(build_collection(collection_id, items).to_dict(include_self_link=False,
+                                                                               transform_hrefs=False))
+    collection_s = time.perf_counter() - started
+    started = time.perf_counter()
+    loaded = catalogue.bulk_load(items)
+    load_s = time.perf_counter() - started
+    total_s = build_s + collection_s + load_s
+    stored = catalogue.count_items(collection_id)
+    return {"collection": collection_id, "items_built": len(items), "items_loaded": loaded,
+            "items_in_collection": stored, "items_match_n": stored == n,
+            "build_s": round(build_s, 2), "ensure_collection_s": round(collection_s, 3),
+            "bulk_load_s": round(load_s, 3), "build_and_load_s": round(total_s, 2),
+            "a_bulk_load_items_per_s": round(n / load_s, 1),
+            "b_build_and_load_items_per_s": round(n / total_s, 1), "build": build}, items
+
+
+def measure_catalog_writes(catalogue: PgstacRepository, items: list[dict], collection_id: str) -> dict[str, Any]:
+    """``ensure_collection`` + ``upsert_item`` per item, as each catalog task does, one after the other."""
+    ensure_ms, upsert_ms = [], []
+    started = time.perf_counter()
+    for original in items:
+        item = {**original, "collection": collection_id}
+        t0 = time.perf_counter()
+        catalogue.ensure_collection(build_collection(collection_id, [item]).to_dict(include_self_link=False,
+                                                                                   transform_hrefs=False))
+        t1 = time.perf_counter()
+        catalogue.upsert_item(item)
+        t2 = time.perf_counter()
+        ensure_ms.append(1000 * (t1 - t0))
+        upsert_ms.append(1000 * (t2 - t1))
+    seconds = time.perf_counter() - started
+    return {"collection": collection_id, "items": len(items), "seconds": round(seconds, 2),
+            "items_per_s": round(len(items) / seconds, 1), "ensure_collection_ms": stats_ms(ensure_ms),
+            "upsert_item_ms": stats_ms(upsert_ms),
+            "items_in_collection": catalogue.count_items(collection_id)}
+
+
+# ---------------------------------------------------------------------------------------------- report
+def machine_facts(args: argparse.Namespace) -> dict[str, Any]:
+    """What the numbers were measured on."""
+    def version(package: str) -> str | None:
+        with suppress(metadata.PackageNotFoundError):
+            return metadata.version(package)
+        return None
+
+    def command(*cmd: str) -> str | None:
+        with suppress(OSError):
+            return subprocess.run(cmd, capture_output=True, text=True, check=False).stdout.strip() or None
+        return None
+
+    azurite = json.loads((ROOT / "node_modules" / "azurite" / "package.json").read_text()).get("version")
+    return {"date": datetime.now(UTC).isoformat(timespec="seconds"), "n": args.n, "hosts": args.hosts,
+            "nproc": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(),
+            "python": platform.python_version(), "platform": platform.platform(),
+            "node": command("node", "--version"), "azurite": azurite,
+            "postgres": command(str(pg_bin() / "postgres"), "--version"), "gdal": rasterio.__gdal_version__,
+            "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+            "packages": {p: version(p) for p in ("pypgstac", "psycopg", "psycopg-pool", "rasterio", "pystac",
+                                                 "azure-storage-blob", "azure-data-tables", "azure-storage-queue")},
+            "host_json_queues": load_host_json().get("extensions", {}).get("queues", {})}
+
+
+def pgstac_version(catalogue: PgstacRepository) -> str | None:
+    """pgstac's schema version (``get_version()``)."""
+    with suppress(Exception), catalogue._cursor("reading the pgstac version") as cur:
+        cur.execute("SELECT get_version()")
+        return cur.fetchone()[0]
+    return None
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    align = [":---", *("---:" for _ in header[1:])]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _dist(d: dict[str, Any]) -> str:
+    if not d.get("count"):
+        return "-"
+    return f"p50 {d['p50']}, p90 {d['p90']}, p99 {d['p99']}, max {d['max']} (mean {d['mean']}, n={d['count']})"
+
+
+def verdict(ratios: dict[str, float]) -> str:
+    """Plain statement of the goal (ours >= 0.5 of the Loader) against each baseline."""
+    a, b = ratios["ours_over_a_bulk_load"], ratios["ours_over_b_build_and_load"]
+    def word(r: float) -> str:
+        return "met" if r >= GOAL else "NOT met"
+    return (f"Goal ours >= {GOAL} x Loader: {word(a)} against (a) the bulk load alone (ratio {a}); "
+            f"{word(b)} against (b) build + bulk load (ratio {b}).")
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """The results as Markdown."""
+    m, ours, base = summary["machine"], summary["ours"], summary["baseline"]
+    hosts, writes, ratios = summary["hosts"], summary.get("catalog_writes"), summary["ratios"]
+    title = (f"## Sync benchmark: {m['date']}, n={m['n']}, {m['hosts']} hosts, {m['nproc']} CPUs, Python "
+             f"{m['python']}, pgstac {m.get('pgstac')}, pypgstac {m['packages']['pypgstac']}, Azurite "
+             f"{m['azurite']}, load {m['loadavg_start']} -> {m.get('loadavg_end')}")
+    out = [title, ""]
+    rows = [
+        [f"**ours**: sync_container, {m['hosts']} hosts, submit -> {ours['status']} (polls every {POLL_SECONDS} s)",
+         ours["seconds"], f"**{ours['items_per_s']}**", ""],
+        ["(a) Loader: `bulk_load` alone, items already built", base["bulk_load_s"],
+         f"**{base['a_bulk_load_items_per_s']}**", f"**{ratios['ours_over_a_bulk_load']}**"],
+        ["(b) Loader: list + download + validate + build_item (1 thread) + collection + `bulk_load`",
+         base["build_and_load_s"], f"**{base['b_build_and_load_items_per_s']}**",
+         f"**{ratios['ours_over_b_build_and_load']}**"],
+        ["&nbsp;&nbsp;of which list + build (download, validate_raster, build_item)", base["build_s"],
+         round(m["n"] / base["build_s"], 1), ""],
+    ]
+    if writes and "error" not in writes:
+        rows.append(["diagnostic: ensure_collection + upsert_item per item (1 thread, as each catalog task)",
+                     writes["seconds"], writes["items_per_s"], ""])
+    out += _table(["run", "s", "items/s", "ours ÷ this"], rows)
+    out += [f"**{verdict(ratios)}**", ""]
+    ok = (f"collection {ours['collection']}: {ours['items_in_collection']} items (n={m['n']}: "
+          f"{'ok' if ours['items_match_n'] else 'MISMATCH'}); job result {ours['result']}; "
+          f"Loader collection: {base['items_in_collection']} items")
+    out += [ok, ""]
+    build = base["build"]["per_item_ms"]
+    detail = [["catalog task (handler) wall time, ms, all hosts (`task_ended.duration_ms`)", _dist(hosts["catalog_task_ms"])],
+              ["task invocation, ms (host `Executed` lines: handler + claim/commit; includes the list task)",
+               _dist(hosts["task_invocation_ms"])],
+              ["engine overhead per task, ms (mean invocation - mean handler)", hosts["engine_overhead_ms_mean"]]]
+    if hosts.get("catalog_phase"):
+        p = hosts["catalog_phase"]
+        detail.append(["catalog phase (first catalog task start -> last end)",
+                       f"{p['seconds']} s, {p['items_per_s']} items/s, mean concurrency {p['mean_concurrency']}"])
+    detail += [[f"host{h['host']}: catalog tasks", f"{h['catalog_tasks_ended']} ({h['share']:.0%}); {_dist(h['catalog_ms'])}"]
+               for h in hosts["per_host"]]
+    anomalies = {k: sum(h[k] for h in hosts["per_host"]) for k in
+                 ("claimed_elsewhere", "busy_deferred", "retries_scheduled", "messages_ignored", "end_superseded",
+                  "warning_lines", "error_lines")}
+    detail.append(["duplicates / retries / warnings in host logs", ", ".join(f"{k} {v}" for k, v in anomalies.items())])
+    detail.append(["status polls (their load is part of ours)",
+                   f"{ours['status_polls']}, mean {ours['status_poll_ms_mean']} ms each"])
+    detail += [[f"baseline per item, {k}, ms (1 thread, quiet process)", _dist(build[k])]
+               for k in ("download", "validate_raster", "build_item", "total")]
+    if writes and "error" not in writes:
+        detail += [["diagnostic ensure_collection, ms", _dist(writes["ensure_collection_ms"])],
+                   ["diagnostic upsert_item, ms", _dist(writes["upsert_item_ms"])]]
+    out += _table(["detail", "value"], detail)
+    out += _table(["timeline of ours (host logs)", "s after submit"],
+                  [[t["event"], t["s_after_submit"]] for t in hosts["timeline"]])
+    return "\n".join(out)
+
+
+def write_json(summary: dict[str, Any], n: int, hosts: int) -> Path:
+    """benchmarks/results/bench_sync-<date>[-n<n>][-h<hosts>].json."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    suffix = (f"-n{n}" if n != 200 else "") + (f"-h{hosts}" if hosts != 2 else "")
+    path = RESULTS / f"bench_sync-{datetime.now(UTC):%Y-%m-%d}{suffix}.json"
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- main
+def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Start Azurite and pgstac, measure ours then the baseline, stop everything (by PID, whatever happens)."""
+    summary: dict[str, Any] = {"machine": machine_facts(args)}
+    azurite = Azurite(location=workdir / "azurite")
+    pg: Postgres | None = None
+    hosts: list[HostProcess] = []
+    catalogue: PgstacRepository | None = None
+    try:
+        azurite.start()
+        log(f"Azurite pid {azurite.process.pid} on ports {azurite.blob_port}/{azurite.queue_port}/{azurite.table_port}")
+        started = time.perf_counter()
+        pg = Postgres(location=workdir / "pgstac")
+        pg.start()
+        log(f"pgstac pid {pg.process.pid} on port {pg.port} ({time.perf_counter() - started:.1f} s)")
+        catalogue = PgstacRepository(pg.settings)
+        summary["machine"]["pgstac"] = pgstac_version(catalogue)
+        run_id = uuid.uuid4().hex[:8]
+        settings = fresh_settings(azurite.connection_string, input_container=f"in-{run_id}",
+                                  output_container=f"out-{run_id}", default_collection=f"sync-{run_id}")
+        Repositories(settings).ensure()
+
+        log(f"writing and uploading {args.n} GeoTIFFs")
+        summary["inputs"] = write_inputs(settings, args.n, workdir / "inputs")
+        log(f"inputs: {summary['inputs']}")
+
+        env = host_env(settings, pg)
+        logs = [workdir / f"host{i}.log" for i in range(args.hosts)]
+        hosts = [HostProcess(env, path) for path in logs]
+        for host in hosts:
+            host.start()
+        log(f"{len(hosts)} hosts up (pids {[h.process.pid for h in hosts]}); ours: sync_container n={args.n}")
+        ours = measure_ours(settings, hosts, args.n, catalogue)
+        log(f"ours: {ours['status']} in {ours['seconds']} s ({ours['items_per_s']} items/s), "
+            f"{ours['items_in_collection']} items in the collection")
+        for host in hosts:
+            host.stop()
+        summary["ours"] = ours
+        summary["hosts"] = summarize_hosts(logs, ours["job_id"], ours["submitted_at"])
+
+        from pypgstac.load import Loader  # noqa: F401 - imported before timing, as a loader script would have
+
+        log("baseline: build in process, then bulk_load")
+        baseline, items = measure_baseline(settings, catalogue, args.n, workdir / "baseline")
+        summary["baseline"] = baseline
+        log(f"baseline: (a) bulk_load {baseline['bulk_load_s']} s, (b) build + load {baseline['build_and_load_s']} s")
+        try:
+            summary["catalog_writes"] = measure_catalog_writes(catalogue, items, f"{settings.default_collection}-writes")
+        except Exception as exc:  # noqa: BLE001 - a diagnostic: record it, keep the main results
+            summary["catalog_writes"] = {"error": f"{type(exc).__name__}: {exc}"}
+        ips = ours["items_per_s"]
+        summary["ratios"] = {"ours_over_a_bulk_load": round(ips / baseline["a_bulk_load_items_per_s"], 3),
+                             "ours_over_b_build_and_load": round(ips / baseline["b_build_and_load_items_per_s"], 3),
+                             "goal": GOAL}
+        summary["verdict"] = verdict(summary["ratios"])
+    finally:
+        for host in hosts:
+            with suppress(Exception):
+                host.stop()
+        if catalogue is not None:
+            with suppress(Exception):
+                catalogue.close()
+        if pg is not None:
+            pg.stop()
+            log("pgstac stopped")
+        azurite.stop()
+        log("Azurite stopped")
+    summary["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    return summary
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=200, help="number of GeoTIFFs (default 200)")
+    parser.add_argument("--hosts", type=int, default=2, help="local host processes for ours (default 2)")
+    args = parser.parse_args(argv)
+    if args.n < 1 or args.hosts < 1:
+        parser.error("--n and --hosts must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; print Markdown and JSON; write the JSON file."""
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the hosts, pgstac and Azurite
+    logging.getLogger("azure").setLevel(logging.WARNING)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-sync-") as tmp:
+        summary = run(args, Path(tmp))
+    summary["machine"]["wall_s"] = round(time.perf_counter() - started, 1)
+    path = write_json(summary, args.n, args.hosts)
+    print(markdown(summary))
+    print("```json")
+    print(json.dumps(summary, indent=2))
+    print("```")
+    log(f"wrote {path.relative_to(ROOT)} ({summary['machine']['wall_s']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
