@@ -77,6 +77,8 @@ class JobStatusResponse(BaseModel):
     error_details: str | None = None
     created_at: datetime
     updated_at: datetime
+    webhook: str | None = Field(None, description="callback delivery: pending, delivered, failed or refused")
+    webhook_error: str | None = None
     task_page: "TaskPage | None" = Field(None, description="with ?verbose=true: the job's tasks, paged")
 
 

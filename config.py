@@ -88,6 +88,16 @@ class Settings(BaseSettings):
     pgstac_password: SecretStr = Field(default=SecretStr(""),
                                        validation_alias=AliasChoices("PGSTAC_PASSWORD", "pgstac_password"))
     pgstac_sslmode: str | None = Field(default=None, validation_alias=AliasChoices("PGSTAC_SSLMODE", "pgstac_sslmode"))
+    webhook_secret: SecretStr = Field(default=SecretStr(""), validation_alias=AliasChoices("WEBHOOK_SECRET",
+                                                                                         "webhook_secret"),
+                                      description="HMAC-SHA256 key signing webhook deliveries; required for callbacks.")
+    webhook_allow_loopback: bool = Field(default=False, validation_alias=AliasChoices("WEBHOOK_ALLOW_LOOPBACK",
+                                                                                      "webhook_allow_loopback"),
+                                         description="Development only: allow http:// callbacks to loopback.")
+    webhook_max_attempts: int = Field(default=6, ge=1, le=20,
+                                      validation_alias=AliasChoices("WEBHOOK_MAX_ATTEMPTS", "webhook_max_attempts"))
+    webhook_timeout_s: float = Field(default=10.0, gt=0, validation_alias=AliasChoices("WEBHOOK_TIMEOUT_S",
+                                                                                      "webhook_timeout_s"))
     sweeper_grace_s: float = Field(
         default=60.0, ge=0, validation_alias=AliasChoices("SWEEPER_GRACE_S", "sweeper_grace_s"),
         description="How long a step may look unfinished before the sweeper re-drives it.")

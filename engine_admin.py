@@ -94,7 +94,9 @@ def cancel(engine: Engine, job_id: str) -> JobRecord:
         check_transition(job.status, Status.CANCELLED)
         try:
             job = engine.store.replace_job(job.model_copy(update={
-                "status": Status.CANCELLED, "updated_at": utcnow()}))
+                "status": Status.CANCELLED, "updated_at": utcnow(),
+                "webhook": "pending" if job.callback_url else None}))
+            engine.notify(job)
             break
         except ConflictError:
             job = _job(engine, job_id)

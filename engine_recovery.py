@@ -62,6 +62,9 @@ def sweep(engine: Engine, now: datetime | None = None) -> dict[str, int]:
                 actions[action] = actions.get(action, 0) + 1
         except OrchestratorError as exc:  # one broken job must not stop the sweep
             log_event(logger, "sweep_failed", logging.ERROR, job_id=job.job_id, error=exc.message)
+    for job in engine.store.pending_webhooks(now - timedelta(seconds=engine.settings.sweeper_grace_s)):
+        engine.notify(job)  # a webhook whose message was lost (the delivery ignores non-pending ones)
+        actions["resent_webhook"] = actions.get("resent_webhook", 0) + 1
     log_event(logger, "sweep_done", **actions)
     return actions
 

@@ -15,6 +15,7 @@ import azure.functions as func
 
 import api_listing
 import api_system
+import engine_notify
 import engine_recovery
 import job_api
 from config import JOBS_QUEUE_SETTING, STORAGE_CONNECTION, TASKS_QUEUE_SETTING, get_settings
@@ -52,9 +53,13 @@ def _base_url(req: func.HttpRequest) -> str:
 
 @app.route(route="jobs/submit/{job_type}", methods=["POST"])
 def submit_job(req: func.HttpRequest) -> func.HttpResponse:
-    """Submit a job: 202 new, 200 existing, 4xx with a JSON body naming the problem."""
+    """Submit a job: 202 new, 200 existing, 4xx with a JSON body naming the problem.
+
+    ``?callback_url=`` (not part of the job's identity): where the final status is POSTed, signed.
+    """
     return _http(job_api.respond(lambda: job_api.submit(
-        engine(), req.route_params.get("job_type", ""), req.get_body(), _base_url(req))))
+        engine(), req.route_params.get("job_type", ""), req.get_body(), _base_url(req),
+        callback_url=req.params.get("callback_url"))))
 
 
 @app.route(route="jobs/status/{job_id}", methods=["GET"])
@@ -143,8 +148,10 @@ def process_job_message(msg: func.QueueMessage) -> None:
               stage=getattr(message, "stage", None), dequeue_count=getattr(msg, "dequeue_count", None))
     if message.kind == "stage":
         engine().run_stage(message)
-    else:
+    elif message.kind == "complete":
         engine().complete(message)
+    else:
+        engine_notify.deliver(engine(), message)
 
 
 @app.queue_trigger(arg_name="msg", queue_name=f"%{TASKS_QUEUE_SETTING}%", connection=STORAGE_CONNECTION)

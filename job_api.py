@@ -17,6 +17,7 @@ from errors import BadRequestError, NotFoundError, OrchestratorError, PayloadToo
 from logs import log_event
 from api_models import JobStatusResponse, StageStatus, SubmitResponse, TaskCounts, TaskErrorSummary
 from models import TERMINAL, JobRecord, StageMessage, Status, is_job_id, make_job_id
+from services_webhook import check_url
 from task_manager import Engine
 
 logger = logging.getLogger(__name__)
@@ -39,10 +40,14 @@ def parse_json_object(body: bytes, max_bytes: int) -> dict[str, Any]:
     return value
 
 
-def submit(engine: Engine, job_type: str, body: bytes, base_url: str) -> Response:
+def submit(engine: Engine, job_type: str, body: bytes, base_url: str, callback_url: str | None = None) -> Response:
     """POST /api/jobs/submit/{job_type}: 202 for a new job, 200 for an existing one."""
     controller = get_controller(job_type)
     params = controller.validate(parse_json_object(body, engine.settings.max_request_bytes), engine.settings)
+    if callback_url:
+        check_url(callback_url, engine.settings.webhook_allow_loopback)
+        if not engine.settings.webhook_secret.get_secret_value():
+            raise BadRequestError("callback_url needs webhooks configured: set WEBHOOK_SECRET on the Function App")
     canonical = params.model_dump(mode="json")
     job_id = make_job_id(job_type, canonical)
     store = engine.store
@@ -50,7 +55,8 @@ def submit(engine: Engine, job_type: str, body: bytes, base_url: str) -> Respons
     created = False
     if job is None:
         job = store.create_job(JobRecord(job_id=job_id, job_type=job_type, total_stages=controller.total_stages,
-                                         stage_name=controller.stage(1).name, parameters=canonical))
+                                         stage_name=controller.stage(1).name, parameters=canonical,
+                                         callback_url=callback_url or None))
         if job is not None:
             store.index_job(job)
             faults.point("job_row_written")
@@ -103,6 +109,7 @@ def status(engine: Engine, job_id: str, verbose: bool = False, limit: int = 100,
         retries=job.retries, recent_errors=recent,
         result_data=job.result_data if job.status == Status.COMPLETED else None,
         error_details=job.error_details, created_at=job.created_at, updated_at=job.updated_at,
+        webhook=job.webhook, webhook_error=job.webhook_error,
         task_page=api_listing.task_page(engine, job_id, None, None, limit, continuation) if verbose else None)
     return 200, response.model_dump(mode="json", exclude_none=True)
 

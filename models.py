@@ -247,6 +247,8 @@ class JobRecord(Row):
     error_details: str | None = None
     retries: int = 0
     callback_url: str | None = None
+    webhook: str | None = None  # pending | delivered | failed | refused
+    webhook_error: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     schema_version: int = SCHEMA_VERSION
@@ -393,6 +395,14 @@ class CompletionMessage(Message):
     job_id: str
 
 
+class NotifyMessage(Message):
+    """Jobs queue: deliver the job's terminal status to its callback URL (attempt n)."""
+
+    kind: Literal["notify"] = "notify"
+    job_id: str
+    attempt: int = Field(default=1, ge=1)
+
+
 class TaskMessage(Message):
     """Tasks queue: run one task."""
 
@@ -401,11 +411,11 @@ class TaskMessage(Message):
     task_id: str
 
 
-JobQueueMessage = Annotated[Union[StageMessage, CompletionMessage], Field(discriminator="kind")]
-_JOB_QUEUE_ADAPTER: TypeAdapter[StageMessage | CompletionMessage] = TypeAdapter(JobQueueMessage)
+JobQueueMessage = Annotated[Union[StageMessage, CompletionMessage, NotifyMessage], Field(discriminator="kind")]
+_JOB_QUEUE_ADAPTER: TypeAdapter[StageMessage | CompletionMessage | NotifyMessage] = TypeAdapter(JobQueueMessage)
 
 
-def decode_job_message(body: str | bytes) -> StageMessage | CompletionMessage:
+def decode_job_message(body: str | bytes) -> StageMessage | CompletionMessage | NotifyMessage:
     """Parse a jobs-queue message body."""
     return _JOB_QUEUE_ADAPTER.validate_json(body)
 

@@ -1,9 +1,233 @@
-"""OpenAPI 3.1 document of the HTTP API (placeholder: being written)."""
+"""OpenAPI 3.1 document of the HTTP API, generated from the API models and the job-type registry.
+
+``document(base_url)`` is what GET /api/openapi.json serves. Every HTTP route of ``function_app.py`` is
+here. Submission is one path per job type (``/api/jobs/submit/hello_world``, ...), each with that type's
+parameters model as its request body, so clients and fuzzers see what each type takes; the templated
+route they share is left out. Bodies that the API builds as plain dicts (health, metrics, stuck jobs) are
+described by the small models below.
+"""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import models_json_schema
+
+from api_models import (
+    ErrorBody,
+    JobPage,
+    JobStatusResponse,
+    JobTypes,
+    SubmitResponse,
+    TaskPage,
+    TaskView,
+)
+from config import load_host_json
+from controller_factory import JOB_TYPES
+from models import Status
+
+VERSION = "1.0.0"
+REF = "#/components/schemas/{model}"
+JSON = "application/json"
+SECURITY = [{"functionKeyHeader": []}, {"functionKeyQuery": []}]
+
+
+# ---------------------------------------------------------------- bodies built as dicts
+class Check(BaseModel):
+    """One probed part: ok, else the error; parts may add details (queue depths, items checked)."""
+
+    model_config = ConfigDict(extra="allow")
+    ok: bool
+    error: str | None = None
+
+
+class Health(BaseModel):
+    """Body of GET /api/health (200 healthy, 503 unhealthy)."""
+
+    status: Literal["healthy", "unhealthy"]
+    failing: list[str] = Field(description="names of the failing checks")
+    checks: dict[str, Check]
+    queues: dict[str, int] = Field(description="approximate message count per queue")
+    versions: dict[str, str] = Field(description="Python, GDAL and package versions")
+
+
+class Percentiles(BaseModel):
+    """Durations of completed tasks, seconds (null without any)."""
+
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+
+class TaskTypeMetrics(BaseModel):
+    """One task type over the jobs updated in the window."""
+
+    count: int
+    completed: int
+    failed: int
+    failure_rate: float = Field(ge=0, le=1)
+    duration_s: Percentiles
+
+
+class JobCounts(BaseModel):
+    """Every job, by status and by type."""
+
+    by_status: dict[str, int]
+    by_type: dict[str, int]
+
+
+class Metrics(BaseModel):
+    """Body of GET /api/metrics."""
+
+    window_s: float
+    jobs_in_window: int
+    jobs: JobCounts
+    task_types: dict[str, TaskTypeMetrics]
+    queues: dict[str, int]
+
+
+class StuckJobs(JobPage):
+    """Body of GET /api/jobs/stuck: processing jobs idle for at least ``older_than_s``."""
+
+    older_than_s: float
+
+
+# ---------------------------------------------------------------- parameters
+def _param(name: str, where: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": where, "required": where == "path", "schema": schema, "description": description}
+
+
+def _limit(default: int) -> dict[str, Any]:
+    return _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000, "default": default},
+                  "page size")
+
+
+JOB_ID = _param("job_id", "path", {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                "job id: SHA-256 hex of the job type and its canonical parameters")
+TASK_ID = _param("task_id", "path", {"type": "string", "pattern": r"^[0-9a-f]{12}-s[0-9]{2}-t[0-9]{6}$"},
+                 "task id: <first 12 hex of the job id>-s<stage>-t<index>")
+STATUS = _param("status", "query", {"type": "string", "enum": [s.value for s in Status]}, "only this status")
+STAGE = _param("stage", "query", {"type": "integer", "minimum": 1, "maximum": 99}, "only this stage")
+CONTINUATION = _param("continuation", "query", {"type": "string"},
+                      "the 'continuation' of the previous page (opaque)")
+VERBOSE = _param("verbose", "query", {"type": "boolean", "default": False}, "true: add a page of the job's tasks")
+JOB_TYPE = _param("job_type", "query", {"type": "string", "enum": sorted(JOB_TYPES)}, "only this job type")
+OLDER_THAN = _param("older_than_s", "query", {"type": "number", "minimum": 0, "default": 600},
+                    "idle for at least this many seconds")
+WINDOW = _param("window_s", "query", {"type": "number", "default": 3600},
+                "task metrics over jobs updated in the last window_s seconds")
+CALLBACK = _param("callback_url", "query", {"type": "string", "format": "uri"},
+                  "where the final status is POSTed, signed (needs WEBHOOK_SECRET); not part of the job's identity")
+
+# ---------------------------------------------------------------- responses
+ERRORS = {
+    400: "invalid request: body not a JSON object, invalid parameters (see 'errors'), or a bad query parameter",
+    404: "no such job or task (or route)",
+    409: "the job is in the wrong state for this action",
+    413: "request body too large",
+    503: "storage (or the database) is unavailable; retry later",
+}
+
+
+def _body(model: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": {"$ref": REF.format(model=model)}}}}
+
+
+def _operation(operation_id: str, summary: str, ok: dict[int, tuple[str, str]], errors: tuple[int, ...] = (),
+               params: tuple[dict[str, Any], ...] = (), tag: str = "jobs", **extra: Any) -> dict[str, Any]:
+    responses = {str(code): _body(model, text) for code, (model, text) in ok.items()}
+    responses.update({str(code): _body("ErrorBody", ERRORS[code]) for code in errors})
+    return {"operationId": operation_id, "summary": summary, "tags": [tag], "parameters": list(params),
+            "responses": responses, "security": SECURITY, **extra}
+
+
+def _submit(job_type: str) -> dict[str, Any]:
+    controller = JOB_TYPES[job_type]
+    stages = "; ".join(f"{i}. {s.name} ({s.parallelism})" for i, s in enumerate(controller.stages, start=1))
+    body = {"required": True, "description": "the job's parameters as a JSON object ({} for every default)",
+            "content": {JSON: {"schema": {"$ref": REF.format(model=controller.parameters_model.__name__)}}}}
+    return _operation(
+        f"submit_{job_type}", f"Submit a {job_type} job",
+        {202: ("SubmitResponse", "a new job, queued"), 200: ("SubmitResponse", "the same job already exists")},
+        (400, 404, 413, 503), (CALLBACK,), description=f"{controller.description}\n\nStages: {stages}.",
+        requestBody=body)
+
+
+def _paths(prefix: str) -> dict[str, dict[str, Any]]:
+    status_ok = {200: ("JobStatusResponse", "the job's status")}
+    paths: dict[str, dict[str, Any]] = {
+        f"{prefix}/jobs/submit/{job_type}": {"post": _submit(job_type)} for job_type in sorted(JOB_TYPES)}
+    paths.update({
+        f"{prefix}/jobs/status/{{job_id}}": {"get": _operation(
+            "job_status", "A job's status, stages, progress, task counts, result or error", status_ok,
+            (400, 404, 503), (JOB_ID, VERBOSE, _limit(100), CONTINUATION))},
+        f"{prefix}/jobs": {"get": _operation(
+            "list_jobs", "Jobs, newest first", {200: ("JobPage", "a page of jobs")}, (400, 503),
+            (STATUS, JOB_TYPE, _limit(50), CONTINUATION))},
+        f"{prefix}/jobs/stuck": {"get": _operation(
+            "stuck_jobs", "Processing jobs without task progress for a while", {200: ("StuckJobs", "stuck jobs")},
+            (400, 503), (OLDER_THAN,))},
+        f"{prefix}/jobs/{{job_id}}/tasks": {"get": _operation(
+            "list_tasks", "A job's tasks", {200: ("TaskPage", "a page of tasks")}, (400, 404, 503),
+            (JOB_ID, STAGE, STATUS, _limit(100), CONTINUATION), tag="tasks")},
+        f"{prefix}/jobs/{{job_id}}/tasks/{{task_id}}": {"get": _operation(
+            "get_task", "One task", {200: ("TaskView", "the task")}, (404, 503), (JOB_ID, TASK_ID), tag="tasks")},
+        f"{prefix}/jobs/{{job_id}}/retry": {"post": _operation(
+            "retry_job", "Re-run a failed job's failed tasks", {202: ("JobStatusResponse", "retrying")},
+            (404, 409, 503), (JOB_ID,))},
+        f"{prefix}/jobs/{{job_id}}/cancel": {"post": _operation(
+            "cancel_job", "Cancel a job", {200: ("JobStatusResponse", "cancelled")}, (404, 409, 503), (JOB_ID,))},
+        f"{prefix}/job-types": {"get": _operation(
+            "job_types", "Every job type: description, stages, parameters as JSON Schema",
+            {200: ("JobTypes", "the job types")}, tag="system")},
+        f"{prefix}/health": {"get": _operation(
+            "health", "Storage (and database) health, queue depths, versions", {}, tag="system",
+            responses={"200": _body("Health", "healthy"), "503": {
+                "description": "unhealthy (see 'failing'), or storage unreachable before the checks ran",
+                "content": {JSON: {"schema": {"anyOf": [{"$ref": REF.format(model="Health")},
+                                                        {"$ref": REF.format(model="ErrorBody")}]}}}}})},
+        f"{prefix}/metrics": {"get": _operation(
+            "metrics", "Jobs by status and type, task-type durations and failure rates, queue depths",
+            {200: ("Metrics", "the metrics")}, (400, 503), (WINDOW,), tag="system")},
+        f"{prefix}/openapi.json": {"get": _operation(
+            "openapi", "This document", {}, tag="system", responses={"200": {
+                "description": "the OpenAPI 3.1 document", "content": {JSON: {"schema": {"type": "object"}}}}})},
+    })
+    return paths
+
+
+def _schemas() -> dict[str, Any]:
+    """Every body's JSON Schema under its model's name; request bodies in validation mode."""
+    requests = {c.parameters_model for c in JOB_TYPES.values()}
+    responses = (SubmitResponse, JobStatusResponse, JobPage, StuckJobs, TaskPage, TaskView, JobTypes, Health,
+                 Metrics, ErrorBody)
+    _, top = models_json_schema([(m, "validation") for m in sorted(requests, key=lambda m: m.__name__)]
+                                + [(m, "serialization") for m in responses], ref_template=REF)
+    schemas = top["$defs"]
+    for model in requests:  # fields whose default is an app setting are filled in, so not required
+        schema = schemas[model.__name__]
+        optional = set(getattr(model, "SETTINGS_DEFAULTS", {}))
+        schema["required"] = [f for f in schema.get("required", []) if f not in optional]
+        if not schema["required"]:
+            del schema["required"]
+    return schemas
 
 
 def document(base_url: str) -> dict[str, Any]:
-    """The OpenAPI document."""
-    return {"openapi": "3.1.0", "info": {"title": "geoetl", "version": "0"}, "paths": {}}
+    """The OpenAPI 3.1 document, with ``base_url`` (scheme://host[:port]) as its server."""
+    prefix = load_host_json().get("extensions", {}).get("http", {}).get("routePrefix", "api").strip("/")
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "geoetl orchestrator", "version": VERSION, "description": (
+            "Jobs -> stages -> parallel tasks over Azure Table Storage and queues. Submitting the same job type "
+            "with the same (canonical) parameters returns the same job. Every error body is ErrorBody "
+            "({error, message, optional available, errors}). Function keys (x-functions-key header or ?code=) "
+            "are required in Azure, not by the local hosts.")},
+        "servers": [{"url": base_url}],
+        "tags": [{"name": "jobs"}, {"name": "tasks"}, {"name": "system"}],
+        "paths": _paths(f"/{prefix}" if prefix else ""),
+        "components": {"schemas": _schemas(), "securitySchemes": {
+            "functionKeyHeader": {"type": "apiKey", "in": "header", "name": "x-functions-key"},
+            "functionKeyQuery": {"type": "apiKey", "in": "query", "name": "code"}}},
+        "security": SECURITY,
+    }

@@ -331,6 +331,11 @@ class JobStore:
         params = {"pk": job_id, "lo": f"task-{stage:02d}-", "hi": f"task-{stage:02d}.", "before": before}
         return self._query(self.tasks, TaskRecord, flt, params, resolve=False)
 
+    def pending_webhooks(self, before: datetime) -> list[JobRecord]:
+        """Ended jobs whose webhook is still pending since before ``before``."""
+        flt = "webhook eq 'pending' and updated_at lt @before"
+        return self._query(self.jobs, JobRecord, flt, {"before": before}, resolve=False)
+
     def active_jobs(self) -> list[JobRecord]:
         """Jobs that are queued or processing (the sweeper's work list)."""
         flt = "status eq 'queued' or status eq 'processing'"

@@ -26,7 +26,7 @@ from controller_factory import get_controller, get_handler
 from errors import ConflictError, OrchestratorError, TransientError
 from logs import log_event
 from models import (
-    TERMINAL, CompletionMessage, JobRecord, ShardRecord, StageMessage, StageRecord, Status, TaskMessage,
+    TERMINAL, CompletionMessage, JobRecord, NotifyMessage, ShardRecord, StageMessage, StageRecord, Status, TaskMessage,
     TaskRecord, check_transition, make_task_id, parse_task_id, utcnow,
 )
 from repositories import Repositories
@@ -339,12 +339,19 @@ class Engine:
             check_transition(job.status, status)
             try:
                 self.store.replace_job(job.model_copy(update={
-                    "status": status, "result_data": result, "error_details": error, "updated_at": utcnow()}))
+                    "status": status, "result_data": result, "error_details": error, "updated_at": utcnow(),
+                    "webhook": "pending" if job.callback_url else None}))
                 log_event(logger, "job_finished", job_id=job_id, status=status, error=error)
+                self.notify(job)
                 return True
             except ConflictError:
                 continue
         raise TransientError(f"job {job_id}: could not write its final status")
+
+    def notify(self, job: JobRecord) -> None:
+        """Queue the webhook delivery of a job that just ended (the sweeper re-sends a lost one)."""
+        if job.callback_url:
+            self.repos.jobs_queue.send(NotifyMessage(job_id=job.job_id))
 
     def _move_job(self, job: JobRecord, stage: int, stage_name: str) -> bool:
         """Bring the job row to ``stage`` / processing (conditional); False if the job is terminal."""

@@ -105,6 +105,75 @@ def stats_ms(values: list[float]) -> dict[str, Any]:
             "sum_s": round(sum(ordered) / 1000, 2)}
 
 
+# ---------------------------------------------------------------------------------------------- CPU
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_table() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, user + system CPU seconds of the process and of the children it reaped)."""
+    table = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # fields[0] is field 3 (state)
+            ticks = sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+            table[int(stat.parent.name)] = (int(fields[1]), ticks / CLOCK_TICKS)
+    return table
+
+
+def tree_cpu_seconds(table: dict[int, tuple[int, float]], roots: list[int]) -> float:
+    """CPU seconds of the processes ``roots`` and all their descendants (PostgreSQL backends call
+    setsid(), so process groups would miss them)."""
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    total, todo, seen = 0.0, list(roots), set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen or pid not in table:
+            continue
+        seen.add(pid)
+        total += table[pid][1]
+        todo += children.get(pid, [])
+    return total
+
+
+def machine_cpu_seconds() -> dict[str, float]:
+    """Busy CPU seconds of the whole machine since boot (/proc/stat), and the part spent at nice > 0."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = values[:8]
+    return {"busy": (user + nice + system + irq + softirq + steal) / CLOCK_TICKS, "nice": nice / CLOCK_TICKS}
+
+
+class CpuMeter:
+    """CPU seconds used by each component (a process tree) over a window, and by the rest of the machine."""
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        self.groups = groups
+        self._start: dict[str, float] = {}
+        self._wall = 0.0
+
+    def _now(self) -> dict[str, float]:
+        usage = os.times()
+        table = process_table()
+        out = {name: tree_cpu_seconds(table, pids) for name, pids in self.groups.items()}
+        machine = machine_cpu_seconds()
+        return {**out, "bench_process": usage.user + usage.system, "machine_busy": machine["busy"],
+                "machine_nice": machine["nice"]}
+
+    def start(self) -> None:
+        """Open the window."""
+        self._start, self._wall = self._now(), time.perf_counter()
+
+    def stop(self) -> dict[str, Any]:
+        """CPU seconds per component since ``start``; "other" is the machine's busy time nobody here used."""
+        end, wall = self._now(), time.perf_counter() - self._wall
+        used = {k: round(end[k] - self._start[k], 2) for k in end}
+        ours = sum(v for k, v in used.items() if not k.startswith("machine_"))
+        used["other_processes"] = round(max(0.0, used["machine_busy"] - ours), 2)
+        return {"wall_s": round(wall, 2), "capacity_s": round(wall * len(os.sched_getaffinity(0)), 2),
+                "cpu_s": used}
+
+
 # ---------------------------------------------------------------------------------------------- input
 def write_inputs(settings: Settings, n: int, folder: Path) -> dict[str, Any]:
     """Write n synthetic GeoTIFFs and upload them to the input container (8 threads)."""
@@ -140,7 +209,7 @@ def host_env(settings: Settings, pg: Postgres) -> dict[str, str]:
 
 
 def wait_for_job(urls: list[str], job_id: str, timeout: float) -> tuple[dict[str, Any], list[float]]:
-    """Poll the status route (hosts in turn) every POLL_SECONDS until terminal; (last body, poll seconds)."""
+    """Poll the status route (hosts in turn), POLL_SECONDS apart, until terminal; (last body, poll seconds)."""
     deadline = time.monotonic() + timeout
     polls: list[float] = []
     body: dict[str, Any] = {}
@@ -150,13 +219,15 @@ def wait_for_job(urls: list[str], job_id: str, timeout: float) -> tuple[dict[str
         polls.append(time.perf_counter() - started)
         if body.get("status") in TERMINAL:
             return body, polls
-        time.sleep(max(0.0, POLL_SECONDS - polls[-1]))
+        time.sleep(POLL_SECONDS)
     raise TimeoutError(f"job {job_id} not finished after {timeout:.0f} s: {body.get('tasks')}")
 
 
-def measure_ours(settings: Settings, hosts: list[HostProcess], n: int, catalogue: PgstacRepository) -> dict[str, Any]:
+def measure_ours(settings: Settings, hosts: list[HostProcess], n: int, catalogue: PgstacRepository,
+                 meter: CpuMeter) -> dict[str, Any]:
     """sync_container over HTTP through the (started) hosts, timed from submit to completed."""
     urls = [h.url for h in hosts]
+    meter.start()
     body = {"container": settings.input_container, "collection_id": settings.default_collection}
     submitted_at, started = time.time(), time.perf_counter()
     response = requests.post(f"{urls[0]}/jobs/submit/sync_container", json=body, timeout=30)
@@ -165,6 +236,7 @@ def measure_ours(settings: Settings, hosts: list[HostProcess], n: int, catalogue
     job_id = response.json()["job_id"]
     final, polls = wait_for_job(urls, job_id, timeout=max(240.0, 1.5 * n))
     seconds = time.perf_counter() - started
+    cpu = meter.stop()
     result = final.get("result_data") or {}
     items = catalogue.count_items(settings.default_collection)
     return {"job_id": job_id, "status": final.get("status"), "seconds": round(seconds, 2),
@@ -174,17 +246,19 @@ def measure_ours(settings: Settings, hosts: list[HostProcess], n: int, catalogue
             "result": {k: result.get(k) for k in ("listed", "created", "updated", "failed")},
             "task_counts": final.get("tasks"), "attempts": final.get("attempts"),
             "recent_errors": final.get("recent_errors", [])[:3], "status_polls": len(polls),
-            "status_poll_ms_mean": round(1000 * statistics.fmean(polls), 1) if polls else None}
+            "status_poll_ms_mean": round(1000 * statistics.fmean(polls), 1) if polls else None, "cpu": cpu}
 
 
 # ---------------------------------------------------------------------------------------------- host logs
 _LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (\S+) \S+ (.*)$")
 _EXECUTED = re.compile(r"Executed process_task_message \(Succeeded, (\d+) ms\)")
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")  # names in error messages, to count errors by kind
 
 TIMELINE = (  # (label, event, match on fields, first or last occurrence)
     ("stage 1 (list) dispatched", "stage_dispatched", {"stage": 1}, min),
     ("stage 1 ended", "stage_advanced", {"stage": 1}, min),
-    ("stage 2 (catalog) dispatched", "stage_dispatched", {"stage": 2}, min),
+    ("stage 2 message received (fan-out starts)", "job_message", {"kind": "stage", "stage": 2}, min),
+    ("stage 2 fan-out done (rows + all messages sent)", "stage_dispatched", {"stage": 2}, min),
     ("first catalog task started", "task_started", {"stage": 2}, min),
     ("last catalog task ended", "task_ended", {"stage": 2}, max),
     ("stage 2 ended", "stage_advanced", {"stage": 2}, min),
@@ -217,6 +291,7 @@ def read_host_log(path: Path) -> tuple[list[tuple[float, dict[str, Any]]], list[
 def summarize_hosts(logs: list[Path], job_id: str, submitted_at: float) -> dict[str, Any]:
     """Catalog task times, invocation times, the split across hosts, anomalies, and the job's timeline."""
     per_host, all_catalog, all_ended, all_invocations = [], [], [], []
+    errors: Counter[str] = Counter()
     marks: dict[str, float] = {}
     for index, path in enumerate(logs):
         events, invocations, levels = read_host_log(path)
@@ -225,6 +300,7 @@ def summarize_hosts(logs: list[Path], job_id: str, submitted_at: float) -> dict[
         ended = [e for _, e in mine if e["event"] == "task_ended"]
         catalog = [e["duration_ms"] for e in ended if e.get("task_type") == CATALOG_TASK]
         all_catalog += catalog
+        errors.update(f"{e.get('status')}: {_QUOTED.sub('…', e['error']).replace(chr(10), ' ')[:200]}" for e in ended if e.get("error"))
         all_ended += [e["duration_ms"] for e in ended]
         all_invocations += invocations
         per_host.append({
@@ -257,6 +333,7 @@ def summarize_hosts(logs: list[Path], job_id: str, submitted_at: float) -> dict[
         overhead = round(statistics.fmean(all_invocations) - statistics.fmean(all_ended), 1)
     return {"catalog_task_ms": stats_ms(all_catalog), "task_invocation_ms": stats_ms(all_invocations),
             "engine_overhead_ms_mean": overhead, "catalog_phase": phase, "per_host": per_host,
+            "task_errors": dict(errors.most_common()),
             "timeline": timeline}
 
 
@@ -288,10 +365,11 @@ def build_items(settings: Settings, collection_id: str, folder: Path) -> tuple[l
     return items, {"list_s": round(list_s, 3), "per_item_ms": {k: stats_ms(v) for k, v in steps.items()}}
 
 
-def measure_baseline(settings: Settings, catalogue: PgstacRepository, n: int,
-                     folder: Path) -> tuple[dict[str, Any], list[dict]]:
+def measure_baseline(settings: Settings, catalogue: PgstacRepository, n: int, folder: Path,
+                     meter: CpuMeter) -> tuple[dict[str, Any], list[dict]]:
     """Build the n items in process, create the collection, bulk load; (a) load alone, (b) everything."""
     collection_id = f"{settings.default_collection}-loader"
+    meter.start()
     started = time.perf_counter()
     items, build = build_items(settings, collection_id, folder)
     build_s = time.perf_counter() - started
@@ -302,6 +380,7 @@ def measure_baseline(settings: Settings, catalogue: PgstacRepository, n: int,
     started = time.perf_counter()
     loaded = catalogue.bulk_load(items)
     load_s = time.perf_counter() - started
+    cpu = meter.stop()
     total_s = build_s + collection_s + load_s
     stored = catalogue.count_items(collection_id)
     return {"collection": collection_id, "items_built": len(items), "items_loaded": loaded,
@@ -309,7 +388,7 @@ def measure_baseline(settings: Settings, catalogue: PgstacRepository, n: int,
             "build_s": round(build_s, 2), "ensure_collection_s": round(collection_s, 3),
             "bulk_load_s": round(load_s, 3), "build_and_load_s": round(total_s, 2),
             "a_bulk_load_items_per_s": round(n / load_s, 1),
-            "b_build_and_load_items_per_s": round(n / total_s, 1), "build": build}, items
+            "b_build_and_load_items_per_s": round(n / total_s, 1), "build": build, "cpu": cpu}, items
 
 
 def measure_catalog_writes(catalogue: PgstacRepository, items: list[dict], collection_id: str) -> dict[str, Any]:
@@ -327,9 +406,12 @@ def measure_catalog_writes(catalogue: PgstacRepository, items: list[dict], colle
         ensure_ms.append(1000 * (t1 - t0))
         upsert_ms.append(1000 * (t2 - t1))
     seconds = time.perf_counter() - started
+    quarter = max(1, len(items) // 4)
     return {"collection": collection_id, "items": len(items), "seconds": round(seconds, 2),
             "items_per_s": round(len(items) / seconds, 1), "ensure_collection_ms": stats_ms(ensure_ms),
             "upsert_item_ms": stats_ms(upsert_ms),
+            "upsert_item_ms_mean_first_quarter": round(statistics.fmean(upsert_ms[:quarter]), 1),
+            "upsert_item_ms_mean_last_quarter": round(statistics.fmean(upsert_ms[-quarter:]), 1),
             "items_in_collection": catalogue.count_items(collection_id)}
 
 
@@ -379,6 +461,14 @@ def _dist(d: dict[str, Any]) -> str:
     return f"p50 {d['p50']}, p90 {d['p90']}, p99 {d['p99']}, max {d['max']} (mean {d['mean']}, n={d['count']})"
 
 
+def _cpu(cpu: dict[str, float]) -> str:
+    names = [k for k in cpu if not k.startswith("machine_") and k != "other_processes"]
+    parts = [f"{k} {cpu[k]}" for k in names]
+    other = (f"other processes {cpu['other_processes']} (machine busy {cpu['machine_busy']}, "
+             f"of which nice {cpu['machine_nice']})")
+    return ", ".join([*parts, other])
+
+
 def verdict(ratios: dict[str, float]) -> str:
     """Plain statement of the goal (ours >= 0.5 of the Loader) against each baseline."""
     a, b = ratios["ours_over_a_bulk_load"], ratios["ours_over_b_build_and_load"]
@@ -425,19 +515,24 @@ def markdown(summary: dict[str, Any]) -> str:
         p = hosts["catalog_phase"]
         detail.append(["catalog phase (first catalog task start -> last end)",
                        f"{p['seconds']} s, {p['items_per_s']} items/s, mean concurrency {p['mean_concurrency']}"])
-    detail += [[f"host{h['host']}: catalog tasks", f"{h['catalog_tasks_ended']} ({h['share']:.0%}); {_dist(h['catalog_ms'])}"]
+    detail += [[f"host{h['host']}: catalog task attempts (share)", f"{h['catalog_tasks_ended']} ({h['share']:.0%}); {_dist(h['catalog_ms'])}"]
                for h in hosts["per_host"]]
     anomalies = {k: sum(h[k] for h in hosts["per_host"]) for k in
                  ("claimed_elsewhere", "busy_deferred", "retries_scheduled", "messages_ignored", "end_superseded",
                   "warning_lines", "error_lines")}
     detail.append(["duplicates / retries / warnings in host logs", ", ".join(f"{k} {v}" for k, v in anomalies.items())])
+    detail += [[f"task attempts ending in error: {k}", v] for k, v in hosts["task_errors"].items()]
+    detail += [[f"CPU s during {label} (of {c['capacity_s']} = wall x nproc)", _cpu(c["cpu_s"])]
+               for label, c in (("ours", ours["cpu"]), ("baseline (b)", base["cpu"]))]
     detail.append(["status polls (their load is part of ours)",
                    f"{ours['status_polls']}, mean {ours['status_poll_ms_mean']} ms each"])
     detail += [[f"baseline per item, {k}, ms (1 thread, quiet process)", _dist(build[k])]
                for k in ("download", "validate_raster", "build_item", "total")]
     if writes and "error" not in writes:
         detail += [["diagnostic ensure_collection, ms", _dist(writes["ensure_collection_ms"])],
-                   ["diagnostic upsert_item, ms", _dist(writes["upsert_item_ms"])]]
+                   ["diagnostic upsert_item, ms", _dist(writes["upsert_item_ms"])],
+                   ["diagnostic upsert_item mean, first vs last quarter of the items, ms",
+                    f"{writes['upsert_item_ms_mean_first_quarter']} vs {writes['upsert_item_ms_mean_last_quarter']}"]]
     out += _table(["detail", "value"], detail)
     out += _table(["timeline of ours (host logs)", "s after submit"],
                   [[t["event"], t["s_after_submit"]] for t in hosts["timeline"]])
@@ -485,7 +580,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         for host in hosts:
             host.start()
         log(f"{len(hosts)} hosts up (pids {[h.process.pid for h in hosts]}); ours: sync_container n={args.n}")
-        ours = measure_ours(settings, hosts, args.n, catalogue)
+        servers = {"azurite": [azurite.process.pid], "postgres": [pg.process.pid]}
+        meter = CpuMeter({"hosts": [h.process.pid for h in hosts], **servers})
+        ours = measure_ours(settings, hosts, args.n, catalogue, meter)
         log(f"ours: {ours['status']} in {ours['seconds']} s ({ours['items_per_s']} items/s), "
             f"{ours['items_in_collection']} items in the collection")
         for host in hosts:
@@ -496,7 +593,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         from pypgstac.load import Loader  # noqa: F401 - imported before timing, as a loader script would have
 
         log("baseline: build in process, then bulk_load")
-        baseline, items = measure_baseline(settings, catalogue, args.n, workdir / "baseline")
+        baseline, items = measure_baseline(settings, catalogue, args.n, workdir / "baseline",
+                                           CpuMeter(servers))
         summary["baseline"] = baseline
         log(f"baseline: (a) bulk_load {baseline['bulk_load_s']} s, (b) build + load {baseline['build_and_load_s']} s")
         try:
