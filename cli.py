@@ -21,7 +21,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import requests
+try:
+    import requests
+except ImportError:  # pragma: no cover
+    sys.exit("error: cli.py needs the 'requests' package: pip install requests (or use the project's .venv)")
 
 import cli_render as render
 

@@ -21,10 +21,23 @@ def _input_container() -> str:
     return get_settings().input_container
 
 
+def _optional_in_schema(schema: dict[str, Any], cls: type) -> None:
+    """In JSON Schema, fields defaulted from settings are optional, and say which setting fills them."""
+    defaults = getattr(cls, "SETTINGS_DEFAULTS", {})
+    schema["required"] = [f for f in schema.get("required", []) if f not in defaults]
+    if not schema["required"]:
+        del schema["required"]
+    for field_name, setting in defaults.items():
+        prop = schema.get("properties", {}).get(field_name)
+        if prop is not None:
+            prop["description"] = (prop.get("description", "") + f" Default: the {setting.upper()} setting.").strip()
+
+
 class SettingsDefaults(BaseModel):
     """Fills fields whose default is a setting, from the settings in the validation context (the
     engine's), else the process's. Filled before the job id is computed, so the id names the real value."""
 
+    model_config = ConfigDict(json_schema_extra=_optional_in_schema)
     SETTINGS_DEFAULTS: ClassVar[dict[str, str]] = {}
 
     @model_validator(mode="before")

@@ -67,8 +67,12 @@ def submit(engine: Engine, job_type: str, body: bytes, base_url: str, callback_u
             job = store.get_job(job_id)
     if job is None:  # created by a concurrent identical request and not readable yet
         raise NotFoundError(f"job {job_id} could not be read back; retry")
-    hint = (f"this job failed; POST {base_url}/api/jobs/{job.job_id}/retry re-runs its failed tasks"
-            if job.status == Status.FAILED else None)
+    hints = []
+    if job.status == Status.FAILED:
+        hints.append(f"this job failed; POST {base_url}/api/jobs/{job.job_id}/retry re-runs its failed tasks")
+    if not created and callback_url and callback_url != job.callback_url:
+        hints.append("callback_url ignored: this job already exists (a callback is set when a job is created)")
+    hint = " ".join(hints) or None
     body_out = SubmitResponse(job_id=job.job_id, job_type=job.job_type, status=job.status, stage=job.stage,
                               total_stages=job.total_stages, created=created, hint=hint,
                               status_url=f"{base_url}/api/jobs/status/{job.job_id}")

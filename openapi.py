@@ -94,7 +94,10 @@ class StuckJobs(JobPage):
 
 # ---------------------------------------------------------------- parameters
 def _param(name: str, where: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"name": name, "in": where, "required": where == "path", "schema": schema, "description": description}
+    if where == "path":
+        return {"name": name, "in": where, "required": True, "schema": schema, "description": description}
+    # The API reads an empty query parameter (?status=) as one not given, which is what allowEmptyValue says.
+    return {"name": name, "in": where, "schema": schema, "description": description, "allowEmptyValue": True}
 
 
 def _limit(default: int) -> dict[str, Any]:

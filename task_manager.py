@@ -24,7 +24,7 @@ from base_controller import JobController, TaskContext, TaskOutcome, validation_
 from config import max_dequeue_count
 from controller_factory import get_controller, get_handler
 from errors import ConflictError, OrchestratorError, TransientError
-from logs import log_event
+from logs import log_event, redact
 from models import (
     TERMINAL, CompletionMessage, JobRecord, NotifyMessage, ShardRecord, StageMessage, StageRecord, Status, TaskMessage,
     TaskRecord, check_transition, make_task_id, parse_task_id, utcnow,
@@ -161,6 +161,7 @@ class Engine:
                   task_type=task.task_type, attempt=task.attempts)
         started = time.perf_counter()
         status, result, error = self._call_handler(task)
+        error = redact(error) if error else error  # error text is shown to users: no SAS, keys or passwords
         log_event(logger, "task_ended", logging.INFO if status == Status.COMPLETED else logging.WARNING,
                   job_id=task.job_id, task_id=task.task_id, stage=stage_no, task_type=task.task_type,
                   status=status, attempt=task.attempts, error=error,

@@ -237,6 +237,7 @@ def measure_ours(settings: Settings, hosts: list[HostProcess], n: int, catalogue
     final, polls = wait_for_job(urls, job_id, timeout=max(240.0, 1.5 * n))
     seconds = time.perf_counter() - started
     cpu = meter.stop()
+    poll_cost = measure_status_polls(urls, job_id, CpuMeter(meter.groups), len(polls))
     result = final.get("result_data") or {}
     items = catalogue.count_items(settings.default_collection)
     return {"job_id": job_id, "status": final.get("status"), "seconds": round(seconds, 2),
@@ -246,7 +247,23 @@ def measure_ours(settings: Settings, hosts: list[HostProcess], n: int, catalogue
             "result": {k: result.get(k) for k in ("listed", "created", "updated", "failed")},
             "task_counts": final.get("tasks"), "attempts": final.get("attempts"),
             "recent_errors": final.get("recent_errors", [])[:3], "status_polls": len(polls),
-            "status_poll_ms_mean": round(1000 * statistics.fmean(polls), 1) if polls else None, "cpu": cpu}
+            "status_poll_ms_mean": round(1000 * statistics.fmean(polls), 1) if polls else None, "cpu": cpu,
+            "status_poll_cost": poll_cost}
+
+
+def measure_status_polls(urls: list[str], job_id: str, meter: CpuMeter, polls_in_run: int,
+                         repeats: int = 10) -> dict[str, Any]:
+    """What one status poll costs once the job has finished (hosts otherwise idle): wall and CPU per poll,
+    and the CPU the run's own polls therefore took."""
+    meter.start()
+    started = time.perf_counter()
+    for i in range(repeats):
+        requests.get(f"{urls[i % len(urls)]}/jobs/status/{job_id}", timeout=30).raise_for_status()
+    wall = time.perf_counter() - started
+    cpu = meter.stop()["cpu_s"]
+    per_poll = {k: round(1000 * cpu[k] / repeats, 1) for k in ("hosts", "azurite", "postgres", "bench_process")}
+    return {"polls": repeats, "wall_ms_mean": round(1000 * wall / repeats, 1), "cpu_ms_per_poll": per_poll,
+            "cpu_s_of_the_run_polls": round(polls_in_run * sum(per_poll.values()) / 1000, 2)}
 
 
 # ---------------------------------------------------------------------------------------------- host logs
@@ -524,9 +541,12 @@ def markdown(summary: dict[str, Any]) -> str:
     detail += [[f"task attempts ending in error: {k}", v] for k, v in hosts["task_errors"].items()]
     detail += [[f"CPU s during {label} (of {c['capacity_s']} = wall x nproc)", _cpu(c["cpu_s"])]
                for label, c in (("ours", ours["cpu"]), ("baseline (b)", base["cpu"]))]
+    cost = ours["status_poll_cost"]
     detail.append(["status polls (their load is part of ours)",
-                   f"{ours['status_polls']}, mean {ours['status_poll_ms_mean']} ms each"])
-    detail += [[f"baseline per item, {k}, ms (1 thread, quiet process)", _dist(build[k])]
+                   (f"{ours['status_polls']}, mean {ours['status_poll_ms_mean']} ms each; one poll on idle hosts: "
+                   f"{cost['wall_ms_mean']} ms, CPU ms {cost['cpu_ms_per_poll']}, so about "
+                   f"{cost['cpu_s_of_the_run_polls']} CPU s for the run's polls")])
+    detail += [[f"baseline per item, {k}, ms (1 thread, in process)", _dist(build[k])]
                for k in ("download", "validate_raster", "build_item", "total")]
     if writes and "error" not in writes:
         detail += [["diagnostic ensure_collection, ms", _dist(writes["ensure_collection_ms"])],

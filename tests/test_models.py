@@ -144,3 +144,14 @@ def test_batches_respect_count_and_size_limits():
     assert all(sum(entity_bytes(e) for e in b) <= BATCH_MAX_BYTES for b in batches)
     assert [e for b in batches for e in b] == big  # deterministic, order kept, nothing lost
     assert chunk_for_transactions(big) == batches
+
+
+def test_logs_and_errors_never_carry_secrets():
+    from logs import redact
+
+    sas = "https://acct.blob.core.windows.net/c/b.tif?se=2026-01-01&sp=r&sv=2024-05-04&sr=b&sig=AbC%2Bdef%3D"
+    assert "AbC" not in redact(f"corrupt raster: /vsicurl/{sas}: read error")
+    conn = "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=c2VjcmV0a2V5;EndpointSuffix=x"
+    assert "c2VjcmV0a2V5" not in redact(conn) and "AccountName=acct" in redact(conn)
+    assert "hunter2" not in redact("host=db password=hunter2 dbname=postgis")
+    assert redact("nothing secret here: stage 1 failed") == "nothing secret here: stage 1 failed"
