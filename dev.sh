@@ -133,9 +133,34 @@ demo() {
     sleep 0.3
   done
   log "its status:"; "$PY" -m json.tool <<<"$state"
+  log "uploading a raster and running process_raster (validate -> COG -> STAC item in pgstac):"
+  AzureWebJobsStorage=UseDevelopmentStorage=true "$PY" - <<'PY'
+import sys
+from pathlib import Path
+sys.path.insert(0, ".")
+from config import get_settings
+from repositories import Repositories
+sample = Path("../shared/testdata/rasters/RGB.byte.tif")
+if not sample.exists():  # no shared data beside the clone: write a small synthetic GeoTIFF
+    import numpy as np, rasterio
+    from rasterio.transform import from_origin
+    sample = Path(".run/demo.tif")
+    y, x = np.mgrid[0:256, 0:256]
+    with rasterio.open(sample, "w", driver="GTiff", width=256, height=256, count=1, dtype="uint8",
+                       crs="EPSG:32618", transform=from_origin(500000, 4000000, 30, 30)) as dst:
+        dst.write(((x + y) % 256).astype("uint8"), 1)
+settings = get_settings()
+store = Repositories(settings).rasters
+store.ensure_container(settings.input_container)
+store.upload(settings.input_container, "demo/RGB.byte.tif", sample)
+print(f"uploaded {sample} to {settings.input_container}/demo/RGB.byte.tif")
+PY
+  "$PY" cli.py --url "$base" submit process_raster blob=demo/RGB.byte.tif --wait || true
   cat <<MSG
 
-Local Functions host on http://localhost:$PORT (Ctrl-C stops it and Azurite). Try:
+Local Functions host on http://localhost:$PORT (Ctrl-C stops it, Azurite and PostgreSQL). Try:
+  ./cli.py types
+  ./cli.py submit hello_world n=50 --wait
   curl -s -X POST http://localhost:$PORT/api/jobs/submit/hello_world -H 'Content-Type: application/json' -d '{"n": 10}'
   curl -s http://localhost:$PORT/api/jobs/status/<job_id>
 MSG

@@ -200,20 +200,13 @@ def _paths(prefix: str) -> dict[str, dict[str, Any]]:
 
 
 def _schemas() -> dict[str, Any]:
-    """Every body's JSON Schema under its model's name; request bodies in validation mode."""
-    requests = {c.parameters_model for c in JOB_TYPES.values()}
+    """Every body's JSON Schema under its model's name: requests in validation mode, responses as sent."""
+    requests = sorted({c.parameters_model for c in JOB_TYPES.values()}, key=lambda m: m.__name__)
     responses = (SubmitResponse, JobStatusResponse, JobPage, StuckJobs, TaskPage, TaskView, JobTypes, Health,
                  Metrics, ErrorBody)
-    _, top = models_json_schema([(m, "validation") for m in sorted(requests, key=lambda m: m.__name__)]
-                                + [(m, "serialization") for m in responses], ref_template=REF)
-    schemas = top["$defs"]
-    for model in requests:  # fields whose default is an app setting are filled in, so not required
-        schema = schemas[model.__name__]
-        optional = set(getattr(model, "SETTINGS_DEFAULTS", {}))
-        schema["required"] = [f for f in schema.get("required", []) if f not in optional]
-        if not schema["required"]:
-            del schema["required"]
-    return schemas
+    _, top = models_json_schema([(m, "validation") for m in requests] + [(m, "serialization") for m in responses],
+                                ref_template=REF)
+    return top["$defs"]
 
 
 def document(base_url: str) -> dict[str, Any]:
