@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validat
 
 from config import get_settings
 from errors import NotFoundError, TaskError
-from models import BlobName, ContainerName
+from storage_rules import BlobName, ContainerName
 from services_raster import validate_raster
 from services_stac import build_collection, build_item
 

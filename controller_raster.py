@@ -13,7 +13,7 @@ from controller_geo_common import (
     RASTER_SUFFIXES, BlobRef, CatalogOptions, CatalogTask, catalog_blob, fetch, links, named_as_blob,
 )
 from errors import TaskError
-from models import BlobName, ContainerName
+from storage_rules import BlobName, ContainerName
 from repository_rasters import COG_CONTENT_TYPE
 from services_cog import CogOptions, CogProfile, cog_output_name, create_cog
 from services_raster import validate_raster
@@ -247,7 +247,8 @@ def _validated(p: Any, outcomes: dict[int, list[TaskOutcome]]) -> dict[str, Any]
 
 def _processed(p: Any, outcomes: dict[int, list[TaskOutcome]]) -> dict[str, Any]:
     validated, cogs, items = (_by_stage(outcomes, s) for s in (1, 2, 3))
-    return {"count": len(cogs), "rasters": [{"input": v, "cog": c, "item": i} for v, c, i in zip(validated, cogs, items)],
+    rasters = [{"input": v, "cog": c, "item": i} for v, c, i in zip(validated, cogs, items, strict=True)]
+    return {"count": len(cogs), "rasters": rasters,
             "outputs": [{"container": c["output_container"], "blob": c["output_blob"], "url": c["url"],
                          "sas_url": c["sas_url"]} for c in cogs]}
 

@@ -21,10 +21,10 @@ from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 from config import Settings
 from errors import BadRequestError, ConflictError, NotFoundError, OrchestratorError
 from models import (
-    INDEX_PARTITION, MAX_ENTITY_BYTES, JobRecord, PayloadRef, Row, ShardRecord, StageRecord, Status, TaskRecord,
-    check_entity_limits, entity_bytes, from_entity, shard_row_key, stage_row_key, task_row_key,
-    to_entity, utf16_len,
+    INDEX_PARTITION, JobRecord, PayloadRef, Row, ShardRecord, StageRecord, Status, TaskRecord, from_entity,
+    shard_row_key, stage_row_key, task_row_key, to_entity,
 )
+from storage_rules import MAX_ENTITY_BYTES, check_entity_limits, entity_bytes, utf16_len
 from repository_blobs import PayloadBlobs
 from repository_clients import StorageClients, translate_errors
 from repository_queues import QueueProducer

@@ -7,7 +7,7 @@ to an input container and measures, in one run:
 
 1. ours       ``sync_container`` on that container through ``--hosts`` real local host processes
               (``tests/host_proc.HostProcess``), submitted over HTTP and timed from submit to
-              ``completed`` (status polled every 0.25 s). Stage 1 lists the GeoTIFFs; stage 2 runs one
+              ``completed`` (status polled, 0.25 s between polls). Stage 1 lists the GeoTIFFs; stage 2 runs one
               ``stac_catalog`` task per blob (download, ``validate_raster``, ``build_item``,
               ``ensure_collection`` + ``upsert_item``). The collection must then hold n items.
 2. baseline   The same n items built in this process, one after the other, the way a hand-written
@@ -21,7 +21,9 @@ to an input container and measures, in one run:
 
 From the hosts' JSON log events it reports the wall time distribution of the catalog tasks
 (``task_ended.duration_ms``: the handler alone), the host's invocation times (handler + the engine's
-claim and commit), how the tasks split across the hosts, and a timeline of the job.
+claim and commit), how the tasks split across the hosts, task errors by kind, and a timeline of the
+job. From /proc: CPU seconds used during ours and during (b) by the hosts, Azurite, PostgreSQL (each a
+process tree), this process and everything else on the machine, and what one status poll costs.
 
 It is not a test and asserts nothing. It prints a Markdown table and a JSON summary, and writes the
 JSON to ``benchmarks/results/bench_sync-<UTC date>[-n<n>][-h<hosts>].json`` (suffixes only for

@@ -46,7 +46,8 @@ class HostProcess:
             wait_for_port(self.port, timeout=30)
         except TimeoutError:
             self.stop()
-            raise RuntimeError(f"local host did not start: {self.log_path.with_suffix('.out').read_text()[-3000:]}")
+            out = self.log_path.with_suffix(".out").read_text()[-3000:]
+            raise RuntimeError(f"local host did not start: {out}") from None
         return self
 
     def kill(self) -> None:

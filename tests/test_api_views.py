@@ -58,7 +58,8 @@ def test_tasks_are_listed_by_stage_and_status_and_read_one_by_one(engine):
     page = api_listing.list_tasks(engine, job_id, stage="1")[1]
     assert [t["task_id"] for t in page["tasks"]] == [make_task_id(job_id, 1, i) for i in range(4)]
     failed = api_listing.list_tasks(engine, job_id, status="failed")[1]["tasks"]
-    assert [t["task_id"] for t in failed] == [make_task_id(job_id, 1, 2)] and "asked to fail" in failed[0]["error_details"]
+    assert [t["task_id"] for t in failed] == [make_task_id(job_id, 1, 2)]
+    assert "asked to fail" in failed[0]["error_details"]
     first, second = (api_listing.list_tasks(engine, job_id, limit="3", continuation=c)[1] for c in (None, None))
     assert first == second and first["continuation"]
     rest = api_listing.list_tasks(engine, job_id, limit="3", continuation=first["continuation"])[1]

@@ -12,7 +12,7 @@ from models import (
     CompletionMessage, JobRecord, StageMessage, Status, TaskRecord, decode_job_message, make_task_id, utcnow,
 )
 from queue_driver import QueueDriver
-from task_manager import shard_count
+from stage_counters import shard_count
 
 
 def submit(engine, params: dict) -> str:

@@ -7,11 +7,11 @@ import pytest
 
 from errors import EntityTooLargeError, InvalidKeyError, InvalidTransitionError
 from models import (
-    MAX_ENTITY_BYTES, TERMINAL, TRANSITIONS, CompletionMessage, StageMessage, Status, TaskMessage,
-    TaskRecord, canonical_json, check_entity_limits, check_transition, decode_job_message,
-    decode_task_message, entity_bytes, from_entity, make_job_id, make_task_id, parse_task_id, to_entity,
-    validate_key,
+    TERMINAL, TRANSITIONS, CompletionMessage, StageMessage, Status, TaskMessage, TaskRecord, canonical_json,
+    check_transition, decode_job_message, decode_task_message, from_entity, make_job_id, make_task_id,
+    parse_task_id, to_entity,
 )
+from storage_rules import MAX_ENTITY_BYTES, check_entity_limits, entity_bytes, validate_key
 from repositories import BATCH_MAX_BYTES, BATCH_MAX_OPERATIONS, chunk_for_transactions
 
 from controller_factory import get_controller
@@ -129,7 +129,7 @@ def test_messages_encode_and_decode_symmetrically():
     task = TaskMessage(job_id="c" * 64, task_id=make_task_id("c" * 64, 1, 1))
     assert decode_task_message(task.encode()) == task
     assert len(StageMessage(job_id="a" * 64, stage=99).encode()) < 200  # ids only, whatever n is
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="kind"):
         decode_job_message('{"kind": "bogus", "job_id": "x"}')
 
 
