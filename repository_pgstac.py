@@ -86,6 +86,11 @@ def translate_errors(action: str) -> Iterator[None]:
         yield
     except (psycopg.OperationalError, PoolTimeout) as exc:
         raise TransientError(f"pgstac unavailable while {action}: {_reason(exc)}") from exc
+    except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure,
+            psycopg.errors.LockNotAvailable) as exc:
+        raise TransientError(f"pgstac lock conflict while {action}: {_reason(exc)}") from exc
+    except psycopg.errors.UndefinedTable as exc:  # a partition another transaction is creating
+        raise TransientError(f"pgstac table not ready while {action}: {_reason(exc)}") from exc
     except psycopg.errors.UniqueViolation as exc:
         raise ConflictError(f"pgstac conflict while {action}: {_reason(exc)}") from exc
     except psycopg.errors.ForeignKeyViolation as exc:
@@ -151,6 +156,7 @@ class PgstacRepository:
         if not collection_id:
             raise TaskError("a collection needs an id")
         with self._cursor(f"ensuring collection {collection_id!r}", write=True) as cur:
+            self._serialise(cur, collection_id)
             cur.execute("INSERT INTO collections (content) VALUES (%s) ON CONFLICT (id) DO NOTHING "
                         "RETURNING id", [Jsonb(collection)])
             if cur.fetchone() is not None:
@@ -173,6 +179,16 @@ class PgstacRepository:
             cur.execute("SELECT content FROM collections WHERE id = %s", [collection_id])
             row = cur.fetchone()
         return row[0] if row else None
+
+    @staticmethod
+    def _serialise(cur: psycopg.Cursor, collection_id: str) -> None:
+        """Take the collection's advisory lock first in every write transaction.
+
+        One lock order for all writers of a collection: without it, the first item's partition
+        creation (a table-level lock on ``collections``) and another writer's ``INSERT ... ON CONFLICT``
+        (waiting on the row) deadlock, and pgstac may then lose the item.
+        """
+        cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"pgstac-collection:{collection_id}"])
 
     @staticmethod
     def _lock_collection(cur: psycopg.Cursor, collection_id: str) -> dict:
@@ -200,6 +216,7 @@ class PgstacRepository:
         """
         collection_id, item_id = self._keys(item)
         with self._cursor(f"upserting item {item_id!r} into {collection_id!r}", write=True) as cur:
+            self._serialise(cur, collection_id)
             stored = self._lock_collection(cur, collection_id)
             cur.execute("SELECT 1 FROM items WHERE collection = %s AND id = %s", [collection_id, item_id])
             existed = cur.fetchone() is not None

@@ -159,3 +159,35 @@ def test_settings_quote_and_hide_the_password(pgstac):
     assert "'" in pgstac.password and " " in pgstac.password  # the server's password needs quoting
     assert pgstac.password not in repr(settings) and pgstac.password not in settings.safe_dsn
     assert "password=***" in settings.safe_dsn and "search_path=pgstac,public" in settings.dsn
+
+
+def test_parallel_writers_into_a_new_collection_lose_nothing(pgstac, tmp_path):
+    """Like sync_container's catalog tasks: many processes' ensure_collection + upsert_item at once
+    into a collection that does not exist yet (its partition is created by the first item)."""
+    import threading
+
+    from services_stac import build_collection
+
+    for round_ in range(4):
+        collection_id = unique(f"race{round_}")
+        items = [synthetic_item(tmp_path, collection_id, f"r{round_}-{i}", (500_000 + 3000 * i, 4e6), WHEN)
+                 for i in range(12)]
+        errors, barrier = [], threading.Barrier(len(items))
+
+        def write(item):
+            with PgstacRepository(pgstac.settings) as own:  # one pool per "worker process"
+                try:
+                    barrier.wait()
+                    own.ensure_collection(stored(build_collection(collection_id, [item])))
+                    own.upsert_item(item)
+                except Exception as exc:  # surfaced below
+                    errors.append(exc)
+
+        threads = [threading.Thread(target=write, args=(item,)) for item in items]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        with PgstacRepository(pgstac.settings) as check:
+            assert check.count_items(collection_id) == len(items)
