@@ -109,9 +109,21 @@ def catalog_blob(io: Any, p: CatalogTask, folder: Path) -> dict[str, Any]:
                       file_size=blob.size, datetime=p.datetime, last_modified=blob.last_modified,
                       collection_id=p.collection_id)
     catalogue = io.pgstac()
-    catalogue.ensure_collection(build_collection(p.collection_id, [item]).to_dict(include_self_link=False,
-                                                                                transform_hrefs=False))
-    action = catalogue.upsert_item(item.to_dict(include_self_link=False, transform_hrefs=False))
+    item_dict = item.to_dict(include_self_link=False, transform_hrefs=False)
+
+    def ensure() -> None:
+        catalogue.ensure_collection(build_collection(p.collection_id, [item]).to_dict(
+            include_self_link=False, transform_hrefs=False))
+        io.known_collections.add(p.collection_id)
+
+    if p.collection_id not in io.known_collections:  # once per process: upsert_item widens the extent
+        ensure()
+    try:
+        action = catalogue.upsert_item(item_dict)
+    except NotFoundError:  # the collection was removed since this process ensured it
+        io.known_collections.discard(p.collection_id)
+        ensure()
+        action = catalogue.upsert_item(item_dict)
     return {"item_id": item.id, "collection_id": p.collection_id, "action": action, "bbox": item.bbox,
             "datetime": item.datetime.isoformat() if item.datetime else None, "container": p.container,
             "blob": p.blob, "media_type": item.assets["data"].media_type}

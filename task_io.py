@@ -23,6 +23,7 @@ class TaskIO:
     rasters: RasterStore
     _pgstac: object | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    known_collections: set[str] = field(default_factory=set, repr=False)  # ensured by this process
 
     def pgstac(self):
         """The pgstac repository; TaskError when no database is configured."""

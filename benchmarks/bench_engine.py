@@ -380,7 +380,7 @@ def fanout_series(connection_string: str, profile: Profile) -> list[dict[str, An
             log(f"fan-out n={profile.fanout_n} FANOUT_THREADS={threads} run {repeat + 1}/{profile.fanout_repeats}")
             runs[threads].append(measure_fanout(connection_string, profile.fanout_n, threads))
     series = []
-    for threads, done in runs.items():
+    for done in runs.values():
         median = sorted(done, key=lambda r: r["seconds"])[len(done) // 2]
         series.append({**median, "runs_s": [r["seconds"] for r in done]})
     return series
