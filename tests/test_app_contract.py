@@ -102,3 +102,33 @@ def test_host_json_writes_every_queue_setting_out():
     assert set(queues) >= {"batchSize", "newBatchThreshold", "maxDequeueCount", "visibilityTimeout",
                            "maxPollingInterval", "messageEncoding"}
     assert re.fullmatch(r"\d\d:\d\d:\d\d", queues["visibilityTimeout"])
+
+
+def test_azure_functions_doctor_finds_no_failure():
+    """An independent static check of the v2 app (what `func start` and Azure expect): no failed rule."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    doctor = shutil.which("azure-functions-doctor", path=str(Path(sys.executable).parent))
+    if doctor is None:
+        pytest.skip("azure-functions-doctor is not installed (requirements-dev.txt installs it)")
+    run = subprocess.run([doctor, "doctor", "--path", str(root), "--format", "json"], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    failed = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if node.get("status") == "fail":
+                failed.append(node)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(json.loads(run.stdout))
+    assert failed == []
