@@ -258,8 +258,12 @@ class JobStore:
                ("update", self.pack(shard), {**_IF_MATCH, "etag": shard.etag})]
         if stage is not None:
             ops.append(("update", self.pack(stage), {**_IF_MATCH, "etag": stage.etag}))
-        with translate_errors(f"commit end of task {task.task_id}"):
-            self.tasks.submit_transaction(ops)
+        try:
+            with translate_errors(f"commit end of task {task.task_id}"):
+                self.tasks.submit_transaction(ops)
+        except ConflictError as exc:  # which row was stale: 0 = the task row, 1+ = its counters
+            exc.details["operation"] = getattr(exc.__cause__, "index", None)
+            raise
 
     def mark_stage(self, job_id: str, stage: int, **fields: Any) -> None:
         """Merge flag properties into a stage row without touching its counters (no ETag needed)."""

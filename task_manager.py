@@ -248,7 +248,10 @@ class Engine:
                 self.store.commit_task_end(ended, shard_after, stage_after)
                 finished = stage_after if stage_after and stage_after.status in TERMINAL else None
                 break
-            except ConflictError:
+            except ConflictError as exc:
+                if exc.details.get("operation") not in (None, 0):  # only the counters moved: read them again
+                    time.sleep(random.uniform(0, min(0.05, 0.002 * (attempt + 1))))
+                    continue
                 current = self.store.get_task(task.job_id, task.stage, task.index)
                 if current is not None and current.end_token == token:  # our commit landed; its reply was lost
                     stage = self.store.get_stage(task.job_id, task.stage)
