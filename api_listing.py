@@ -1,6 +1,7 @@
 """Read-only views: jobs newest first, a job's tasks, one task, stuck jobs, the job types."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from api_models import JobPage, JobSummary, JobTypeInfo, JobTypes, StageInfo, TaskPage, TaskView
@@ -11,6 +12,34 @@ from task_manager import Engine
 
 Response = tuple[int, dict[str, Any]]
 MAX_LIMIT = 1000
+
+
+def number(value: str | None, name: str, default: float, low: float, high: float) -> float:
+    """A finite query number within [low, high], else BadRequestError naming the parameter."""
+    if value in (None, ""):
+        return default
+    try:
+        parsed = float(value)
+    except (TypeError, ValueError):
+        raise BadRequestError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(parsed) or not low <= parsed <= high:
+        raise BadRequestError(f"{name} must be a number between {low:g} and {high:g}, got {value!r}")
+    return parsed
+
+
+def flag(value: str | None, name: str) -> bool:
+    """A boolean query parameter: true/false (also 1/0, yes/no); anything else is a 400."""
+    text = (value or "false").strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no", ""):
+        return False
+    raise BadRequestError(f"{name} must be true or false, got {value!r}")
+
+
+def limit_of(value: str | int | None, default: int = 50) -> int:
+    """The ``limit`` query parameter, 1..MAX_LIMIT."""
+    return _limit(value, default)
 
 
 def _limit(value: str | int | None, default: int = 50) -> int:
@@ -98,12 +127,7 @@ def get_task(engine: Engine, job_id: str, task_id: str) -> Response:
 
 def stuck_jobs(engine: Engine, base_url: str, older_than_s: str | None = None) -> Response:
     """GET /api/jobs/stuck: processing jobs whose tasks made no progress for ``older_than_s`` seconds."""
-    try:
-        threshold = float(older_than_s) if older_than_s not in (None, "") else 600.0
-    except ValueError:
-        raise BadRequestError(f"older_than_s must be a number, got {older_than_s!r}") from None
-    if threshold < 0:
-        raise BadRequestError("older_than_s must not be negative")
+    threshold = number(older_than_s, "older_than_s", 600.0, 0, 10 * 365 * 86400)
     now, found, token = utcnow(), [], None
     while True:
         rows, token = engine.store.list_jobs(Status.PROCESSING, None, MAX_LIMIT, token)

@@ -7,6 +7,7 @@ from datetime import timedelta
 from importlib import metadata
 from typing import Any
 
+from api_listing import number
 from errors import OrchestratorError
 from models import Status, utcnow
 from task_manager import Engine
@@ -59,7 +60,7 @@ def _percentile(values: list[float], q: float) -> float | None:
 def metrics(engine: Engine, window_s: str | None = None) -> Response:
     """GET /api/metrics: jobs by status and type; per task type over recent jobs: count, failure rate,
     duration p50/p95/p99; queue depths."""
-    window = float(window_s) if window_s else 3600.0
+    window = number(window_s, "window_s", 3600.0, 1, 30 * 86400)
     since = utcnow() - timedelta(seconds=window)
     by_status: Counter[str] = Counter()
     by_type: Counter[str] = Counter()

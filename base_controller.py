@@ -6,11 +6,13 @@ as a one-stage job. A ``TaskHandler`` is a typed function: validated parameters 
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from config import get_settings
 from errors import ParameterValidationError
 from models import MAX_STAGES, MAX_TASKS_PER_STAGE, Status
 
@@ -118,8 +120,11 @@ class JobController:
             raise ParameterValidationError("parameters must be a JSON object",
                                            errors=[{"field": "(body)", "message": "expected a JSON object",
                                                     "type": "dict_type"}])
-        try:
-            return self.parameters_model.model_validate(raw, context={"settings": settings})
+        settings = settings or get_settings()
+        defaults = getattr(self.parameters_model, "SETTINGS_DEFAULTS", {})
+        raw = {**{name: getattr(settings, setting) for name, setting in defaults.items()}, **raw}
+        try:  # strict JSON types: "3" is not an integer, 1700000000 is not a date-time
+            return self.parameters_model.model_validate_json(json.dumps(raw), strict=True)
         except ValidationError as exc:
             errors = validation_errors(exc)
             raise ParameterValidationError(

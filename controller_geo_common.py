@@ -6,19 +6,14 @@ from pathlib import Path
 from contextlib import contextmanager
 from typing import Any, ClassVar, Iterator
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from config import get_settings
 from errors import NotFoundError, TaskError
 from storage_rules import BlobName, ContainerName
 from services_raster import validate_raster
 from services_stac import build_collection, build_item
 
 RASTER_SUFFIXES = (".tif", ".tiff")
-
-
-def _input_container() -> str:
-    return get_settings().input_container
 
 
 def _optional_in_schema(schema: dict[str, Any], cls: type) -> None:
@@ -34,19 +29,12 @@ def _optional_in_schema(schema: dict[str, Any], cls: type) -> None:
 
 
 class SettingsDefaults(BaseModel):
-    """Fills fields whose default is a setting, from the settings in the validation context (the
-    engine's), else the process's. Filled before the job id is computed, so the id names the real value."""
+    """A parameters model some of whose fields default to a setting (``SETTINGS_DEFAULTS``: field ->
+    setting). ``JobController.validate`` fills them from the engine's settings before validating, so the
+    job id names the real value; in JSON Schema they are optional."""
 
     model_config = ConfigDict(json_schema_extra=_optional_in_schema)
     SETTINGS_DEFAULTS: ClassVar[dict[str, str]] = {}
-
-    @model_validator(mode="before")
-    @classmethod
-    def _fill_from_settings(cls, data: Any, info: ValidationInfo) -> Any:
-        if isinstance(data, dict):
-            settings = (info.context or {}).get("settings") or get_settings()
-            data = {**{f: getattr(settings, a) for f, a in cls.SETTINGS_DEFAULTS.items()}, **data}
-        return data
 
 
 class BlobRef(SettingsDefaults):

@@ -67,8 +67,8 @@ def job_status(req: func.HttpRequest) -> func.HttpResponse:
     """A job's status, stages, progress, task counts, its result or error; ?verbose=true adds its tasks."""
     q = req.params
     return _http(job_api.respond(lambda: job_api.status(
-        engine(), req.route_params.get("job_id", ""), verbose=q.get("verbose", "").lower() in ("1", "true", "yes"),
-        limit=q.get("limit") or 100, continuation=q.get("continuation"))))
+        engine(), req.route_params.get("job_id", ""), verbose=api_listing.flag(q.get("verbose"), "verbose"),
+        limit=api_listing.limit_of(q.get("limit"), 100), continuation=q.get("continuation"))))
 
 
 @app.route(route="jobs", methods=["GET"])

@@ -33,6 +33,8 @@ def parse_json_object(body: bytes, max_bytes: int) -> dict[str, Any]:
         value = json.loads(body.decode("utf-8")) if body.strip() else None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequestError(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequestError("request body is nested too deeply") from None
     if not isinstance(value, dict):
         kind = "empty" if value is None else f"a JSON {type(value).__name__}"
         raise BadRequestError(f"request body must be a JSON object of parameters (use {{}} for defaults), "

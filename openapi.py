@@ -100,9 +100,9 @@ def _param(name: str, where: str, schema: dict[str, Any], description: str) -> d
     return {"name": name, "in": where, "schema": schema, "description": description, "allowEmptyValue": True}
 
 
-def _limit(default: int) -> dict[str, Any]:
+def _limit(default: int, what: str = "") -> dict[str, Any]:
     return _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000, "default": default},
-                  "page size")
+                  f"page size {what}".strip())
 
 
 JOB_ID = _param("job_id", "path", {"type": "string", "pattern": "^[0-9a-f]{64}$"},
@@ -113,11 +113,12 @@ STATUS = _param("status", "query", {"type": "string", "enum": [s.value for s in 
 STAGE = _param("stage", "query", {"type": "integer", "minimum": 1, "maximum": 99}, "only this stage")
 CONTINUATION = _param("continuation", "query", {"type": "string"},
                       "the 'continuation' of the previous page (opaque)")
-VERBOSE = _param("verbose", "query", {"type": "boolean", "default": False}, "true: add a page of the job's tasks")
+VERBOSE = _param("verbose", "query", {"anyOf": [{"type": "boolean"}, {"enum": ["1", "0", "yes", "no"]}],
+                                      "default": False}, "true: add a page of the job's tasks")
 JOB_TYPE = _param("job_type", "query", {"type": "string", "enum": sorted(JOB_TYPES)}, "only this job type")
-OLDER_THAN = _param("older_than_s", "query", {"type": "number", "minimum": 0, "default": 600},
-                    "idle for at least this many seconds")
-WINDOW = _param("window_s", "query", {"type": "number", "default": 3600},
+OLDER_THAN = _param("older_than_s", "query", {"type": "number", "minimum": 0, "maximum": 10 * 365 * 86400,
+                                               "default": 600}, "idle for at least this many seconds")
+WINDOW = _param("window_s", "query", {"type": "number", "minimum": 1, "maximum": 30 * 86400, "default": 3600},
                 "task metrics over jobs updated in the last window_s seconds")
 CALLBACK = _param("callback_url", "query", {"type": "string", "format": "uri"},
                   "where the final status is POSTed, signed (needs WEBHOOK_SECRET); not part of the job's identity")
@@ -127,7 +128,7 @@ ERRORS = {
     400: "invalid request: body not a JSON object, invalid parameters (see 'errors'), or a bad query parameter",
     404: "no such job or task (or route)",
     409: "the job is in the wrong state for this action",
-    413: "request body too large",
+    413: "request body too large, or parameters too large to store",
     503: "storage (or the database) is unavailable; retry later",
 }
 
@@ -149,11 +150,13 @@ def _submit(job_type: str) -> dict[str, Any]:
     stages = "; ".join(f"{i}. {s.name} ({s.parallelism})" for i, s in enumerate(controller.stages, start=1))
     body = {"required": True, "description": "the job's parameters as a JSON object ({} for every default)",
             "content": {JSON: {"schema": {"$ref": REF.format(model=controller.parameters_model.__name__)}}}}
-    return _operation(
+    operation = _operation(
         f"submit_{job_type}", f"Submit a {job_type} job",
         {202: ("SubmitResponse", "a new job, queued"), 200: ("SubmitResponse", "the same job already exists")},
         (400, 404, 413, 503), (CALLBACK,), description=f"{controller.description}\n\nStages: {stages}.",
         requestBody=body)
+    operation["responses"]["404"]["description"] = "an identical job created at the same moment is not readable yet"
+    return operation
 
 
 def _paths(prefix: str) -> dict[str, dict[str, Any]]:
@@ -163,7 +166,7 @@ def _paths(prefix: str) -> dict[str, dict[str, Any]]:
     paths.update({
         f"{prefix}/jobs/status/{{job_id}}": {"get": _operation(
             "job_status", "A job's status, stages, progress, task counts, result or error", status_ok,
-            (400, 404, 503), (JOB_ID, VERBOSE, _limit(100), CONTINUATION))},
+            (400, 404, 503), (JOB_ID, VERBOSE, _limit(100, "of the tasks, with verbose=true"), CONTINUATION))},
         f"{prefix}/jobs": {"get": _operation(
             "list_jobs", "Jobs, newest first", {200: ("JobPage", "a page of jobs")}, (400, 503),
             (STATUS, JOB_TYPE, _limit(50), CONTINUATION))},

@@ -67,25 +67,23 @@ def raise_run(azurite: Azurite, point: str, n: int) -> str:
 
 
 def recovery_seconds(tmp: Path) -> list[float]:
-    """Seconds from the SIGKILL at stage_decided to the sweeper's re-drive, from the hosts' logs."""
+    """Per run folder: seconds from the killed finisher's last stage-1 task end to the sweeper's
+    re-drive of the advance (read from that run's host logs)."""
     found = []
-    died, redrive = {}, {}
-    for log in sorted(tmp.rglob("host*.log")):
-        lines = log.read_text(errors="replace").splitlines()
-        for line in lines:
-            m = _TIME.match(line)
-            if not m:
-                continue
-            t = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-            if '"event":"sweeper_redrive"' in line and "resent_advance" in line:
-                job = re.search(r'"job_id":"(\w+)"', line).group(1)
-                redrive.setdefault(job, t)
-            if '"event":"task_ended"' in line and '"stage":1' in line:
-                job = re.search(r'"job_id":"(\w+)"', line).group(1)
-                died[job] = max(died.get(job, 0), t)  # the last stage-1 end: the finisher, killed after it
-    for job, t in redrive.items():
-        if job in died:
-            found.append(round(t - died[job], 2))
+    for run in sorted(p for p in tmp.glob("stage_decided-*") if p.is_dir()):
+        died = redrive = None
+        for log in sorted(run.glob("host*.log")):
+            for line in log.read_text(errors="replace").splitlines():
+                m = _TIME.match(line)
+                if not m:
+                    continue
+                t = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                if '"event":"task_ended"' in line and '"stage":1,' in line:
+                    died = max(died or t, t)
+                if '"event":"sweeper_redrive"' in line and "resent_advance" in line:
+                    redrive = t if redrive is None else min(redrive, t)
+        if died is not None and redrive is not None:
+            found.append(round(redrive - died, 2))
     return found
 
 
@@ -94,6 +92,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--modes", default="raise,kill")
+    ap.add_argument("--points", default=",".join(faults.POINTS), help="comma-separated fault points")
     args = ap.parse_args()
     modes = args.modes.split(",")
     table: dict[tuple[str, str], Counter] = {}
@@ -102,7 +101,7 @@ def main() -> None:
         tmp = Path(tmpdir)
         azurite = Azurite(location=tmp / "azurite").start()
         try:
-            for point in faults.POINTS:
+            for point in args.points.split(","):
                 for mode in modes:
                     if mode == "kill" and point not in KILL_POINTS:
                         continue

@@ -153,3 +153,20 @@ def test_settings_defaulted_parameters_are_optional_in_the_schema():
     assert raster["required"] == ["blob"]
     assert "COLLECTION" in raster["properties"]["collection_id"]["description"]
     jsonschema.validate({"blob": "a/b.tif"}, raster)
+
+
+def test_query_and_body_edge_cases_found_by_fuzzing_are_400s(engine):
+    """Each of these was a 500, a NaN in JSON, or silently coerced before schemathesis found it."""
+    job_id = submit(engine, {"n": 1, "message": "edge"})
+    cases = [lambda: api_system.metrics(engine, "abc"), lambda: api_system.metrics(engine, "nan"),
+             lambda: api_system.metrics(engine, "1e300"), lambda: api_listing.stuck_jobs(engine, "http://t", "inf"),
+             lambda: api_listing.stuck_jobs(engine, "http://t", "nan"),
+             lambda: api_listing.flag("maybe", "verbose"), lambda: api_listing.limit_of("0"),
+             lambda: job_api.submit(engine, "hello_world", b"[" * 100_000, "http://t"),
+             lambda: job_api.submit(engine, "hello_world", b'{"n": "3"}', "http://t"),
+             lambda: job_api.submit(engine, "hello_world", b'{"n": 3.0}', "http://t")]
+    for case in cases:
+        with pytest.raises(BadRequestError):
+            case()
+    assert api_listing.flag("true", "verbose") and not api_listing.flag(None, "verbose")
+    assert job_api.status(engine, job_id)[0] == 200
