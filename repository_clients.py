@@ -85,32 +85,26 @@ class StorageClients:
 
         return DefaultAzureCredential(managed_identity_client_id=self.settings.managed_identity_client_id)
 
+    def _client(self, cls, service: str):
+        """A service client from the connection string, or from the endpoint and the identity."""
+        if self.settings.storage_connection_string:
+            return cls.from_connection_string(self.settings.storage_connection_string, **self._kwargs(service))
+        return cls(self.settings.service_uri(service), credential=self._credential, **self._kwargs(service))
+
     @cached_property
     def tables(self) -> TableServiceClient:
         """Table service client."""
-        if self.settings.storage_connection_string:
-            return TableServiceClient.from_connection_string(
-                self.settings.storage_connection_string, **self._kwargs("table"))
-        return TableServiceClient(self.settings.service_uri("table"), credential=self._credential,
-                                  **self._kwargs("table"))
+        return self._client(TableServiceClient, "table")
 
     @cached_property
     def queues(self) -> QueueServiceClient:
         """Queue service client."""
-        if self.settings.storage_connection_string:
-            return QueueServiceClient.from_connection_string(
-                self.settings.storage_connection_string, **self._kwargs("queue"))
-        return QueueServiceClient(self.settings.service_uri("queue"), credential=self._credential,
-                                  **self._kwargs("queue"))
+        return self._client(QueueServiceClient, "queue")
 
     @cached_property
     def blobs(self) -> BlobServiceClient:
         """Blob service client."""
-        if self.settings.storage_connection_string:
-            return BlobServiceClient.from_connection_string(
-                self.settings.storage_connection_string, **self._kwargs("blob"))
-        return BlobServiceClient(self.settings.service_uri("blob"), credential=self._credential,
-                                 **self._kwargs("blob"))
+        return self._client(BlobServiceClient, "blob")
 
 
 def is_transient_status(status: int | None) -> bool:
