@@ -420,31 +420,35 @@ def measure_raw_queue(connection_string: str, messages: int, threads: int, batch
             "send_receive_delete_per_s": round(messages / (send_s + receive_s), 1)}
 
 
-_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \S+ \S+ (.*)$")
+_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (\S+) \S+ (.*)$")
 _EXECUTED = re.compile(r"Executed process_task_message \(Succeeded, (\d+) ms\)")
 
 
-def read_host_log(path: Path) -> tuple[list[tuple[float, dict[str, Any]]], list[int]]:
-    """(timestamped engine events, task invocation durations in ms) from one local host's log file."""
-    events, durations = [], []
+def read_host_log(path: Path) -> tuple[list[tuple[float, dict[str, Any]]], list[int], Counter[str]]:
+    """(timestamped engine events, task invocation durations in ms, lines by level) of one host's log."""
+    events: list[tuple[float, dict[str, Any]]] = []
+    durations: list[int] = []
+    levels: Counter[str] = Counter()
     if not path.exists():
-        return events, durations
+        return events, durations, levels
     for line in path.read_text(errors="replace").splitlines():
         match = _LOG_LINE.match(line)
         if not match:
             continue
+        levels[match.group(2)] += 1
         stamp = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-        text = match.group(2)
+        text = match.group(3)
         if text.startswith('{"event"'):
             with suppress(ValueError):
                 events.append((stamp, json.loads(text)))
         elif executed := _EXECUTED.search(text):
             durations.append(int(executed.group(1)))
-    return events, durations
+    return events, durations, levels
 
 
-def wait_for_job(urls: list[str], job_id: str, timeout: float) -> tuple[dict[str, Any], list[float]]:
-    """Poll the status route (hosts in turn) every POLL_SECONDS until terminal; (last body, poll seconds)."""
+def wait_for_job(urls: list[str], job_id: str, timeout: float,
+                 poll_s: float = POLL_SECONDS) -> tuple[dict[str, Any], list[float]]:
+    """Poll the status route (hosts in turn) every ``poll_s`` until terminal; (last body, poll seconds)."""
     deadline = time.monotonic() + timeout
     polls: list[float] = []
     body: dict[str, Any] = {}
@@ -454,7 +458,7 @@ def wait_for_job(urls: list[str], job_id: str, timeout: float) -> tuple[dict[str
         polls.append(time.perf_counter() - started)
         if body.get("status") in TERMINAL:
             return body, polls
-        time.sleep(POLL_SECONDS)
+        time.sleep(poll_s)
     raise TimeoutError(f"job {job_id} not finished after {timeout:.0f} s: {body.get('tasks')}")
 
 
@@ -474,7 +478,7 @@ def summarize_hosts(logs: list[Path], job_id: str, submitted_at: float) -> dict[
     """Per-host task split, invocation times and anomalies; the job's timeline after submit."""
     per_host, timeline_at = [], {}
     for index, path in enumerate(logs):
-        events, durations = read_host_log(path)
+        events, durations, _ = read_host_log(path)
         mine = [(t, e) for t, e in events if e.get("job_id") == job_id]
         counts = Counter(e["event"] for _, e in mine)
         per_host.append({"host": index, "tasks_started": counts["task_started"],
@@ -560,7 +564,8 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    """A Markdown table: labels left, numbers right."""
     align = [":---", *("---:" for _ in header[1:])]  # labels left, numbers right
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -588,7 +593,7 @@ def _requests_table(section: Any) -> list[str]:
                      r["commit_task_end"].get("conflicts_by", {}).get("ends_shard", 0),
                      _per_task(r["replace_task"]["conflicts"], r["tasks"]),
                      sum(v for k, v in r["pump"].items() if k.startswith("empty_receives"))])
-    out += _table(["n", "tasks", "status", "s", "tasks/s", "table/task", "queue/task", "blob/task", "total/task",
+    out += markdown_table(["n", "tasks", "status", "s", "tasks/s", "table/task", "queue/task", "blob/task", "total/task",
                    "of which delivery/task", "engine/task", "commit conflicts (/task)", "of which ending a shard", "claim conflicts (/task)",
                    "empty receives"], rows)
     note = ("delivery = the host's receives (batch of up to 16) + deletes; engine = everything else "
@@ -608,7 +613,7 @@ def _fanout_table(section: Any) -> list[str]:
     out = [f"### 2. Fan-out of {n} tasks (`engine.run_stage`, median of {len(section[0]['runs_s'])})", ""]
     rows = [[r["fanout_threads"], f"**{r['seconds']}**", r["row_writes_s"], r["message_sends_s"], r["other_s"],
              r["sends_per_s"], r["requests"]["table"], r["requests"]["queue"], r["runs_s"]] for r in section]
-    return out + _table(["FANOUT_THREADS", "total s", "row writes s", "message sends s", "other s",
+    return out + markdown_table(["FANOUT_THREADS", "total s", "row writes s", "message sends s", "other s",
                          "sends/s", "table requests", "queue requests", "all runs s"], rows)
 
 
@@ -633,8 +638,8 @@ def _e2e_table(section: Any) -> list[str]:
             ["duplicate / ignored deliveries", anomalies],
             ["status polls (their load is part of the run)",
              f"{e2e['status_polls']}, mean {e2e['status_poll_ms_mean']} ms each"]]
-    out += _table(["measure", "value"], rows)
-    out += _table(["timeline (host logs)", "s after submit"], [[t["event"], t["s_after_submit"]]
+    out += markdown_table(["measure", "value"], rows)
+    out += markdown_table(["timeline (host logs)", "s after submit"], [[t["event"], t["s_after_submit"]]
                                                                 for t in e2e["timeline"]])
     return out
 

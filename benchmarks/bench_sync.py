@@ -62,6 +62,7 @@ for _path in (ROOT, ROOT / "tests"):
 import rasterio
 import requests
 from azurite_proc import Azurite
+from bench_engine import markdown_table, read_host_log, wait_for_job
 from conftest import fresh_settings, settings_env
 from conftest_geo import smooth_image, write_raster
 from host_proc import HostProcess
@@ -69,7 +70,6 @@ from postgres_proc import Postgres, pg_bin
 from rasterio.transform import from_origin
 
 from config import Settings, load_host_json
-from models import TERMINAL
 from repositories import Repositories
 from repository_pgstac import PgstacRepository
 from services_raster import validate_raster
@@ -210,21 +210,6 @@ def host_env(settings: Settings, pg: Postgres) -> dict[str, str]:
             "DEFAULT_COLLECTION": settings.default_collection}
 
 
-def wait_for_job(urls: list[str], job_id: str, timeout: float) -> tuple[dict[str, Any], list[float]]:
-    """Poll the status route (hosts in turn), POLL_SECONDS apart, until terminal; (last body, poll seconds)."""
-    deadline = time.monotonic() + timeout
-    polls: list[float] = []
-    body: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        started = time.perf_counter()
-        body = requests.get(f"{urls[len(polls) % len(urls)]}/jobs/status/{job_id}", timeout=30).json()
-        polls.append(time.perf_counter() - started)
-        if body.get("status") in TERMINAL:
-            return body, polls
-        time.sleep(POLL_SECONDS)
-    raise TimeoutError(f"job {job_id} not finished after {timeout:.0f} s: {body.get('tasks')}")
-
-
 def measure_ours(settings: Settings, hosts: list[HostProcess], n: int, catalogue: PgstacRepository,
                  meter: CpuMeter) -> dict[str, Any]:
     """sync_container over HTTP through the (started) hosts, timed from submit to completed."""
@@ -236,7 +221,7 @@ def measure_ours(settings: Settings, hosts: list[HostProcess], n: int, catalogue
     if response.status_code != 202:
         raise RuntimeError(f"submit answered {response.status_code}: {response.text[:2000]}")
     job_id = response.json()["job_id"]
-    final, polls = wait_for_job(urls, job_id, timeout=max(240.0, 1.5 * n))
+    final, polls = wait_for_job(urls, job_id, timeout=max(240.0, 1.5 * n), poll_s=POLL_SECONDS)
     seconds = time.perf_counter() - started
     cpu = meter.stop()
     poll_cost = measure_status_polls(urls, job_id, CpuMeter(meter.groups), len(polls))
@@ -269,8 +254,6 @@ def measure_status_polls(urls: list[str], job_id: str, meter: CpuMeter, polls_in
 
 
 # ---------------------------------------------------------------------------------------------- host logs
-_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (\S+) \S+ (.*)$")
-_EXECUTED = re.compile(r"Executed process_task_message \(Succeeded, (\d+) ms\)")
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")  # names in error messages, to count errors by kind
 
 TIMELINE = (  # (label, event, match on fields, first or last occurrence)
@@ -283,28 +266,6 @@ TIMELINE = (  # (label, event, match on fields, first or last occurrence)
     ("stage 2 ended", "stage_advanced", {"stage": 2}, min),
     ("job finished", "job_finished", {}, min),
 )
-
-
-def read_host_log(path: Path) -> tuple[list[tuple[float, dict[str, Any]]], list[int], Counter[str]]:
-    """(timestamped engine events, task invocation durations in ms, lines by level) of one host's log."""
-    events: list[tuple[float, dict[str, Any]]] = []
-    durations: list[int] = []
-    levels: Counter[str] = Counter()
-    if not path.exists():
-        return events, durations, levels
-    for line in path.read_text(errors="replace").splitlines():
-        match = _LOG_LINE.match(line)
-        if not match:
-            continue
-        levels[match.group(2)] += 1
-        stamp = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-        text = match.group(3)
-        if text.startswith('{"event"'):
-            with suppress(ValueError):
-                events.append((stamp, json.loads(text)))
-        elif executed := _EXECUTED.search(text):
-            durations.append(int(executed.group(1)))
-    return events, durations, levels
 
 
 def summarize_hosts(logs: list[Path], job_id: str, submitted_at: float) -> dict[str, Any]:
@@ -467,13 +428,6 @@ def pgstac_version(catalogue: PgstacRepository) -> str | None:
     return None
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    align = [":---", *("---:" for _ in header[1:])]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return lines + [""]
-
-
 def _dist(d: dict[str, Any]) -> str:
     if not d.get("count"):
         return "-"
@@ -519,7 +473,7 @@ def markdown(summary: dict[str, Any]) -> str:
     if writes and "error" not in writes:
         rows.append(["diagnostic: ensure_collection + upsert_item per item (1 thread, as each catalog task)",
                      writes["seconds"], writes["items_per_s"], ""])
-    out += _table(["run", "s", "items/s", "ours ÷ this"], rows)
+    out += markdown_table(["run", "s", "items/s", "ours ÷ this"], rows)
     out += [f"**{verdict(ratios)}**", ""]
     ok = (f"collection {ours['collection']}: {ours['items_in_collection']} items (n={m['n']}: "
           f"{'ok' if ours['items_match_n'] else 'MISMATCH'}); job result {ours['result']}; "
@@ -555,8 +509,8 @@ def markdown(summary: dict[str, Any]) -> str:
                    ["diagnostic upsert_item, ms", _dist(writes["upsert_item_ms"])],
                    ["diagnostic upsert_item mean, first vs last quarter of the items, ms",
                     f"{writes['upsert_item_ms_mean_first_quarter']} vs {writes['upsert_item_ms_mean_last_quarter']}"]]
-    out += _table(["detail", "value"], detail)
-    out += _table(["timeline of ours (host logs)", "s after submit"],
+    out += markdown_table(["detail", "value"], detail)
+    out += markdown_table(["timeline of ours (host logs)", "s after submit"],
                   [[t["event"], t["s_after_submit"]] for t in hosts["timeline"]])
     return "\n".join(out)
 
