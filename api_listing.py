@@ -39,10 +39,6 @@ def flag(value: str | None, name: str) -> bool:
 
 def limit_of(value: str | int | None, default: int = 50) -> int:
     """The ``limit`` query parameter, 1..MAX_LIMIT."""
-    return _limit(value, default)
-
-
-def _limit(value: str | int | None, default: int = 50) -> int:
     try:
         limit = int(value) if value not in (None, "") else default
     except (TypeError, ValueError):
@@ -78,7 +74,7 @@ def list_jobs(engine: Engine, base_url: str, status: str | None = None, job_type
     """GET /api/jobs: newest first, filtered by status and job type, paged."""
     if job_type and job_type not in JOB_TYPES:
         raise BadRequestError(f"unknown job_type {job_type!r}; available: {', '.join(sorted(JOB_TYPES))}")
-    rows, nxt = engine.store.list_jobs(_status(status), job_type or None, _limit(limit), continuation)
+    rows, nxt = engine.store.list_jobs(_status(status), job_type or None, limit_of(limit), continuation)
     jobs = [JobSummary(status_url=f"{base_url}/api/jobs/status/{r['job_id']}",
                        **{k: r[k] for k in JobSummary.model_fields if k in r}) for r in rows]
     return 200, JobPage(jobs=jobs, continuation=nxt).model_dump(mode="json")
@@ -101,7 +97,7 @@ def task_page(engine: Engine, job_id: str, stage: str | int | None, status: str 
               continuation: str | None) -> TaskPage:
     """A page of a job's tasks."""
     tasks, nxt = engine.store.page_tasks(job_id, _stage(None if stage is None else str(stage)), _status(status),
-                                         _limit(limit, 100), continuation)
+                                         limit_of(limit, 100), continuation)
     return TaskPage(tasks=[_view(t) for t in tasks], continuation=nxt)
 
 

@@ -313,12 +313,7 @@ def cmd_health(client: Client, args) -> int:
     if args.json:
         emit(body)
     else:
-        print(f"{body['status']}")
-        for name, check in body.get("checks", {}).items():
-            print(f"  {name:<9} " + ("ok" if check.get("ok") else f"FAILING: {check.get('error', '')}"))
-        for queue, depth in body.get("queues", {}).items():
-            print(f"  queue {queue}: {depth} messages")
-        print("  versions: " + ", ".join(f"{k} {v}" for k, v in body.get("versions", {}).items()))
+        print("\n".join(render.health_lines(body)))
     if unhealthy:
         raise CliError(f"unhealthy: failing {', '.join(body.get('failing', [])) or '?'}")
     return EXIT_OK

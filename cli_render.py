@@ -146,6 +146,16 @@ def summary_lines(status: dict, now: datetime | None = None, color: bool = False
     return lines
 
 
+def health_lines(body: dict) -> list[str]:
+    """The health report: overall status, each check, queue depths, versions."""
+    lines = [str(body.get("status"))]
+    for name, check in body.get("checks", {}).items():
+        lines.append(f"  {name:<9} " + ("ok" if check.get("ok") else f"FAILING: {check.get('error', '')}"))
+    lines += [f"  queue {queue}: {depth} messages" for queue, depth in body.get("queues", {}).items()]
+    lines.append("  versions: " + ", ".join(f"{k} {v}" for k, v in body.get("versions", {}).items()))
+    return lines
+
+
 def table(rows: list[list[str]], headers: list[str]) -> list[str]:
     """Left-aligned columns, widths from the content."""
     widths = [max(len(str(r[i])) for r in [headers] + rows) for i in range(len(headers))]

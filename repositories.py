@@ -7,8 +7,6 @@ JSON values too large for a property are spilled to blobs; the row keeps ``<fiel
 """
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import threading
 from datetime import datetime
@@ -19,12 +17,14 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
 from config import Settings
-from errors import BadRequestError, ConflictError, NotFoundError, OrchestratorError
+from errors import ConflictError, NotFoundError, OrchestratorError
 from models import (
     INDEX_PARTITION, JobRecord, PayloadRef, Row, ShardRecord, StageRecord, Status, TaskRecord, from_entity,
     shard_row_key, stage_row_key, task_row_key, to_entity,
 )
-from storage_rules import MAX_ENTITY_BYTES, check_entity_limits, entity_bytes, utf16_len
+from storage_rules import (
+    MAX_ENTITY_BYTES, check_entity_limits, chunk_for_transactions, decode_token, encode_token, utf16_len,
+)
 from repository_blobs import PayloadBlobs
 from repository_clients import StorageClients, translate_errors
 from repository_queues import QueueProducer
@@ -34,44 +34,7 @@ logger = logging.getLogger(__name__)
 R = TypeVar("R", bound=Row)
 
 INLINE_JSON_MAX_BYTES = 60 * 1024  # UTF-16 bytes; Azure's property limit is 64 KiB
-BATCH_MAX_OPERATIONS = 100
-BATCH_MAX_BYTES = 3 * 1024 * 1024  # Azure's transaction payload limit is 4 MiB
 _IF_MATCH = {"mode": UpdateMode.REPLACE, "match_condition": MatchConditions.IfNotModified}
-
-
-def encode_token(token: dict[str, str] | None) -> str | None:
-    """Opaque continuation token for clients."""
-    return base64.urlsafe_b64encode(json.dumps(token).encode()).decode() if token else None
-
-
-def decode_token(token: str | None) -> dict[str, str] | None:
-    """Inverse of ``encode_token``; BadRequestError for anything else."""
-    if not token:
-        return None
-    try:
-        value = json.loads(base64.urlsafe_b64decode(token.encode()))
-        if isinstance(value, dict) and set(value) <= {"PartitionKey", "RowKey"}:
-            return value
-    except (ValueError, UnicodeDecodeError):
-        pass
-    raise BadRequestError("invalid continuation token: pass back the 'continuation' value of the previous page")
-
-
-def chunk_for_transactions(entities: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """Split entities into deterministic batches within Azure's count and size limits."""
-    batches: list[list[dict[str, Any]]] = []
-    current: list[dict[str, Any]] = []
-    size = 0
-    for entity in entities:
-        nbytes = entity_bytes(entity)
-        if current and (len(current) == BATCH_MAX_OPERATIONS or size + nbytes > BATCH_MAX_BYTES):
-            batches.append(current)
-            current, size = [], 0
-        current.append(entity)
-        size += nbytes
-    if current:
-        batches.append(current)
-    return batches
 
 
 class JobStore:
@@ -401,4 +364,4 @@ class Repositories:
         return (self.jobs_queue, self.tasks_queue, self.jobs_poison, self.tasks_poison)
 
 
-__all__ = ["JobStore", "Repositories", "chunk_for_transactions", "MAX_ENTITY_BYTES", "ConflictError"]
+__all__ = ["JobStore", "Repositories", "MAX_ENTITY_BYTES", "ConflictError"]

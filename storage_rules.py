@@ -2,13 +2,15 @@
 container and blob names."""
 from __future__ import annotations
 
+import base64
+import json
 import re
 from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator
 
-from errors import EntityTooLargeError, InvalidKeyError
+from errors import BadRequestError, EntityTooLargeError, InvalidKeyError
 
 _FORBIDDEN_KEY = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
 MAX_KEY_CHARS = 1024
@@ -102,3 +104,43 @@ def validate_blob_name(name: str) -> str:
 
 ContainerName = Annotated[str, AfterValidator(validate_container_name)]
 BlobName = Annotated[str, AfterValidator(validate_blob_name)]
+
+
+# ---------------------------------------------------------------- transactions and paging
+BATCH_MAX_OPERATIONS = 100
+BATCH_MAX_BYTES = 3 * 1024 * 1024  # Azure's transaction payload limit is 4 MiB
+
+
+def encode_token(token: dict[str, str] | None) -> str | None:
+    """Opaque continuation token for clients."""
+    return base64.urlsafe_b64encode(json.dumps(token).encode()).decode() if token else None
+
+
+def decode_token(token: str | None) -> dict[str, str] | None:
+    """Inverse of ``encode_token``; BadRequestError for anything else."""
+    if not token:
+        return None
+    try:
+        value = json.loads(base64.urlsafe_b64decode(token.encode()))
+        if isinstance(value, dict) and set(value) <= {"PartitionKey", "RowKey"}:
+            return value
+    except (ValueError, UnicodeDecodeError):
+        pass
+    raise BadRequestError("invalid continuation token: pass back the 'continuation' value of the previous page")
+
+
+def chunk_for_transactions(entities: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Split entities into deterministic batches within Azure's count and size limits."""
+    batches: list[list[dict[str, Any]]] = []
+    current: list[dict[str, Any]] = []
+    size = 0
+    for entity in entities:
+        nbytes = entity_bytes(entity)
+        if current and (len(current) == BATCH_MAX_OPERATIONS or size + nbytes > BATCH_MAX_BYTES):
+            batches.append(current)
+            current, size = [], 0
+        current.append(entity)
+        size += nbytes
+    if current:
+        batches.append(current)
+    return batches

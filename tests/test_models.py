@@ -11,8 +11,10 @@ from models import (
     check_transition, decode_job_message, decode_task_message, from_entity, make_job_id, make_task_id,
     parse_task_id, to_entity,
 )
-from storage_rules import MAX_ENTITY_BYTES, check_entity_limits, entity_bytes, validate_key
-from repositories import BATCH_MAX_BYTES, BATCH_MAX_OPERATIONS, chunk_for_transactions
+from storage_rules import (
+    BATCH_MAX_BYTES, BATCH_MAX_OPERATIONS, MAX_ENTITY_BYTES, check_entity_limits, chunk_for_transactions, entity_bytes,
+    validate_key,
+)
 
 from controller_factory import get_controller
 
