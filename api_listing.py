@@ -1,6 +1,8 @@
 """Read-only views: jobs newest first, a job's tasks, one task, stuck jobs, the job types."""
 from __future__ import annotations
 
+import base64
+import json
 import math
 from typing import Any
 
@@ -12,6 +14,24 @@ from task_manager import Engine
 
 Response = tuple[int, dict[str, Any]]
 MAX_LIMIT = 1000
+
+
+def encode_token(token: dict[str, str] | None) -> str | None:
+    """Opaque continuation token for clients."""
+    return base64.urlsafe_b64encode(json.dumps(token).encode()).decode() if token else None
+
+
+def decode_token(token: str | None) -> dict[str, str] | None:
+    """Inverse of ``encode_token``; BadRequestError for anything else."""
+    if not token:
+        return None
+    try:
+        value = json.loads(base64.urlsafe_b64decode(token.encode()))
+        if isinstance(value, dict) and set(value) <= {"PartitionKey", "RowKey"}:
+            return value
+    except (ValueError, UnicodeDecodeError):
+        pass
+    raise BadRequestError("invalid continuation token: pass back the 'continuation' value of the previous page")
 
 
 def number(value: str | None, name: str, default: float, low: float, high: float) -> float:
@@ -74,10 +94,11 @@ def list_jobs(engine: Engine, base_url: str, status: str | None = None, job_type
     """GET /api/jobs: newest first, filtered by status and job type, paged."""
     if job_type and job_type not in JOB_TYPES:
         raise BadRequestError(f"unknown job_type {job_type!r}; available: {', '.join(sorted(JOB_TYPES))}")
-    rows, nxt = engine.store.list_jobs(_status(status), job_type or None, limit_of(limit), continuation)
+    rows, nxt = engine.store.list_jobs(_status(status), job_type or None, limit_of(limit),
+                                      decode_token(continuation))
     jobs = [JobSummary(status_url=f"{base_url}/api/jobs/status/{r['job_id']}",
                        **{k: r[k] for k in JobSummary.model_fields if k in r}) for r in rows]
-    return 200, JobPage(jobs=jobs, continuation=nxt).model_dump(mode="json")
+    return 200, JobPage(jobs=jobs, continuation=encode_token(nxt)).model_dump(mode="json")
 
 
 def _view(task: TaskRecord) -> TaskView:
@@ -97,8 +118,8 @@ def task_page(engine: Engine, job_id: str, stage: str | int | None, status: str 
               continuation: str | None) -> TaskPage:
     """A page of a job's tasks."""
     tasks, nxt = engine.store.page_tasks(job_id, _stage(None if stage is None else str(stage)), _status(status),
-                                         limit_of(limit, 100), continuation)
-    return TaskPage(tasks=[_view(t) for t in tasks], continuation=nxt)
+                                         limit_of(limit, 100), decode_token(continuation))
+    return TaskPage(tasks=[_view(t) for t in tasks], continuation=encode_token(nxt))
 
 
 def list_tasks(engine: Engine, job_id: str, stage: str | None = None, status: str | None = None,

@@ -39,7 +39,7 @@ class TaskContext:
     stage: int
     index: int
     attempt: int
-    io: Any = None  # task_io.TaskIO: blobs, catalogue, scratch folders (handed in by the engine)
+    io: Any = None  # engine_task_io.TaskIO: blobs, catalogue, scratch folders (handed in by the engine)
 
 
 Planner = Callable[[Any, list[TaskOutcome]], list[dict[str, Any]]]

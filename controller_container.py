@@ -10,7 +10,7 @@ from pydantic import ConfigDict, Field, field_validator
 from base_controller import JobController, Stage, TaskContext, TaskHandler, TaskOutcome, outcomes_in_order, succeeded
 from controller_geo_common import RASTER_SUFFIXES, CatalogOptions, CatalogTask, SettingsDefaults
 from errors import NotFoundError, TaskError
-from storage_rules import ContainerName
+from models import ContainerName
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 TIFF_CONTENT_TYPES = ("image/tiff", "image/geotiff")

@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Iterator
 from pydantic import BaseModel, ConfigDict, Field
 
 from errors import NotFoundError, TaskError
-from storage_rules import BlobName, ContainerName
+from models import BlobName, ContainerName
 from services_raster import validate_raster
 from services_stac import build_collection, build_item
 

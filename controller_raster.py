@@ -13,8 +13,8 @@ from controller_geo_common import (
     RASTER_SUFFIXES, BlobRef, CatalogOptions, CatalogTask, catalog_blob, fetch, links, named_as_blob,
 )
 from errors import TaskError
-from storage_rules import BlobName, ContainerName
-from repository_rasters import COG_CONTENT_TYPE
+from models import BlobName, ContainerName
+from pystac import MediaType
 from services_cog import CogOptions, CogProfile, cog_output_name, create_cog
 from services_raster import validate_raster
 from services_tiles import TileWindow, assemble_tiles, plan_tiles, process_tile
@@ -128,7 +128,7 @@ def cog_task(p: CogTask, ctx: TaskContext) -> dict[str, Any]:
         with named_as_blob(src, p.container, p.blob):
             result = create_cog(src, tmp / "output.tif", options)
         ctx.io.rasters.ensure_container(p.output_container)
-        uploaded = ctx.io.rasters.upload(p.output_container, p.output_blob, tmp / "output.tif", COG_CONTENT_TYPE)
+        uploaded = ctx.io.rasters.upload(p.output_container, p.output_blob, tmp / "output.tif", MediaType.COG)
     return {"source": f"{p.container}/{p.blob}", "output_container": p.output_container,
             "output_blob": p.output_blob, "size": uploaded.size, **links(ctx.io, p.output_container, p.output_blob),
             **result.model_dump(mode="json", exclude={"dst_path", "in_memory", "gdal_cachemax_mb", "elapsed_s"})}
@@ -170,7 +170,7 @@ def assemble_task(p: AssembleTask, ctx: TaskContext) -> dict[str, Any]:
         options = CogOptions(cog_profile=p.cog_profile, target_crs=p.target_crs, tmp_dir=str(tmp))
         result = assemble_tiles(paths, tmp / "output.tif", options)
         ctx.io.rasters.ensure_container(p.output_container)
-        uploaded = ctx.io.rasters.upload(p.output_container, p.output_blob, tmp / "output.tif", COG_CONTENT_TYPE)
+        uploaded = ctx.io.rasters.upload(p.output_container, p.output_blob, tmp / "output.tif", MediaType.COG)
     return {"output_container": p.output_container, "output_blob": p.output_blob, "size": uploaded.size,
             "tiles": len(p.tile_blobs), **links(ctx.io, p.output_container, p.output_blob),
             **result.model_dump(mode="json", exclude={"dst_path", "in_memory", "gdal_cachemax_mb", "elapsed_s"})}

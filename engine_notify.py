@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 
-import job_api
+import api_jobs
 import repository_webhooks
 from errors import ConflictError, TransientError
 from logs import log_event
@@ -26,7 +26,7 @@ def deliver(engine: Engine, msg: NotifyMessage) -> None:
     if job is None or job.webhook != "pending" or not job.callback_url:
         return
     settings = engine.settings
-    body = json.dumps(job_api.status(engine, job.job_id)[1], separators=(",", ":")).encode()
+    body = json.dumps(api_jobs.status(engine, job.job_id)[1], separators=(",", ":")).encode()
     headers = {"Content-Type": "application/json", "User-Agent": "geoetl-webhook/1",
                SIGNATURE_HEADER: sign(body, settings.webhook_secret.get_secret_value()),
                "X-Geoetl-Event": f"job.{job.status.value}", "X-Geoetl-Delivery": f"{job.job_id}:{job.status.value}"}

@@ -17,7 +17,7 @@ import api_listing
 import api_system
 import engine_notify
 import engine_recovery
-import job_api
+import api_jobs
 from config import JOBS_QUEUE_SETTING, STORAGE_CONNECTION, TASKS_QUEUE_SETTING, get_settings
 from logs import log_event
 from models import decode_job_message, decode_task_message
@@ -57,7 +57,7 @@ def submit_job(req: func.HttpRequest) -> func.HttpResponse:
 
     ``?callback_url=`` (not part of the job's identity): where the final status is POSTed, signed.
     """
-    return _http(job_api.respond(lambda: job_api.submit(
+    return _http(api_jobs.respond(lambda: api_jobs.submit(
         engine(), req.route_params.get("job_type", ""), req.get_body(), _base_url(req),
         callback_url=req.params.get("callback_url"))))
 
@@ -66,7 +66,7 @@ def submit_job(req: func.HttpRequest) -> func.HttpResponse:
 def job_status(req: func.HttpRequest) -> func.HttpResponse:
     """A job's status, stages, progress, task counts, its result or error; ?verbose=true adds its tasks."""
     q = req.params
-    return _http(job_api.respond(lambda: job_api.status(
+    return _http(api_jobs.respond(lambda: api_jobs.status(
         engine(), req.route_params.get("job_id", ""), verbose=api_listing.flag(q.get("verbose"), "verbose"),
         limit=api_listing.limit_of(q.get("limit"), 100), continuation=q.get("continuation"))))
 
@@ -75,14 +75,14 @@ def job_status(req: func.HttpRequest) -> func.HttpResponse:
 def list_jobs(req: func.HttpRequest) -> func.HttpResponse:
     """Jobs, newest first: ?status=&job_type=&limit=&continuation=."""
     q = req.params
-    return _http(job_api.respond(lambda: api_listing.list_jobs(
+    return _http(api_jobs.respond(lambda: api_listing.list_jobs(
         engine(), _base_url(req), q.get("status"), q.get("job_type"), q.get("limit"), q.get("continuation"))))
 
 
 @app.route(route="jobs/stuck", methods=["GET"])
 def stuck_jobs(req: func.HttpRequest) -> func.HttpResponse:
     """Jobs processing with no task progress for longer than ?older_than_s= (default 600)."""
-    return _http(job_api.respond(lambda: api_listing.stuck_jobs(engine(), _base_url(req),
+    return _http(api_jobs.respond(lambda: api_listing.stuck_jobs(engine(), _base_url(req),
                                                                 req.params.get("older_than_s"))))
 
 
@@ -90,7 +90,7 @@ def stuck_jobs(req: func.HttpRequest) -> func.HttpResponse:
 def list_tasks(req: func.HttpRequest) -> func.HttpResponse:
     """A job's tasks: ?stage=&status=&limit=&continuation=."""
     q = req.params
-    return _http(job_api.respond(lambda: api_listing.list_tasks(
+    return _http(api_jobs.respond(lambda: api_listing.list_tasks(
         engine(), req.route_params.get("job_id", ""), q.get("stage"), q.get("status"), q.get("limit"),
         q.get("continuation"))))
 
@@ -98,46 +98,46 @@ def list_tasks(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="jobs/{job_id}/tasks/{task_id}", methods=["GET"])
 def get_task(req: func.HttpRequest) -> func.HttpResponse:
     """One task: status, attempts, timings, error, parameters and result (large ones by reference)."""
-    return _http(job_api.respond(lambda: api_listing.get_task(
+    return _http(api_jobs.respond(lambda: api_listing.get_task(
         engine(), req.route_params.get("job_id", ""), req.route_params.get("task_id", ""))))
 
 
 @app.route(route="job-types", methods=["GET"])
 def job_types(req: func.HttpRequest) -> func.HttpResponse:
     """Every job type: description, stages, parameters as JSON Schema."""
-    return _http(job_api.respond(api_listing.job_types))
+    return _http(api_jobs.respond(api_listing.job_types))
 
 
 @app.route(route="health", methods=["GET"])
 def health(req: func.HttpRequest) -> func.HttpResponse:
     """200 when storage (and the database) answer; 503 naming the failing part."""
-    return _http(job_api.respond(lambda: api_system.health(engine())))
+    return _http(api_jobs.respond(lambda: api_system.health(engine())))
 
 
 @app.route(route="openapi.json", methods=["GET"])
 def openapi_document(req: func.HttpRequest) -> func.HttpResponse:
     """The OpenAPI 3.1 document of this API, generated from the models and the job-type registry."""
-    import openapi
+    import api_openapi
 
-    return _http(job_api.respond(lambda: (200, openapi.document(_base_url(req)))))
+    return _http(api_jobs.respond(lambda: (200, api_openapi.document(_base_url(req)))))
 
 
 @app.route(route="metrics", methods=["GET"])
 def metrics(req: func.HttpRequest) -> func.HttpResponse:
     """Jobs by status and type; per task type: count, failure rate, duration percentiles; queue depths."""
-    return _http(job_api.respond(lambda: api_system.metrics(engine(), req.params.get("window_s"))))
+    return _http(api_jobs.respond(lambda: api_system.metrics(engine(), req.params.get("window_s"))))
 
 
 @app.route(route="jobs/{job_id}/retry", methods=["POST"])
 def retry_job(req: func.HttpRequest) -> func.HttpResponse:
     """Re-run a failed job's failed tasks (202); 409 for a job that is not failed."""
-    return _http(job_api.respond(lambda: job_api.retry(engine(), req.route_params.get("job_id", ""))))
+    return _http(api_jobs.respond(lambda: api_jobs.retry(engine(), req.route_params.get("job_id", ""))))
 
 
 @app.route(route="jobs/{job_id}/cancel", methods=["POST"])
 def cancel_job(req: func.HttpRequest) -> func.HttpResponse:
     """Cancel a job (200); 409 for a job that already ended."""
-    return _http(job_api.respond(lambda: job_api.cancel(engine(), req.route_params.get("job_id", ""))))
+    return _http(api_jobs.respond(lambda: api_jobs.cancel(engine(), req.route_params.get("job_id", ""))))
 
 
 @app.queue_trigger(arg_name="msg", queue_name=f"%{JOBS_QUEUE_SETTING}%", connection=STORAGE_CONNECTION)

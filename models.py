@@ -12,10 +12,9 @@ from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 
 from errors import InvalidKeyError, InvalidTransitionError
-from storage_rules import validate_key
 
 SCHEMA_VERSION = 1
 MAX_STAGES = 99
@@ -62,6 +61,55 @@ def check_transition(current: Status, new: Status, retry: bool = False) -> None:
     allowed = TRANSITIONS[current] | (RETRY_TRANSITIONS.get(current, frozenset()) if retry else frozenset())
     if new not in allowed:
         raise InvalidTransitionError(f"status cannot go from {current} to {new}")
+
+
+# ---------------------------------------------------------------- names Azure Storage accepts
+_FORBIDDEN_KEY = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
+MAX_KEY_CHARS = 1024
+
+
+def validate_key(key: str) -> str:
+    """Return ``key`` if Table Storage accepts it as a PartitionKey/RowKey, else raise."""
+    if not isinstance(key, str) or not key:
+        raise InvalidKeyError("table key must be a non-empty string")
+    if len(key) > MAX_KEY_CHARS:
+        raise InvalidKeyError(f"table key longer than {MAX_KEY_CHARS} characters")
+    bad = _FORBIDDEN_KEY.search(key)
+    if bad:
+        raise InvalidKeyError(f"table key {key!r} contains forbidden character {bad.group()!r}")
+    return key
+
+
+
+_CONTAINER = re.compile(r"^(?=.{3,63}$)[a-z0-9](?:[a-z0-9]|-(?!-))*[a-z0-9]$")
+MAX_BLOB_NAME = 1024
+
+
+def validate_container_name(name: str) -> str:
+    """Azure's container rules: 3-63 chars, lowercase letters, digits, single hyphens inside."""
+    if not isinstance(name, str) or not _CONTAINER.match(name):
+        raise ValueError(f"{name!r} is not a valid container name (3-63 lowercase letters, digits and "
+                         "single hyphens, starting and ending with a letter or digit)")
+    return name
+
+
+def validate_blob_name(name: str) -> str:
+    """Azure's blob rules plus ours: 1-1024 chars, no control characters, relative, no '.'/'..' parts."""
+    if not isinstance(name, str) or not name or len(name) > MAX_BLOB_NAME:
+        raise ValueError(f"a blob name must be 1-{MAX_BLOB_NAME} characters")
+    if name.startswith("/") or "\\" in name:
+        raise ValueError(f"blob name {name!r} must be a relative path with '/' separators")
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        raise ValueError(f"blob name {name!r} has an empty, '.' or '..' path segment")
+    if _FORBIDDEN_KEY.search(name.replace("/", "").replace("#", "").replace("?", "")):
+        raise ValueError(f"blob name {name!r} contains control characters")
+    if name.count("/") >= 254:
+        raise ValueError("a blob name may have at most 254 path segments")
+    return name
+
+
+ContainerName = Annotated[str, AfterValidator(validate_container_name)]
+BlobName = Annotated[str, AfterValidator(validate_blob_name)]
 
 
 # ---------------------------------------------------------------- ids

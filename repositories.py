@@ -22,8 +22,8 @@ from models import (
     INDEX_PARTITION, JobRecord, PayloadRef, Row, ShardRecord, StageRecord, Status, TaskRecord, from_entity,
     shard_row_key, stage_row_key, task_row_key, to_entity,
 )
-from storage_rules import (
-    MAX_ENTITY_BYTES, check_entity_limits, chunk_for_transactions, decode_token, encode_token, utf16_len,
+from repository_rules import (
+    MAX_ENTITY_BYTES, check_entity_limits, chunk_for_transactions, utf16_len,
 )
 from repository_blobs import PayloadBlobs
 from repository_clients import StorageClients, translate_errors
@@ -135,7 +135,7 @@ class JobStore:
             logger.warning('{"event": "index_write_failed", "job_id": "%s", "error": "%s"}', job.job_id, exc.message)
 
     def list_jobs(self, status: Status | None, job_type: str | None, limit: int,
-                  token: str | None) -> tuple[list[dict[str, Any]], str | None]:
+                  token: dict[str, str] | None) -> tuple[list[dict[str, Any]], dict[str, str] | None]:
         """A page of listing rows, newest first, filtered server-side."""
         flt, params = "PartitionKey eq @pk", {"pk": INDEX_PARTITION}
         if status is not None:
@@ -145,7 +145,7 @@ class JobStore:
         return self._page(self.index, flt, params, limit, token)
 
     def page_tasks(self, job_id: str, stage: int | None, status: Status | None, limit: int,
-                   token: str | None) -> tuple[list[TaskRecord], str | None]:
+                   token: dict[str, str] | None) -> tuple[list[TaskRecord], dict[str, str] | None]:
         """A page of a job's tasks (payloads by reference: large ones are not loaded)."""
         lo, hi = ("task-", "task.") if stage is None else (f"task-{stage:02d}-", f"task-{stage:02d}.")
         flt = "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi"
@@ -156,12 +156,12 @@ class JobStore:
         return [self.unpack(TaskRecord, e, resolve=False) for e in entities], nxt
 
     def _page(self, table: TableClient, flt: str, params: dict[str, Any], limit: int,
-              token: str | None) -> tuple[list[Any], str | None]:
+              token: dict[str, str] | None) -> tuple[list[Any], dict[str, str] | None]:
         pager = table.query_entities(flt, parameters=params, results_per_page=limit).by_page(
-            continuation_token=decode_token(token))
+            continuation_token=token)
         with translate_errors(f"query {table.table_name}"):
             entities = list(next(pager, []))
-        return entities, encode_token(pager.continuation_token)
+        return entities, pager.continuation_token or None
 
     # ------------------------------------------------------------ stages and counters
     def create_stage(self, stage: StageRecord, shards: list[ShardRecord], tasks: list[TaskRecord]) -> None:

@@ -17,7 +17,7 @@ from azure.storage.blob import (
 from pydantic import BaseModel
 
 from errors import NotFoundError
-from storage_rules import validate_blob_name, validate_container_name
+from models import validate_blob_name, validate_container_name
 from repository_clients import translate_errors
 
 TIFF_CONTENT_TYPE = "image/tiff; application=geotiff"

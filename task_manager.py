@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-import faults
+import engine_faults
 from base_controller import JobController, TaskContext, TaskOutcome, validation_errors
 from config import max_dequeue_count
 from controller_factory import get_controller, get_handler
@@ -30,8 +30,8 @@ from models import (
     TaskRecord, check_transition, make_task_id, parse_task_id, utcnow,
 )
 from repositories import Repositories
-from stage_counters import count_end, shard_count
-from task_io import TaskIO
+from engine_counters import count_end, shard_count
+from engine_task_io import TaskIO
 
 logger = logging.getLogger(__name__)
 MAX_COMMIT_ATTEMPTS = 200
@@ -71,14 +71,14 @@ class Engine:
             stage = self._create_stage(job, controller, msg.stage)
             if stage is None:
                 return
-        faults.point("stage_rows_written")
+        engine_faults.point("stage_rows_written")
         if not self._move_job(job, stage=msg.stage, stage_name=stage.name):
             return
         started = time.perf_counter()
         self.repos.tasks_queue.send_many([
             TaskMessage(job_id=job.job_id, task_id=make_task_id(job.job_id, msg.stage, i))
             for i in range(stage.total)])
-        faults.point("task_messages_sent")
+        engine_faults.point("task_messages_sent")
         self.store.mark_stage(job.job_id, msg.stage, dispatched=True)
         log_event(logger, "stage_dispatched", job_id=job.job_id, stage=msg.stage, tasks=stage.total,
                   send_ms=round((time.perf_counter() - started) * 1000))
@@ -157,7 +157,7 @@ class Engine:
             raise
 
     def _run_claimed(self, task: TaskRecord, stage_no: int) -> None:
-        faults.point("task_claimed")
+        engine_faults.point("task_claimed")
         log_event(logger, "task_started", job_id=task.job_id, task_id=task.task_id, stage=stage_no,
                   task_type=task.task_type, attempt=task.attempts)
         started = time.perf_counter()
@@ -170,7 +170,7 @@ class Engine:
         if status == Status.QUEUED:
             self._retry_later(task, error or "transient error")
             return
-        faults.point("handler_returned")
+        engine_faults.point("handler_returned")
         self.end_task(task, status, result, error)
 
     def _call_handler(self, task: TaskRecord) -> tuple[Status, Any, str | None]:
@@ -265,7 +265,7 @@ class Engine:
         else:
             raise TransientError(f"task {task.task_id}: counters stayed contended for {MAX_COMMIT_ATTEMPTS} tries")
         if finished is not None:
-            faults.point("stage_decided")
+            engine_faults.point("stage_decided")
             self.advance(finished)
 
     # ------------------------------------------------------------------ advance and complete
@@ -281,7 +281,7 @@ class Engine:
         else:
             self.repos.jobs_queue.send(StageMessage(job_id=job.job_id, stage=stage.stage + 1))
             nxt = f"stage {stage.stage + 1}"
-        faults.point("advance_message_sent")
+        engine_faults.point("advance_message_sent")
         self.store.mark_stage(job.job_id, stage.stage, advance_sent=True)
         log_event(logger, "stage_advanced", job_id=job.job_id, stage=stage.stage, status=stage.status,
                   next=nxt, finisher=stage.finisher)
@@ -316,7 +316,7 @@ class Engine:
             if tolerated:
                 result = {**result, "failed_tasks": tolerated} if isinstance(result, dict) else \
                     {"result": result, "failed_tasks": tolerated}
-            faults.point("completion_aggregated")
+            engine_faults.point("completion_aggregated")
             self.finish_job(job.job_id, Status.COMPLETED, result=result)
         else:
             log_event(logger, "completion_ignored", logging.WARNING, job_id=job.job_id,

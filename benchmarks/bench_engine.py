@@ -57,7 +57,7 @@ from conftest import fresh_settings, settings_env
 from host_proc import HostProcess
 
 import function_app
-import job_api
+import api_jobs
 from config import load_host_json
 from errors import ConflictError
 from local_host_queues import QueueOptions
@@ -68,7 +68,7 @@ from task_manager import Engine
 
 RESULTS = ROOT / "benchmarks" / "results"
 SERVICES = ("table", "queue", "blob", "total")
-ENGINE_LOGGERS = ("task_manager", "function_app", "job_api", "repositories")
+ENGINE_LOGGERS = ("task_manager", "function_app", "api_jobs", "repositories")
 LEASE_SECONDS = 30  # local_host's default lease (visibility timeout of a receive)
 POLL_SECONDS = 0.5  # status polling interval of the end-to-end run
 
@@ -215,8 +215,8 @@ def drop_storage(repos: Repositories) -> None:
 
 
 def submit_in_process(engine: Engine, n: int) -> str:
-    """Submit hello_world n through job_api (as the HTTP function does); the job id."""
-    code, body = job_api.submit(engine, "hello_world", json.dumps({"n": n}).encode(), "http://bench")
+    """Submit hello_world n through api_jobs (as the HTTP function does); the job id."""
+    code, body = api_jobs.submit(engine, "hello_world", json.dumps({"n": n}).encode(), "http://bench")
     if code != 202:
         raise RuntimeError(f"submit answered {code}: {body}")
     return body["job_id"]

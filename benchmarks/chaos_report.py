@@ -25,8 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-import faults  # noqa: E402
-import job_api  # noqa: E402
+import engine_faults  # noqa: E402
+import api_jobs  # noqa: E402
 from azurite_proc import Azurite  # noqa: E402
 from conftest import fresh_settings  # noqa: E402
 from models import Status  # noqa: E402
@@ -35,7 +35,7 @@ from repositories import Repositories  # noqa: E402
 from task_manager import Engine  # noqa: E402
 from test_chaos_processes import expected, run_with_kills  # noqa: E402
 
-KILL_POINTS = [p for p in faults.POINTS if p != "job_row_written"]  # a killed submit is the client's retry
+KILL_POINTS = [p for p in engine_faults.POINTS if p != "job_row_written"]  # a killed submit is the client's retry
 _TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})")
 
 
@@ -43,20 +43,20 @@ def raise_run(azurite: Azurite, point: str, n: int) -> str:
     """One in-process run with an exception at ``point``; returns the outcome."""
     engine = Engine(Repositories(fresh_settings(azurite.connection_string, retry_base_delay_s=0,
                                                 sweeper_grace_s=0, task_time_limit_s=2)).ensure())
-    faults.arm(point, "raise", times=1)
+    engine_faults.arm(point, "raise", times=1)
     params = {"n": n, "message": f"raise-{point}"}
     body = json.dumps(params).encode()
     try:
-        job_id = job_api.submit(engine, "hello_world", body, "http://r")[1]["job_id"]
-    except faults.InjectedFault:
-        job_id = job_api.submit(engine, "hello_world", body, "http://r")[1]["job_id"]
+        job_id = api_jobs.submit(engine, "hello_world", body, "http://r")[1]["job_id"]
+    except engine_faults.InjectedFault:
+        job_id = api_jobs.submit(engine, "hello_world", body, "http://r")[1]["job_id"]
     driver = QueueDriver(engine, sweep=True)
     try:
         driver.run(job_id, timeout=120)
     except AssertionError:
         return "stuck"
     finally:
-        faults.disarm()
+        engine_faults.disarm()
     job = engine.store.get_job(job_id)
     kinds = Counter((m["kind"], m.get("stage")) for m in map(json.loads, driver.job_bodies))
     if any(v > 1 for v in kinds.values()):
@@ -92,7 +92,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--modes", default="raise,kill")
-    ap.add_argument("--points", default=",".join(faults.POINTS), help="comma-separated fault points")
+    ap.add_argument("--points", default=",".join(engine_faults.POINTS), help="comma-separated fault points")
     args = ap.parse_args()
     modes = args.modes.split(",")
     table: dict[tuple[str, str], Counter] = {}

@@ -9,7 +9,7 @@ import pytest
 
 import api_listing
 import api_system
-import job_api
+import api_jobs
 from azurite_proc import Azurite
 from conftest import fresh_settings
 from controller_factory import JOB_TYPES
@@ -21,7 +21,7 @@ from task_manager import Engine
 
 
 def submit(engine, params: dict) -> str:
-    return job_api.submit(engine, "hello_world", json.dumps(params).encode(), "http://t")[1]["job_id"]
+    return api_jobs.submit(engine, "hello_world", json.dumps(params).encode(), "http://t")[1]["job_id"]
 
 
 def test_jobs_are_listed_newest_first_filtered_and_paged(engine):
@@ -75,7 +75,7 @@ def test_tasks_are_listed_by_stage_and_status_and_read_one_by_one(engine):
 
 def test_progress_and_stage_timings(engine):
     job_id = submit(engine, {"n": 4})
-    assert job_api.status(engine, job_id)[1]["progress"] == 0.0
+    assert api_jobs.status(engine, job_id)[1]["progress"] == 0.0
     engine.run_stage(StageMessage(job_id=job_id, stage=1))
     for m in list(engine.repos.tasks_queue.client.receive_messages(max_messages=2, visibility_timeout=1)):
         QueueDriver(engine)  # binds function_app to this engine
@@ -83,10 +83,10 @@ def test_progress_and_stage_timings(engine):
         from azure.functions.queue import QueueMessage
         function_app.process_task_message(QueueMessage(id=m.id, body=m.content.encode(), dequeue_count=1))
         engine.repos.tasks_queue.client.delete_message(m)
-    mid = job_api.status(engine, job_id)[1]
+    mid = api_jobs.status(engine, job_id)[1]
     assert mid["progress"] == 25.0  # stage 1 half done, stage 2 not started: (0.5 + 0) / 2
     QueueDriver(engine).run(job_id)
-    done = job_api.status(engine, job_id, verbose=True)[1]
+    done = api_jobs.status(engine, job_id, verbose=True)[1]
     assert done["progress"] == 100.0
     for stage in done["stages"]:
         assert stage["started_at"] <= stage["ended_at"] and stage["duration_s"] >= 0
@@ -162,11 +162,11 @@ def test_query_and_body_edge_cases_found_by_fuzzing_are_400s(engine):
              lambda: api_system.metrics(engine, "1e300"), lambda: api_listing.stuck_jobs(engine, "http://t", "inf"),
              lambda: api_listing.stuck_jobs(engine, "http://t", "nan"),
              lambda: api_listing.flag("maybe", "verbose"), lambda: api_listing.limit_of("0"),
-             lambda: job_api.submit(engine, "hello_world", b"[" * 100_000, "http://t"),
-             lambda: job_api.submit(engine, "hello_world", b'{"n": "3"}', "http://t"),
-             lambda: job_api.submit(engine, "hello_world", b'{"n": 3.0}', "http://t")]
+             lambda: api_jobs.submit(engine, "hello_world", b"[" * 100_000, "http://t"),
+             lambda: api_jobs.submit(engine, "hello_world", b'{"n": "3"}', "http://t"),
+             lambda: api_jobs.submit(engine, "hello_world", b'{"n": 3.0}', "http://t")]
     for case in cases:
         with pytest.raises(BadRequestError):
             case()
     assert api_listing.flag("true", "verbose") and not api_listing.flag(None, "verbose")
-    assert job_api.status(engine, job_id)[0] == 200
+    assert api_jobs.status(engine, job_id)[0] == 200

@@ -6,17 +6,17 @@ import threading
 
 import pytest
 
-import job_api
+import api_jobs
 from errors import ConflictError
 from models import (
     CompletionMessage, JobRecord, StageMessage, Status, TaskRecord, decode_job_message, make_task_id, utcnow,
 )
 from queue_driver import QueueDriver
-from stage_counters import shard_count
+from engine_counters import shard_count
 
 
 def submit(engine, params: dict) -> str:
-    code, body = job_api.submit(engine, "hello_world", json.dumps(params).encode(), "http://test")
+    code, body = api_jobs.submit(engine, "hello_world", json.dumps(params).encode(), "http://test")
     assert code == 202, body
     return body["job_id"]
 
@@ -38,7 +38,7 @@ def test_hello_world_completes_with_exact_results_and_lineage(engine):
     job_id = submit(engine, {"n": 5, "message": "hey"})
     driver = QueueDriver(engine)
     driver.run()
-    code, status = job_api.status(engine, job_id)
+    code, status = api_jobs.status(engine, job_id)
     assert code == 200 and status["status"] == "completed"
     assert status["result_data"] == expected_hello(job_id, 5, "hey")
     assert status["tasks"] == {"total": 10, "queued": 0, "processing": 0, "completed": 10, "failed": 0,
@@ -53,7 +53,7 @@ def test_every_message_delivered_twice_shuffled_gives_identical_results(engine, 
     job_id = submit(engine, {"n": 30})
     driver = QueueDriver(engine, copies=2, shuffle_seed=seed)
     driver.run()
-    _, status = job_api.status(engine, job_id)
+    _, status = api_jobs.status(engine, job_id)
     assert status["status"] == "completed"
     assert status["result_data"] == expected_hello(job_id, 30)
     kinds = sorted((m.kind, getattr(m, "stage", 0) or 0) for m in job_messages(driver))
@@ -66,7 +66,7 @@ def test_every_message_delivered_twice_shuffled_gives_identical_results(engine, 
 def test_failed_tasks_fail_the_job_and_later_stages_never_run(engine):
     job_id = submit(engine, {"n": 5, "fail_indices": [1, 3]})
     QueueDriver(engine).run()
-    _, status = job_api.status(engine, job_id)
+    _, status = api_jobs.status(engine, job_id)
     assert status["status"] == "failed" and "result_data" not in status
     for i in (1, 3):
         assert make_task_id(job_id, 1, i) in status["error_details"]
@@ -183,7 +183,7 @@ def test_large_parameters_and_results_spill_to_blobs_and_read_back(engine):
     done = store.get_job(job_id).model_copy(update={"status": Status.COMPLETED, "result_data": [big, big],
                                                     "updated_at": utcnow()})
     store.replace_job(done)
-    code, status = job_api.status(engine, job_id)
+    code, status = api_jobs.status(engine, job_id)
     assert code == 200 and status["result_data"] == [big, big] and status["parameters"] == big
 
 

@@ -9,11 +9,10 @@ from errors import EntityTooLargeError, InvalidKeyError, InvalidTransitionError
 from models import (
     TERMINAL, TRANSITIONS, CompletionMessage, StageMessage, Status, TaskMessage, TaskRecord, canonical_json,
     check_transition, decode_job_message, decode_task_message, from_entity, make_job_id, make_task_id,
-    parse_task_id, to_entity,
+    parse_task_id, to_entity, validate_key,
 )
-from storage_rules import (
+from repository_rules import (
     BATCH_MAX_BYTES, BATCH_MAX_OPERATIONS, MAX_ENTITY_BYTES, check_entity_limits, chunk_for_transactions, entity_bytes,
-    validate_key,
 )
 
 from controller_factory import get_controller

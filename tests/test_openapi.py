@@ -34,7 +34,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-import openapi
+import api_openapi
 from controller_factory import JOB_TYPES
 from models import make_task_id
 from repositories import Repositories
@@ -43,7 +43,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           negative_data_rejection]
 # Checks left out: `ignored_auth` (local hosts do not enforce function keys; Azure does), and
 # `positive_data_acceptance` (a well-formed id of a job that does not exist is rightly a 404).
-OPERATIONS = [(method.upper(), path) for path, item in openapi.document("http://x")["paths"].items()
+OPERATIONS = [(method.upper(), path) for path, item in api_openapi.document("http://x")["paths"].items()
               for method in item]
 HTTP_ROUTE = re.compile(r"^http\s+(\S+)\s+(\S+)\s+->\s+(\S+)$")
 
@@ -135,7 +135,7 @@ def test_every_route_of_the_function_index_is_documented(served, live):
             placeholders = set(re.findall(r"\{(\w+)\}", path))
             declared = {p["name"] for p in operation["parameters"] if p["in"] == "path"}
             assert declared == placeholders, path
-            assert operation["security"] == served["security"] == openapi.SECURITY
+            assert operation["security"] == served["security"] == api_openapi.SECURITY
             for code, response in operation["responses"].items():
                 assert "application/json" in response["content"], (path, code)
     schemes = served["components"]["securitySchemes"]

@@ -10,7 +10,7 @@ import pytest
 import rasterio
 from rio_cogeo.cogeo import cog_validate
 
-import job_api
+import api_jobs
 from conftest_geo import (
     CUSTOM_LAEA_WKT, REAL_RASTERS, SCHEMAS_DIR, needs_rasters, needs_schemas, smooth_image, write_raster,
 )
@@ -20,10 +20,10 @@ from services_stac import validate_item_offline
 
 
 def run_job(engine, job_type: str, params: dict) -> dict:
-    code, body = job_api.submit(engine, job_type, json.dumps(params).encode(), "http://test")
+    code, body = api_jobs.submit(engine, job_type, json.dumps(params).encode(), "http://test")
     assert code in (200, 202), body
     QueueDriver(engine).run(body["job_id"], timeout=300)
-    return job_api.status(engine, body["job_id"])[1]
+    return api_jobs.status(engine, body["job_id"])[1]
 
 
 def upload(engine, path: Path, blob: str, container: str | None = None) -> str:
@@ -222,7 +222,7 @@ def test_bad_parameters_are_400_with_the_field_named(geo_engine):
              ("process_large_raster", {"blob": "a.tif", "tile_size": 1000}, "tile_size")]
     for job_type, params, field in cases:
         with pytest.raises(ParameterValidationError) as err:
-            job_api.submit(geo_engine, job_type, json.dumps(params).encode(), "http://t")
+            api_jobs.submit(geo_engine, job_type, json.dumps(params).encode(), "http://t")
         fields = {e["field"] for e in err.value.details["errors"]}
         assert field in fields or (field == "(body)" and fields), (job_type, params, fields)
     assert Status.FAILED  # the status enum is shared by every job type

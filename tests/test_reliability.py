@@ -10,8 +10,8 @@ import pytest
 
 import engine_admin
 import engine_recovery
-import faults
-import job_api
+import engine_faults
+import api_jobs
 from base_controller import JobController, TaskHandler
 from conftest import fresh_settings
 from controller_factory import JOB_TYPES, TASK_HANDLERS
@@ -31,11 +31,11 @@ def engine(azurite):
     settings = fresh_settings(azurite.connection_string, retry_base_delay_s=0, sweeper_grace_s=0,
                               task_time_limit_s=2)
     yield Engine(Repositories(settings).ensure())
-    faults.disarm()
+    engine_faults.disarm()
 
 
 def submit(engine, params: dict) -> str:
-    code, body = job_api.submit(engine, "hello_world", json.dumps(params).encode(), "http://test")
+    code, body = api_jobs.submit(engine, "hello_world", json.dumps(params).encode(), "http://test")
     assert code == 202, body
     return body["job_id"]
 
@@ -56,7 +56,7 @@ def advances(driver: QueueDriver) -> list[tuple]:
 def test_transient_errors_are_retried_then_succeed(engine):
     job_id = submit(engine, {"n": 3, "transient_failures": 2})
     QueueDriver(engine).run(job_id)
-    _, status = job_api.status(engine, job_id)
+    _, status = api_jobs.status(engine, job_id)
     assert status["status"] == "completed" and status["result_data"] == expected_hello(job_id, 3)
     assert status["stages"][0]["attempts"] == 9 and status["stages"][1]["attempts"] == 3
     for task in engine.store.list_tasks(job_id, 1):
@@ -68,7 +68,7 @@ def test_always_transient_gives_up_after_max_attempts_via_poison(engine):
     driver = QueueDriver(engine)
     driver.run(job_id)
     assert driver.delivered.get("tasks-poison") == 2
-    _, status = job_api.status(engine, job_id)
+    _, status = api_jobs.status(engine, job_id)
     assert status["status"] == "failed"
     for task in engine.store.list_tasks(job_id, 1):
         assert task.status == Status.FAILED and task.attempts == MAX
@@ -150,27 +150,27 @@ def test_late_finisher_of_an_expired_lease_is_superseded(engine):
 
 
 # ---------------------------------------------------------------- crashes at every engine point
-@pytest.mark.parametrize("point", faults.POINTS)
+@pytest.mark.parametrize("point", engine_faults.POINTS)
 def test_crash_at_every_engine_point_still_completes_exactly(engine, point):
-    faults.arm(point, "raise", times=1)
+    engine_faults.arm(point, "raise", times=1)
     params = {"n": 50, "message": point}
     try:
         job_id = submit(engine, params)
-    except faults.InjectedFault:  # submit died after writing the row: the client saw an error
-        job_id = job_api.submit(engine, "hello_world", json.dumps(params).encode(), "http://t")[1]["job_id"]
+    except engine_faults.InjectedFault:  # submit died after writing the row: the client saw an error
+        job_id = api_jobs.submit(engine, "hello_world", json.dumps(params).encode(), "http://t")[1]["job_id"]
     driver = QueueDriver(engine, sweep=True)
     driver.run(job_id, timeout=180)
     job = engine.store.get_job(job_id)
     assert job.status == Status.COMPLETED, (job.status, job.error_details)
     assert job.result_data == expected_hello(job_id, 50, point)
     assert advances(driver) == [("complete", 0), ("stage", 1), ("stage", 2)]
-    assert faults._armed.get(point) is None  # the fault really fired
+    assert engine_faults._armed.get(point) is None  # the fault really fired
     for stage in (1, 2):
         assert len(engine.store.list_tasks(job_id, stage, resolve=False)) == 50
 
 
 def test_storage_throttling_is_retried_and_the_job_completes(engine):
-    faults.arm("task_claimed", "throttle", times=12)  # the first 12 claims meet a 503
+    engine_faults.arm("task_claimed", "throttle", times=12)  # the first 12 claims meet a 503
     job_id = submit(engine, {"n": 20})
     driver = QueueDriver(engine, sweep=True)
     driver.run(job_id, timeout=180)
@@ -181,8 +181,8 @@ def test_storage_throttling_is_retried_and_the_job_completes(engine):
 
 # ---------------------------------------------------------------- the sweeper
 def test_sweeper_sends_the_lost_first_message(engine):
-    faults.arm("job_row_written", "raise")
-    with pytest.raises(faults.InjectedFault):
+    engine_faults.arm("job_row_written", "raise")
+    with pytest.raises(engine_faults.InjectedFault):
         submit(engine, {"n": 4})
     job_id = engine.store.active_jobs()[0].job_id
     assert engine_recovery.sweep(engine) == {"resent_first_stage": 1}
@@ -206,7 +206,7 @@ def test_sweeper_rescues_a_task_whose_worker_died_and_whose_message_is_gone(engi
 
 
 def test_concurrent_sweepers_and_traffic_keep_one_advance_per_stage(engine):
-    faults.arm("stage_decided", "raise", times=1)
+    engine_faults.arm("stage_decided", "raise", times=1)
     job_id = submit(engine, {"n": 30})
     driver = QueueDriver(engine)
     with pytest.raises(AssertionError, match="queues drained"):
@@ -228,8 +228,8 @@ def test_tolerated_failures_complete_the_job_and_list_the_failed_tasks(engine, m
                              HELLO_WORLD.parameters_model, HELLO_WORLD.stages[:1], HELLO_WORLD.aggregate,
                              tolerated_failure_fraction=0.5)
     monkeypatch.setitem(JOB_TYPES, tolerant.job_type, tolerant)
-    ok = job_api.submit(engine, "hello_tolerant", b'{"n": 4, "fail_indices": [2]}', "http://t")[1]["job_id"]
-    too_many = job_api.submit(engine, "hello_tolerant", b'{"n": 4, "fail_indices": [0, 1, 2]}',
+    ok = api_jobs.submit(engine, "hello_tolerant", b'{"n": 4, "fail_indices": [2]}', "http://t")[1]["job_id"]
+    too_many = api_jobs.submit(engine, "hello_tolerant", b'{"n": 4, "fail_indices": [0, 1, 2]}',
                               "http://t")[1]["job_id"]
     QueueDriver(engine).run()
     done = engine.store.get_job(ok)
@@ -246,13 +246,13 @@ def test_retry_reruns_only_the_failed_tasks_and_resumes(engine):
     job_id = submit(engine, {"n": 6, "fail_indices": [1, 4]})
     QueueDriver(engine).run(job_id)
     assert engine.store.get_job(job_id).status == Status.FAILED
-    code, again = job_api.submit(engine, "hello_world", b'{"n": 6, "fail_indices": [1, 4]}', "http://t")
+    code, again = api_jobs.submit(engine, "hello_world", b'{"n": 6, "fail_indices": [1, 4]}', "http://t")
     assert code == 200 and again["status"] == "failed" and "/retry" in again["hint"]
     done_before = {t.task_id: t.end_token for t in engine.store.list_tasks(job_id, 1, Status.COMPLETED)}
     for i in (1, 4):  # the cause goes away (in real life: the missing input appears)
         t = engine.store.get_task(job_id, 1, i)
         engine.store.replace_task(t.model_copy(update={"parameters": {**t.parameters, "fail": False}}))
-    code, body = job_api.retry(engine, job_id)
+    code, body = api_jobs.retry(engine, job_id)
     assert code == 202 and body["status"] == "processing" and body["retries"] == 1
     QueueDriver(engine).run(job_id)
     job = engine.store.get_job(job_id)
@@ -270,7 +270,7 @@ def test_cancel_stops_queued_tasks_and_running_ones_advance_nothing(engine):
     running = engine.store.get_task(job_id, 1, 0)
     running = engine.store.replace_task(running.model_copy(update={
         "status": Status.PROCESSING, "attempts": 1, "lease_until": utcnow() + timedelta(seconds=30)}))
-    code, body = job_api.cancel(engine, job_id)
+    code, body = api_jobs.cancel(engine, job_id)
     assert code == 200 and body["status"] == "cancelled" and body["tasks"]["cancelled"] == 9
     engine.end_task(running, Status.COMPLETED, {"greeting": "late"}, None)  # the running one finishes
     driver = QueueDriver(engine)

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 import engine_recovery
-import job_api
+import api_jobs
 import repository_webhooks
 from conftest import fresh_settings
 from errors import BadRequestError
@@ -61,7 +61,7 @@ def receiver():
 
 
 def submit(engine, params: dict, callback_url: str) -> str:
-    code, body = job_api.submit(engine, "hello_world", json.dumps(params).encode(), "http://t", callback_url)
+    code, body = api_jobs.submit(engine, "hello_world", json.dumps(params).encode(), "http://t", callback_url)
     assert code == 202, body
     return body["job_id"]
 
@@ -108,14 +108,14 @@ def test_delivered_once_per_terminal_status_and_signed(engine, receiver):
     assert status["job_id"] == job_id and status["status"] == "completed" and status["result_data"]["task_count"] == 4
     assert sent["headers"]["X-Geoetl-Event"] == "job.completed"
     assert engine.store.get_job(job_id).webhook == "delivered"
-    assert job_api.status(engine, job_id)[1]["webhook"] == "delivered"
+    assert api_jobs.status(engine, job_id)[1]["webhook"] == "delivered"
 
 
 def test_failed_and_cancelled_jobs_notify_too(engine, receiver):
     failed = submit(engine, {"n": 2, "fail_indices": [0]}, receiver.url)
     QueueDriver(engine).run(failed)
     cancelled = submit(engine, {"n": 2, "message": "to cancel"}, receiver.url)
-    job_api.cancel(engine, cancelled)
+    api_jobs.cancel(engine, cancelled)
     QueueDriver(engine).run()
     events = sorted(r["headers"]["X-Geoetl-Event"] for r in receiver.requests)
     assert events == ["job.cancelled", "job.failed"]
@@ -161,17 +161,17 @@ def test_refused_targets_are_never_contacted(engine, monkeypatch):
         assert job.webhook == "refused" and kind in job.webhook_error
     assert calls == []
     with pytest.raises(BadRequestError, match="https"):
-        job_api.submit(engine, "hello_world", b"{}", "http://t", "http://example.com/hook")
+        api_jobs.submit(engine, "hello_world", b"{}", "http://t", "http://example.com/hook")
 
 
 def test_callback_needs_a_secret_and_does_not_change_the_job_id(azurite, receiver):
     plain = Engine(Repositories(fresh_settings(azurite.connection_string)).ensure())
     with pytest.raises(BadRequestError, match="WEBHOOK_SECRET"):
-        job_api.submit(plain, "hello_world", b"{}", "http://t", "https://example.com/hook")
-    a = job_api.submit(plain, "hello_world", b'{"n": 2}', "http://t")[1]["job_id"]
+        api_jobs.submit(plain, "hello_world", b"{}", "http://t", "https://example.com/hook")
+    a = api_jobs.submit(plain, "hello_world", b'{"n": 2}', "http://t")[1]["job_id"]
     signed = Engine(Repositories(fresh_settings(azurite.connection_string, webhook_secret=SECRET,
                                                 webhook_allow_loopback=True)).ensure())
-    assert job_api.submit(signed, "hello_world", b'{"n": 2}', "http://t", receiver.url)[1]["job_id"] == a
+    assert api_jobs.submit(signed, "hello_world", b'{"n": 2}', "http://t", receiver.url)[1]["job_id"] == a
 
 
 def test_sweeper_resends_a_webhook_whose_message_was_lost(engine, receiver):

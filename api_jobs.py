@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import api_listing
 import engine_admin
-import faults
+import engine_faults
 from controller_factory import get_controller
 from errors import BadRequestError, NotFoundError, OrchestratorError, PayloadTooLargeError, http_status_for
 from logs import log_event
@@ -61,7 +61,7 @@ def submit(engine: Engine, job_type: str, body: bytes, base_url: str, callback_u
                                          callback_url=callback_url or None))
         if job is not None:
             store.index_job(job)
-            faults.point("job_row_written")
+            engine_faults.point("job_row_written")
             engine.repos.jobs_queue.send(StageMessage(job_id=job_id, stage=1))
             created = True
             log_event(logger, "job_submitted", job_id=job_id, job_type=job_type)

@@ -1,0 +1,79 @@
+"""Azure Table Storage's rules, enforced by us where Azurite does not: entity sizes and property
+counts, and transactions batched within the count and wire-size limits."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from errors import EntityTooLargeError
+from models import validate_key
+
+MAX_PROPERTY_BYTES = 64 * 1024
+MAX_ENTITY_BYTES = 1024 * 1024
+MAX_CUSTOM_PROPERTIES = 252
+
+
+def utf16_len(text: str) -> int:
+    """Length of ``text`` in UTF-16 code units, the unit Azure counts strings in."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def property_bytes(value: Any) -> int:
+    """Bytes Azure charges for one property value."""
+    if isinstance(value, str):
+        return 4 + 2 * utf16_len(value)
+    if isinstance(value, bool):
+        return 1
+    if isinstance(value, (int, float, datetime)):
+        return 8
+    if isinstance(value, (bytes, bytearray)):
+        return 4 + len(value)
+    raise TypeError(f"unsupported entity property type {type(value).__name__}")
+
+
+def entity_bytes(entity: dict[str, Any]) -> int:
+    """Size of an entity as Azure computes it (keys and every property, names in UTF-16)."""
+    size = 4 + 2 * (utf16_len(entity["PartitionKey"]) + utf16_len(entity["RowKey"]))
+    for name, value in entity.items():
+        if name in ("PartitionKey", "RowKey") or value is None:
+            continue
+        size += 8 + 2 * utf16_len(name) + property_bytes(value)
+    return size
+
+
+def check_entity_limits(entity: dict[str, Any]) -> None:
+    """Raise EntityTooLargeError where Azure (not Azurite) would reject the entity."""
+    validate_key(entity["PartitionKey"])
+    validate_key(entity["RowKey"])
+    custom = [k for k, v in entity.items() if k not in ("PartitionKey", "RowKey") and v is not None]
+    if len(custom) > MAX_CUSTOM_PROPERTIES:
+        raise EntityTooLargeError(f"entity has {len(custom)} properties; Azure allows {MAX_CUSTOM_PROPERTIES}")
+    for name in custom:
+        value = entity[name]
+        if isinstance(value, (str, bytes)) and property_bytes(value) - 4 > MAX_PROPERTY_BYTES:
+            raise EntityTooLargeError(f"property {name!r} is over Azure's 64 KiB property limit")
+    size = entity_bytes(entity)
+    if size > MAX_ENTITY_BYTES:
+        raise EntityTooLargeError(f"entity is {size} bytes; Azure allows {MAX_ENTITY_BYTES}")
+
+
+# ---------------------------------------------------------------- transactions and paging
+BATCH_MAX_OPERATIONS = 100
+BATCH_MAX_BYTES = 3 * 1024 * 1024  # Azure's transaction payload limit is 4 MiB
+
+
+def chunk_for_transactions(entities: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Split entities into deterministic batches within Azure's count and size limits."""
+    batches: list[list[dict[str, Any]]] = []
+    current: list[dict[str, Any]] = []
+    size = 0
+    for entity in entities:
+        nbytes = entity_bytes(entity)
+        if current and (len(current) == BATCH_MAX_OPERATIONS or size + nbytes > BATCH_MAX_BYTES):
+            batches.append(current)
+            current, size = [], 0
+        current.append(entity)
+        size += nbytes
+    if current:
+        batches.append(current)
+    return batches
