@@ -6,10 +6,11 @@ import json
 import math
 from typing import Any
 
-from api_models import JobPage, JobSummary, JobTypeInfo, JobTypes, StageInfo, TaskPage, TaskView
-from controller_factory import JOB_TYPES
+import engine_jobs
+from api_models import JobPage, JobSummary, JobTypeInfo, JobTypes, StageInfo, TaskPage
+from engine_status import task_view
 from errors import BadRequestError, NotFoundError
-from models import TaskRecord, Status, is_job_id, parse_task_id, utcnow
+from models import Status, parse_task_id, utcnow
 from task_manager import Engine
 
 Response = tuple[int, dict[str, Any]]
@@ -92,8 +93,9 @@ def _stage(value: str | None) -> int | None:
 def list_jobs(engine: Engine, base_url: str, status: str | None = None, job_type: str | None = None,
               limit: str | None = None, continuation: str | None = None) -> Response:
     """GET /api/jobs: newest first, filtered by status and job type, paged."""
-    if job_type and job_type not in JOB_TYPES:
-        raise BadRequestError(f"unknown job_type {job_type!r}; available: {', '.join(sorted(JOB_TYPES))}")
+    known = engine_jobs.job_types()
+    if job_type and job_type not in known:
+        raise BadRequestError(f"unknown job_type {job_type!r}; available: {', '.join(sorted(known))}")
     rows, nxt = engine.store.list_jobs(_status(status), job_type or None, limit_of(limit),
                                       decode_token(continuation))
     jobs = [JobSummary(status_url=f"{base_url}/api/jobs/status/{r['job_id']}",
@@ -101,37 +103,24 @@ def list_jobs(engine: Engine, base_url: str, status: str | None = None, job_type
     return 200, JobPage(jobs=jobs, continuation=encode_token(nxt)).model_dump(mode="json")
 
 
-def _view(task: TaskRecord) -> TaskView:
-    duration = (task.ended_at - task.started_at).total_seconds() if task.ended_at and task.started_at else None
-    data = task.model_dump(include=set(TaskView.model_fields) - {"duration_s"})
-    return TaskView(**data, duration_s=round(duration, 3) if duration is not None else None)
-
-
-def _job_or_404(engine: Engine, job_id: str):
-    job = engine.store.get_job(job_id) if is_job_id(job_id) else None
-    if job is None:
-        raise NotFoundError(f"no job with id {job_id!r}")
-    return job
-
-
 def task_page(engine: Engine, job_id: str, stage: str | int | None, status: str | None, limit: Any,
               continuation: str | None) -> TaskPage:
     """A page of a job's tasks."""
     tasks, nxt = engine.store.page_tasks(job_id, _stage(None if stage is None else str(stage)), _status(status),
                                          limit_of(limit, 100), decode_token(continuation))
-    return TaskPage(tasks=[_view(t) for t in tasks], continuation=encode_token(nxt))
+    return TaskPage(tasks=[task_view(t) for t in tasks], continuation=encode_token(nxt))
 
 
 def list_tasks(engine: Engine, job_id: str, stage: str | None = None, status: str | None = None,
                limit: str | None = None, continuation: str | None = None) -> Response:
     """GET /api/jobs/{job_id}/tasks."""
-    _job_or_404(engine, job_id)
+    engine_jobs.require_job(engine.store, job_id)
     return 200, task_page(engine, job_id, stage, status, limit, continuation).model_dump(mode="json")
 
 
 def get_task(engine: Engine, job_id: str, task_id: str) -> Response:
     """GET /api/jobs/{job_id}/tasks/{task_id}: status, attempts, timings, error, parameters, result."""
-    _job_or_404(engine, job_id)
+    engine_jobs.require_job(engine.store, job_id)
     try:
         prefix, stage, index = parse_task_id(task_id)
     except Exception:
@@ -139,7 +128,7 @@ def get_task(engine: Engine, job_id: str, task_id: str) -> Response:
     task = engine.store.get_task(job_id, stage, index) if job_id.startswith(prefix) else None
     if task is None:
         raise NotFoundError(f"no task {task_id!r} in job {job_id}")
-    return 200, _view(task).model_dump(mode="json")
+    return 200, task_view(task).model_dump(mode="json")
 
 
 def stuck_jobs(engine: Engine, base_url: str, older_than_s: str | None = None) -> Response:
@@ -167,6 +156,6 @@ def job_types() -> Response:
                                  for i, s in enumerate(c.stages, start=1)],
                          parameters=c.parameters_model.model_json_schema(),
                          tolerated_failure_fraction=c.tolerated_failure_fraction)
-             for c in sorted(JOB_TYPES.values(), key=lambda c: c.job_type)]
+             for c in sorted(engine_jobs.job_types().values(), key=lambda c: c.job_type)]
     return 200, JobTypes(job_types=types).model_dump(mode="json")
 

@@ -9,39 +9,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from engine_status import (  # noqa: F401  (re-exported: the API's bodies)
+    JobStatusResponse, StageStatus, TaskCounts, TaskErrorSummary, TaskPage, TaskView,
+)
 from models import Status
-
-class TaskCounts(BaseModel):
-    """Tasks by status."""
-
-    total: int = 0
-    queued: int = 0
-    processing: int = 0
-    completed: int = 0
-    failed: int = 0
-    cancelled: int = 0
-
-
-class StageStatus(BaseModel):
-    """One stage in a status response."""
-
-    stage: int
-    name: str
-    status: Status
-    tasks: TaskCounts
-    attempts: int = 0
-    started_at: datetime | None = None
-    ended_at: datetime | None = None
-    duration_s: float | None = None
-
-
-class TaskErrorSummary(BaseModel):
-    """A task's latest error, as status shows it."""
-
-    task_id: str
-    status: Status
-    attempts: int
-    error: str
 
 
 class SubmitResponse(BaseModel):
@@ -57,65 +28,12 @@ class SubmitResponse(BaseModel):
     hint: str | None = None
 
 
-class JobStatusResponse(BaseModel):
-    """Body of GET /api/jobs/status/{job_id}."""
-
-    job_id: str
-    job_type: str
-    status: Status
-    stage: int
-    total_stages: int
-    stage_name: str
-    parameters: dict[str, Any]
-    tasks: TaskCounts
-    stages: list[StageStatus]
-    progress: float = Field(0.0, ge=0, le=100, description="percent, stage-weighted, over the tasks known so far")
-    attempts: int = 0
-    retries: int = 0
-    recent_errors: list[TaskErrorSummary] = Field(default_factory=list)
-    result_data: Any = None
-    error_details: str | None = None
-    created_at: datetime
-    updated_at: datetime
-    webhook: str | None = Field(None, description="callback delivery: pending, delivered, failed or refused")
-    webhook_error: str | None = None
-    task_page: "TaskPage | None" = Field(None, description="with ?verbose=true: the job's tasks, paged")
-
-
 class StageTiming(BaseModel):
     """When a stage ran."""
 
     started_at: datetime | None = None
     ended_at: datetime | None = None
     duration_s: float | None = None
-
-
-class TaskView(BaseModel):
-    """One task as the API shows it (large parameters and results by reference)."""
-
-    task_id: str
-    job_id: str
-    stage: int
-    index: int
-    task_type: str
-    status: Status
-    attempts: int
-    last_error: str | None = None
-    error_details: str | None = None
-    time_limit_s: int | None = None
-    created_at: datetime
-    started_at: datetime | None = None
-    ended_at: datetime | None = None
-    duration_s: float | None = None
-    parameters: Any = None
-    result: Any = None
-
-
-class TaskPage(BaseModel):
-    """A page of tasks."""
-
-    tasks: list[TaskView]
-    continuation: str | None = None
 
 
 class JobSummary(BaseModel):

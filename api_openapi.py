@@ -23,7 +23,7 @@ from api_models import (
     TaskView,
 )
 from config import load_host_json
-from controller_factory import JOB_TYPES
+from engine_jobs import job_types
 from models import Status
 
 VERSION = "1.0.0"
@@ -115,7 +115,7 @@ CONTINUATION = _param("continuation", "query", {"type": "string"},
                       "the 'continuation' of the previous page (opaque)")
 VERBOSE = _param("verbose", "query", {"anyOf": [{"type": "boolean"}, {"enum": ["1", "0", "yes", "no"]}],
                                       "default": False}, "true: add a page of the job's tasks")
-JOB_TYPE = _param("job_type", "query", {"type": "string", "enum": sorted(JOB_TYPES)}, "only this job type")
+JOB_TYPE = _param("job_type", "query", {"type": "string", "enum": sorted(job_types())}, "only this job type")
 OLDER_THAN = _param("older_than_s", "query", {"type": "number", "minimum": 0, "maximum": 10 * 365 * 86400,
                                                "default": 600}, "idle for at least this many seconds")
 WINDOW = _param("window_s", "query", {"type": "number", "minimum": 1, "maximum": 30 * 86400, "default": 3600},
@@ -146,7 +146,7 @@ def _operation(operation_id: str, summary: str, ok: dict[int, tuple[str, str]], 
 
 
 def _submit(job_type: str) -> dict[str, Any]:
-    controller = JOB_TYPES[job_type]
+    controller = job_types()[job_type]
     stages = "; ".join(f"{i}. {s.name} ({s.parallelism})" for i, s in enumerate(controller.stages, start=1))
     body = {"required": True, "description": "the job's parameters as a JSON object ({} for every default)",
             "content": {JSON: {"schema": {"$ref": REF.format(model=controller.parameters_model.__name__)}}}}
@@ -162,7 +162,7 @@ def _submit(job_type: str) -> dict[str, Any]:
 def _paths(prefix: str) -> dict[str, dict[str, Any]]:
     status_ok = {200: ("JobStatusResponse", "the job's status")}
     paths: dict[str, dict[str, Any]] = {
-        f"{prefix}/jobs/submit/{job_type}": {"post": _submit(job_type)} for job_type in sorted(JOB_TYPES)}
+        f"{prefix}/jobs/submit/{job_type}": {"post": _submit(job_type)} for job_type in sorted(job_types())}
     paths.update({
         f"{prefix}/jobs/status/{{job_id}}": {"get": _operation(
             "job_status", "A job's status, stages, progress, task counts, result or error", status_ok,
@@ -204,7 +204,7 @@ def _paths(prefix: str) -> dict[str, dict[str, Any]]:
 
 def _schemas() -> dict[str, Any]:
     """Every body's JSON Schema under its model's name: requests in validation mode, responses as sent."""
-    requests = sorted({c.parameters_model for c in JOB_TYPES.values()}, key=lambda m: m.__name__)
+    requests = sorted({c.parameters_model for c in job_types().values()}, key=lambda m: m.__name__)
     responses = (SubmitResponse, JobStatusResponse, JobPage, StuckJobs, TaskPage, TaskView, JobTypes, Health,
                  Metrics, ErrorBody)
     _, top = models_json_schema([(m, "validation") for m in requests] + [(m, "serialization") for m in responses],

@@ -17,6 +17,10 @@ from errors import ParameterValidationError
 from models import MAX_STAGES, MAX_TASKS_PER_STAGE, Status
 
 P = TypeVar("P", bound=BaseModel)
+# Validation context of a submit: the containers a job may name (settings.job_containers); parameter
+# fields typed ``JobContainer`` (controller_geo_common) refuse others with this error type.
+CONTAINERS_CONTEXT = "allowed_containers"
+CONTAINER_NOT_ALLOWED = "container_not_allowed"
 
 
 class TaskOutcome(BaseModel):
@@ -124,12 +128,15 @@ class JobController:
         defaults = getattr(self.parameters_model, "SETTINGS_DEFAULTS", {})
         raw = {**{name: getattr(settings, setting) for name, setting in defaults.items()}, **raw}
         try:  # strict JSON types: "3" is not an integer, 1700000000 is not a date-time
-            return self.parameters_model.model_validate_json(json.dumps(raw), strict=True)
+            return self.parameters_model.model_validate_json(
+                json.dumps(raw), strict=True, context={CONTAINERS_CONTEXT: settings.job_containers})
         except ValidationError as exc:
             errors = validation_errors(exc)
+            allowed = ({"allowed_containers": list(settings.job_containers)}
+                       if any(e["type"] == CONTAINER_NOT_ALLOWED for e in errors) else {})
             raise ParameterValidationError(
                 f"invalid parameters for {self.job_type}: "
-                + "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors) from None
+                + "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors, **allowed) from None
 
     def plan_stage(self, number: int, parameters: BaseModel, previous: list[TaskOutcome],
                    io: Any = None) -> list[dict[str, Any]]:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parent
 HOST_JSON = ROOT / "host.json"
@@ -72,6 +72,42 @@ class Settings(BaseSettings):
                                  description="Where users drop rasters (default of a job's container).")
     output_container: str = Field(default="cogs", validation_alias=AliasChoices("OUTPUT_CONTAINER", "output_container"),
                                   description="Where COGs are written (default of output_container).")
+
+    # --- Containers a job may name (security issue #8, item 4). Jobs read and write only these; empty =
+    # INPUT_CONTAINER and OUTPUT_CONTAINER. PAYLOAD_CONTAINER is never one of them: it holds every job's
+    # parameters, results, plans and tiles, so a job that could list or read it would see other jobs' data
+    # (the engine reaches it through its own repositories, not through job parameters). The Functions host's
+    # containers (azure-webjobs-*: host locks, keys in azure-webjobs-secrets; $logs, $web, ...) are refused
+    # here and again at every blob access.
+    RESERVED_CONTAINER_PREFIXES: ClassVar[tuple[str, ...]] = ("azure-webjobs-", "$")
+    allowed_containers: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), validation_alias=AliasChoices("ALLOWED_CONTAINERS", "allowed_containers"),
+        description="Comma-separated containers jobs may read and write (default: INPUT_CONTAINER and "
+                    "OUTPUT_CONTAINER). Never the payload container or the Functions host's own.")
+
+    @field_validator("allowed_containers", mode="before")
+    @classmethod
+    def _split_containers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(name.strip() for name in value.split(",") if name.strip())
+        return value
+
+    @model_validator(mode="after")
+    def _containers_reachable(self) -> "Settings":
+        for name in self.job_containers:
+            if name.startswith(self.RESERVED_CONTAINER_PREFIXES):
+                raise ValueError(f"container {name!r} belongs to the Functions host; jobs may never use it")
+            if name == self.payload_container:
+                raise ValueError(f"container {name!r} is PAYLOAD_CONTAINER (every job's payloads); "
+                                 "jobs may not use it: remove it from ALLOWED_CONTAINERS / INPUT_CONTAINER / "
+                                 "OUTPUT_CONTAINER")
+        return self
+
+    @property
+    def job_containers(self) -> tuple[str, ...]:
+        """The containers jobs may read and write (ALLOWED_CONTAINERS, else the input and output ones)."""
+        return self.allowed_containers or tuple(dict.fromkeys((self.input_container, self.output_container)))
+    # --- end of job containers
     default_collection: str = Field(default="rasters", validation_alias=AliasChoices("DEFAULT_COLLECTION",
                                                                                     "default_collection"))
     work_dir: str | None = Field(default=None, validation_alias=AliasChoices("WORK_DIR", "work_dir"),

@@ -8,9 +8,8 @@ from typing import Any, ClassVar
 from pydantic import ConfigDict, Field, field_validator
 
 from base_controller import JobController, Stage, TaskContext, TaskHandler, TaskOutcome, outcomes_in_order, succeeded
-from controller_geo_common import RASTER_SUFFIXES, CatalogOptions, CatalogTask, SettingsDefaults
+from controller_geo_common import RASTER_SUFFIXES, CatalogOptions, CatalogTask, JobContainer, SettingsDefaults
 from errors import NotFoundError, TaskError
-from models import ContainerName
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 TIFF_CONTENT_TYPES = ("image/tiff", "image/geotiff")
@@ -21,7 +20,7 @@ class ListParameters(SettingsDefaults):
 
     model_config = ConfigDict(extra="forbid")
     SETTINGS_DEFAULTS: ClassVar[dict[str, str]] = {"container": "input_container"}
-    container: ContainerName
+    container: JobContainer
     prefix: str | None = Field(default=None, max_length=1024, description="Only blobs under this prefix.")
     suffixes: list[str] | None = Field(default=None, max_length=50,
                                        description="Only blobs ending with one of these (case-insensitive).")
@@ -41,7 +40,7 @@ class SyncParameters(CatalogOptions):
 
     model_config = ConfigDict(extra="forbid")
     SETTINGS_DEFAULTS: ClassVar[dict[str, str]] = {**CatalogOptions.SETTINGS_DEFAULTS, "container": "input_container"}
-    container: ContainerName
+    container: JobContainer
     prefix: str | None = Field(default=None, max_length=1024)
 
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 from datetime import datetime as DateTime
 from pathlib import Path
 from contextlib import contextmanager
-from typing import Any, ClassVar, Iterator
+from typing import Annotated, Any, ClassVar, Iterator
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
+from pydantic_core import PydanticCustomError
 
+from base_controller import CONTAINER_NOT_ALLOWED, CONTAINERS_CONTEXT
+from config import Settings
 from errors import NotFoundError, TaskError
 from models import BlobName, ContainerName
 from services_raster import validate_raster
@@ -28,6 +31,21 @@ def _optional_in_schema(schema: dict[str, Any], cls: type) -> None:
             prop["description"] = (prop.get("description", "") + f" Default: the {setting.upper()} setting.").strip()
 
 
+def _job_container(name: str, info: ValidationInfo) -> str:
+    """Never a Functions host container; at submit (``JobController.validate`` puts the allow-list in the
+    validation context) only a container the settings allow. The engine re-validates stored parameters
+    without context: there the blob store's own guard (engine_task_io) applies the same allow-list."""
+    allowed = (info.context or {}).get(CONTAINERS_CONTEXT)
+    if name.startswith(Settings.RESERVED_CONTAINER_PREFIXES) or (allowed is not None and name not in allowed):
+        raise PydanticCustomError(CONTAINER_NOT_ALLOWED, "container '{container}' is not open to jobs; "
+                                  "allowed containers: {allowed}",
+                                  {"container": name, "allowed": ", ".join(allowed or ()) or "(see settings)"})
+    return name
+
+
+JobContainer = Annotated[ContainerName, AfterValidator(_job_container)]  # a container a job reads or writes
+
+
 class SettingsDefaults(BaseModel):
     """A parameters model some of whose fields default to a setting (``SETTINGS_DEFAULTS``: field ->
     setting). ``JobController.validate`` fills them from the engine's settings before validating, so the
@@ -42,7 +60,7 @@ class BlobRef(SettingsDefaults):
 
     model_config = ConfigDict(extra="forbid")
     SETTINGS_DEFAULTS: ClassVar[dict[str, str]] = {"container": "input_container"}
-    container: ContainerName = Field(description="Container of the raster (default: INPUT_CONTAINER).")
+    container: JobContainer = Field(description="Container of the raster (default: INPUT_CONTAINER).")
     blob: BlobName = Field(description="Blob name (path) of the raster inside the container.")
 
 

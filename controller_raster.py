@@ -10,10 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from base_controller import JobController, Stage, TaskContext, TaskHandler, TaskOutcome, outcomes_in_order, succeeded
 from controller_geo_common import (
-    RASTER_SUFFIXES, BlobRef, CatalogOptions, CatalogTask, catalog_blob, fetch, links, named_as_blob,
+    RASTER_SUFFIXES, BlobRef, CatalogOptions, CatalogTask, JobContainer, catalog_blob, fetch, links, named_as_blob,
 )
 from errors import TaskError
-from models import BlobName, ContainerName
+from models import BlobName
 from pystac import MediaType
 from services_cog import CogOptions, CogProfile, cog_output_name, create_cog
 from services_raster import validate_raster
@@ -30,7 +30,7 @@ class CogJobOptions(CatalogOptions):
 
     SETTINGS_DEFAULTS: ClassVar[dict[str, str]] = {**CatalogOptions.SETTINGS_DEFAULTS,
                                                    "output_container": "output_container"}
-    output_container: ContainerName = Field(description="Where COGs go (default: OUTPUT_CONTAINER).")
+    output_container: JobContainer = Field(description="Where COGs go (default: OUTPUT_CONTAINER).")
     cog_profile: CogProfile = Field(default=CogProfile.DEFLATE, description="Compression profile.")
     target_crs: str | None = Field(default=None, description="Reproject to this CRS (e.g. 'EPSG:3857').")
 
@@ -55,7 +55,7 @@ class BatchParameters(CogJobOptions):
 
     model_config = ConfigDict(extra="forbid")
     SETTINGS_DEFAULTS: ClassVar[dict[str, str]] = {**BlobRef.SETTINGS_DEFAULTS, **CogJobOptions.SETTINGS_DEFAULTS}
-    container: ContainerName
+    container: JobContainer
     blobs: list[BlobName] | None = Field(default=None, max_length=MAX_BATCH)
     prefix: str | None = Field(default=None, max_length=1024)
 
@@ -78,7 +78,7 @@ class LargeRasterParameters(ProcessRasterParameters):
 class CogTask(BlobRef):  # planned with every field set: the defaults never apply
     """Parameters of one create_cog task."""
 
-    output_container: ContainerName
+    output_container: JobContainer
     output_blob: BlobName
     cog_profile: CogProfile = CogProfile.DEFLATE
     target_crs: str | None = None
@@ -95,7 +95,7 @@ class AssembleTask(BaseModel):
     """Parameters of the assemble task."""
 
     tile_blobs: list[BlobName]
-    output_container: ContainerName
+    output_container: JobContainer
     output_blob: BlobName
     cog_profile: CogProfile = CogProfile.DEFLATE
     target_crs: str | None = None
@@ -158,15 +158,16 @@ def tile_task(p: TileTask, ctx: TaskContext) -> dict[str, Any]:
         source = f"/vsicurl/{sas}" if sas else fetch(ctx.io, p.container, p.blob, tmp)[0]
         with named_as_blob(source, p.container, p.blob), rasterio.Env(**REMOTE_READ):  # no SAS in errors
             result = process_tile(source, p.tile, tmp / "tile.tif")
-        ctx.io.rasters.upload(ctx.io.settings.payload_container, p.tile_blob, tmp / "tile.tif")
+        ctx.io.intermediates.upload(p.tile_blob, tmp / "tile.tif")
     return {"tile_blob": p.tile_blob, "index": p.tile.index, "bounds": list(result.bounds), "size": result.file_size}
 
 
 def assemble_task(p: AssembleTask, ctx: TaskContext) -> dict[str, Any]:
     """Stitch the tiles into one COG and upload it."""
     with ctx.io.scratch("assemble") as tmp:
-        tiles = ctx.io.settings.payload_container
-        paths = [fetch(ctx.io, tiles, b, tmp, name=f"tile{i:05d}")[0] for i, b in enumerate(p.tile_blobs)]
+        paths = [tmp / f"tile{i:05d}.tif" for i in range(len(p.tile_blobs))]
+        for blob, path in zip(p.tile_blobs, paths, strict=True):
+            ctx.io.intermediates.download(blob, path)
         options = CogOptions(cog_profile=p.cog_profile, target_crs=p.target_crs, tmp_dir=str(tmp))
         result = assemble_tiles(paths, tmp / "output.tif", options)
         ctx.io.rasters.ensure_container(p.output_container)

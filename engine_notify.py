@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import timedelta
 
-import api_jobs
+import engine_status
 import repository_webhooks
-from errors import ConflictError, TransientError
+from engine_jobs import update_job
+from errors import TransientError
 from logs import log_event
-from models import NotifyMessage
+from models import JobRecord, NotifyMessage, utcnow
 from services_webhook import SIGNATURE_HEADER, TargetRefused, check_addresses, check_url, sign
 from task_manager import Engine
 
@@ -21,19 +23,35 @@ logger = logging.getLogger(__name__)
 
 
 def deliver(engine: Engine, msg: NotifyMessage) -> None:
-    """One delivery attempt; schedules the next one or records the outcome."""
-    job = engine.store.get_job(msg.job_id)
-    if job is None or job.webhook != "pending" or not job.callback_url:
-        return
+    """One delivery attempt; schedules the next one or records the outcome.
+
+    One chain per terminal status: attempt n is claimed on the job row (``webhook_attempt`` n-1 -> n)
+    before the POST, so a duplicate message or a second sweeper's resend of the same attempt finds it
+    taken and does nothing. The claim also sets ``webhook_due``, after which the sweeper resends.
+    """
     settings = engine.settings
-    body = json.dumps(api_jobs.status(engine, job.job_id)[1], separators=(",", ":")).encode()
+
+    def claim(current: JobRecord) -> JobRecord | None:
+        if current.webhook != "pending" or not current.callback_url or current.webhook_attempt != msg.attempt - 1:
+            return None
+        due = utcnow() + timedelta(seconds=settings.webhook_timeout_s + 1.2 * engine.retry_cap_s(msg.attempt))
+        return current.model_copy(update={"webhook_attempt": msg.attempt, "webhook_due": due})
+
+    job = update_job(engine.store, msg.job_id, claim)
+    if job is None:
+        log_event(logger, "webhook_message_ignored", job_id=msg.job_id, attempt=msg.attempt)
+        return
+    document = engine_status.status_document(engine, job).model_dump(mode="json", exclude_none=True)
+    body = json.dumps(document, separators=(",", ":")).encode()
     headers = {"Content-Type": "application/json", "User-Agent": "geoetl-webhook/1",
                SIGNATURE_HEADER: sign(body, settings.webhook_secret.get_secret_value()),
                "X-Geoetl-Event": f"job.{job.status.value}", "X-Geoetl-Delivery": f"{job.job_id}:{job.status.value}"}
     try:
         host, port = check_url(job.callback_url, settings.webhook_allow_loopback)
-        check_addresses(repository_webhooks.resolve(host, port), settings.webhook_allow_loopback)
-        code = repository_webhooks.post(job.callback_url, body, headers, settings.webhook_timeout_s)
+        addresses = repository_webhooks.resolve(host, port)
+        check_addresses(addresses, settings.webhook_allow_loopback)
+        code = repository_webhooks.post(job.callback_url, body, headers, settings.webhook_timeout_s,
+                                        host=host, port=port, addresses=addresses)  # only the checked addresses
         error = None if 200 <= code < 300 else f"receiver answered HTTP {code}"
     except TargetRefused as exc:
         _record(engine, job.job_id, "refused", exc.message)
@@ -52,14 +70,9 @@ def deliver(engine: Engine, msg: NotifyMessage) -> None:
 
 
 def _record(engine: Engine, job_id: str, state: str, error: str | None) -> None:
-    for _ in range(20):
-        job = engine.store.get_job(job_id)
-        if job is None or job.webhook != "pending":
-            return
-        try:
-            engine.store.replace_job(job.model_copy(update={"webhook": state, "webhook_error": error}))
-            log_event(logger, f"webhook_{state}", logging.INFO if state == "delivered" else logging.WARNING,
-                      job_id=job_id, error=error)
-            return
-        except ConflictError:
-            continue
+    def record(job: JobRecord) -> JobRecord | None:
+        return job.model_copy(update={"webhook": state, "webhook_error": error}) if job.webhook == "pending" else None
+
+    if update_job(engine.store, job_id, record) is not None:
+        log_event(logger, f"webhook_{state}", logging.INFO if state == "delivered" else logging.WARNING,
+                  job_id=job_id, error=error)

@@ -11,31 +11,62 @@ from datetime import datetime, timedelta
 from errors import OrchestratorError
 from logs import log_event
 from models import (
-    TERMINAL, CompletionMessage, JobRecord, StageMessage, Status, TaskMessage, decode_job_message,
-    decode_task_message, parse_task_id, utcnow,
+    TERMINAL, CompletionMessage, JobRecord, Message, NotifyMessage, StageMessage, Status, TaskMessage,
+    decode_job_message, decode_task_message, parse_task_id, utcnow,
 )
-from controller_factory import get_controller
+from engine_jobs import next_message
 from task_manager import Engine
 
 logger = logging.getLogger(__name__)
 
 
+POISON_RETRY_DELAY_S = 30
+
+
 def on_task_poison(engine: Engine, body: str | bytes) -> None:
-    """A task message gave up: record the task failed (the stage rules then decide the job)."""
+    """A task message gave up: record the task failed (the stage rules then decide the job).
+
+    Acts only on the attempt that gave up (a poison message left over from before a retry, or one for
+    a task a worker holds under a live lease, changes nothing), and never raises: a storage fault puts
+    the message back on this queue with a delay, so nothing ends in a queue that no function reads.
+    """
     try:
         msg = decode_task_message(body)
         _, stage, index = parse_task_id(msg.task_id)
     except (ValueError, OrchestratorError):
         log_event(logger, "poison_unreadable", logging.ERROR, queue="tasks", body=str(body)[:2000])
         return
-    task = engine.store.get_task(msg.job_id, stage, index)
-    if task is None or task.status in TERMINAL:
-        return
-    reason = task.last_error or "no error was recorded (the worker stopped every time)"
-    error = f"gave up after {task.attempts} attempts: {reason}"
-    engine.end_task(task, Status.FAILED, None, error)
-    log_event(logger, "task_gave_up", logging.WARNING, job_id=msg.job_id, task_id=msg.task_id,
-              attempt=task.attempts, error=error)
+    try:
+        task = engine.store.get_task(msg.job_id, stage, index)
+        if task is None or task.status in TERMINAL or not _gave_up(task, msg.attempt):
+            log_event(logger, "poison_ignored", job_id=msg.job_id, task_id=msg.task_id,
+                      status=task.status if task else None, attempt=msg.attempt)
+            return
+        reason = task.last_error or "no error was recorded (the worker stopped every time)"
+        error = f"gave up after {task.attempts} attempts: {reason}"
+        engine.end_task(task, Status.FAILED, None, error)
+        log_event(logger, "task_gave_up", logging.WARNING, job_id=msg.job_id, task_id=msg.task_id,
+                  attempt=task.attempts, error=error)
+    except Exception as exc:  # noqa: BLE001 - the poison path must not poison itself
+        _poison_later(engine.repos.tasks_poison, msg, exc)
+
+
+def _gave_up(task, attempt: int | None) -> bool:
+    """True when a poison message is about this task's current attempt, and no worker holds it."""
+    if task.attempts == 0 or (attempt is not None and attempt != task.attempts):
+        return False
+    return not (task.status == Status.PROCESSING and task.lease_until is not None and task.lease_until > utcnow())
+
+
+def _poison_later(queue, msg: Message, exc: Exception) -> None:
+    """Put a poison message back on its own queue with a delay (the sweeper is the backstop)."""
+    job_id = msg.job_id
+    try:
+        queue.send(msg, delay_s=POISON_RETRY_DELAY_S)
+        log_event(logger, "poison_deferred", logging.WARNING, job_id=job_id, error=str(exc)[:500])
+    except Exception as again:  # noqa: BLE001
+        log_event(logger, "poison_dropped", logging.ERROR, job_id=job_id, error=str(again)[:500],
+                  backstop="the sweeper re-drives the job's unfinished tasks")
 
 
 def on_job_poison(engine: Engine, body: str | bytes) -> None:
@@ -45,11 +76,16 @@ def on_job_poison(engine: Engine, body: str | bytes) -> None:
     except ValueError:
         log_event(logger, "poison_unreadable", logging.ERROR, queue="jobs", body=str(body)[:2000])
         return
-    step = f"stage {msg.stage}" if isinstance(msg, StageMessage) else "completion"
+    step = f"stage {msg.stage}" if isinstance(msg, StageMessage) else msg.kind
     error = (f"gave up after {engine.max_attempts} attempts: the {step} message kept failing "
              f"(see the function logs for job {msg.job_id})")
-    if engine.finish_job(msg.job_id, Status.FAILED, error=error):
-        log_event(logger, "job_gave_up", logging.WARNING, job_id=msg.job_id, error=error)
+    try:
+        if msg.kind == "notify":
+            return  # a webhook chain that broke: the sweeper resends pending webhooks
+        if engine.finish_job(msg.job_id, Status.FAILED, error=error):
+            log_event(logger, "job_gave_up", logging.WARNING, job_id=msg.job_id, error=error)
+    except Exception as exc:  # noqa: BLE001
+        _poison_later(engine.repos.jobs_poison, msg, exc)
 
 
 def sweep(engine: Engine, now: datetime | None = None) -> dict[str, int]:
@@ -63,7 +99,8 @@ def sweep(engine: Engine, now: datetime | None = None) -> dict[str, int]:
         except OrchestratorError as exc:  # one broken job must not stop the sweep
             log_event(logger, "sweep_failed", logging.ERROR, job_id=job.job_id, error=exc.message)
     for job in engine.store.pending_webhooks(now - timedelta(seconds=engine.settings.sweeper_grace_s)):
-        engine.notify(job)  # a webhook whose message was lost (the delivery ignores non-pending ones)
+        # a delivery chain whose next message was lost: resend its next attempt (claimed once)
+        engine.repos.jobs_queue.send(NotifyMessage(job_id=job.job_id, attempt=job.webhook_attempt + 1))
         actions["resent_webhook"] = actions.get("resent_webhook", 0) + 1
     log_event(logger, "sweep_done", **actions)
     return actions
@@ -82,21 +119,21 @@ def sweep_job(engine: Engine, job: JobRecord, now: datetime) -> list[str]:
             done.append("resent_first_stage")
         return _logged(job, done)
     current = stages[max(stages)]
-    total = get_controller(job.job_type).total_stages
     if current.status in TERMINAL:
         if current.ended_at is not None and current.ended_at < cutoff:  # an ended stage that never advanced
-            if current.status == Status.FAILED or current.stage >= total:
-                send_job(CompletionMessage(job_id=job.job_id))
-                done.append("resent_completion")
-            else:
-                send_job(StageMessage(job_id=job.job_id, stage=current.stage + 1))
-                done.append("resent_advance")
+            message = next_message(job, current.stage, current.status)
+            send_job(message)
+            done.append("resent_completion" if isinstance(message, CompletionMessage) else "resent_advance")
     elif not current.dispatched:
         if current.created_at < cutoff:  # crash between a stage's rows and its messages
             send_job(StageMessage(job_id=job.job_id, stage=current.stage))
             done.append("resent_stage")
     else:
         stale = engine.store.stale_tasks(job.job_id, current.stage, cutoff)
+        queued_cutoff = now - grace - timedelta(seconds=engine.settings.retry_max_delay_s)
+        idle = engine.store.last_progress(job.job_id)
+        if idle is not None and idle < queued_cutoff:  # no task ended for a while: a message may be lost
+            stale += engine.store.stale_queued_tasks(job.job_id, current.stage, queued_cutoff)
         engine.repos.tasks_queue.send_many([TaskMessage(job_id=job.job_id, task_id=t.task_id) for t in stale])
         done.extend("resent_stale_task" for _ in stale)
     return _logged(job, done)

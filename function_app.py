@@ -21,7 +21,6 @@ import api_jobs
 from config import JOBS_QUEUE_SETTING, STORAGE_CONNECTION, TASKS_QUEUE_SETTING, get_settings
 from logs import log_event
 from models import decode_job_message, decode_task_message
-from repositories import Repositories
 from task_manager import Engine
 
 logger = logging.getLogger(__name__)
@@ -37,7 +36,7 @@ def engine() -> Engine:
     if _engine is None:
         with _engine_lock:
             if _engine is None:
-                _engine = Engine(Repositories(get_settings()).ensure())
+                _engine = Engine.from_settings(get_settings())
     return _engine
 
 

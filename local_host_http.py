@@ -2,7 +2,10 @@
 
 Route templates follow ASP.NET Core, as the Functions host does: literal segments (case-insensitive),
 ``{name}``, ``{name:constraint(...)}``, optional ``{name?}``, defaults ``{name=value}`` and catch-all
-``{*name}``. Function keys are not enforced, like ``func start``.
+``{*name}``. Function keys are not enforced, like ``func start``. Bounded like a server facing a network:
+at most ``MAX_CONNECTIONS`` connections are served at once (others get a 503), a connection that sends
+nothing for ``READ_TIMEOUT_S`` is closed, and a body over ``MAX_BODY_BYTES`` is refused (413) while it is
+read, chunked or not.
 """
 from __future__ import annotations
 
@@ -24,6 +27,12 @@ import azure.functions as func
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 100 * 1024 * 1024  # the host's default request size limit
+MAX_CONNECTIONS = 64  # connections served at once; one thread each
+READ_TIMEOUT_S = 15  # a request line, header or body read that waits longer closes the connection
+_MAX_CHUNK_LINE = 1024
+_MAX_TRAILERS = 100
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+         b"Connection: close\r\nContent-Length: %d\r\n\r\n%s")
 _PARAM = re.compile(r"\{((?:[^{}]|\{\{|\}\})+)\}")
 _INT = re.compile(r"-?\d+")
 _RANKS = ("literal", "complex", "constrained", "param", "optional", "catch-all")  # matched in this order
@@ -170,6 +179,36 @@ class LocalHttpServer(ThreadingHTTPServer):
         self.prefix = "/" + route_prefix.strip("/") if route_prefix.strip("/") else ""
         self.active = 0
         self.idle = threading.Condition()
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve the connection on its own thread while a slot is free; else answer 503 and close it."""
+        if not self.slots.acquire(blocking=False):
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """The connection's thread; frees its slot when the connection ends."""
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def _refuse(self, request: Any) -> None:
+        body = json.dumps({"error": "server_busy", "message": f"more than {MAX_CONNECTIONS} connections at "
+                                                              "once; retry"}).encode()
+        try:
+            request.settimeout(1)
+            request.sendall(_BUSY % (len(body), body))
+        except OSError:
+            pass
+        logger.warning("refused a connection: %d connections already being served", MAX_CONNECTIONS)
+        self.shutdown_request(request)
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no request is being handled; True if none is."""
@@ -184,7 +223,7 @@ def _json(status: int, **body: Any) -> func.HttpResponse:
 class _Handler(BaseHTTPRequestHandler):
     server: LocalHttpServer
     protocol_version = "HTTP/1.1"
-    timeout = 60
+    timeout = READ_TIMEOUT_S
 
     def _handle(self) -> None:
         started = time.monotonic()
@@ -192,7 +231,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.active += 1
         name = "-"
         try:
-            body = self._read_body()
+            try:
+                body = self._read_body()
+            except (TimeoutError, ConnectionError):
+                self.close_connection = True
+                logger.info("%s %s: the client stopped sending its body; connection closed", self.command, self.path)
+                return
             if body is None:
                 return
             try:
@@ -211,27 +255,47 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _handle
 
     def _read_body(self) -> bytes | None:
+        """The request body, or None after answering 400/413 (the connection is then closed)."""
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks = []
-            while (size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)) > 0:
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                pass
-            return b"".join(chunks)
+            return self._read_chunked()
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             length = -1
         if length < 0:
-            self.close_connection = True
-            self._write(_json(400, error="bad_request", message="invalid Content-Length"))
-            return None
+            return self._refuse_body(400, "bad_request", "invalid Content-Length")
         if length > MAX_BODY_BYTES:
-            self.close_connection = True
-            self._write(_json(413, error="payload_too_large", message=f"body over {MAX_BODY_BYTES} bytes"))
-            return None
+            return self._refuse_body(413, "payload_too_large", f"body over {MAX_BODY_BYTES} bytes")
         return self.rfile.read(length) if length > 0 else b""
+
+    def _read_chunked(self) -> bytes | None:
+        """A chunked body, refused (413) as soon as a chunk's announced size takes it over the limit."""
+        chunks, total = [], 0
+        while True:
+            line = self.rfile.readline(_MAX_CHUNK_LINE)
+            try:
+                size = int(line.split(b";")[0].strip(), 16)
+            except ValueError:
+                size = -1
+            if size < 0:
+                return self._refuse_body(400, "bad_request", "invalid chunked body: bad chunk size line")
+            if size == 0:
+                break
+            total += size
+            if total > MAX_BODY_BYTES:
+                return self._refuse_body(413, "payload_too_large", f"body over {MAX_BODY_BYTES} bytes")
+            chunk = self.rfile.read(size)
+            if len(chunk) < size or self.rfile.readline(3) not in (b"\r\n", b"\n"):
+                return self._refuse_body(400, "bad_request", "invalid chunked body: truncated chunk")
+            chunks.append(chunk)
+        for _ in range(_MAX_TRAILERS):
+            if self.rfile.readline(_MAX_CHUNK_LINE) in (b"\r\n", b"\n", b""):
+                return b"".join(chunks)
+        return self._refuse_body(400, "bad_request", "invalid chunked body: too many trailer lines")
+
+    def _refuse_body(self, status: int, error: str, message: str) -> None:
+        self.close_connection = True
+        self._write(_json(status, error=error, message=message))
 
     def _dispatch(self, body: bytes) -> tuple[str, func.HttpResponse]:
         url = urlsplit(self.path)

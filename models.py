@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import uuid
 from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal, Union
@@ -24,6 +25,11 @@ MAX_TASKS_PER_STAGE = 999_999
 def utcnow() -> datetime:
     """Aware UTC now."""
     return datetime.now(timezone.utc)
+
+
+def new_write_id() -> str:
+    """A fresh id for one conditional write."""
+    return uuid.uuid4().hex
 
 
 class Status(StrEnum):
@@ -172,10 +178,15 @@ def task_row_key(stage: int, index: int) -> str:
 
 # ---------------------------------------------------------------- rows
 class Row(BaseModel):
-    """Base of table rows: ETag travels beside the data, never inside it."""
+    """Base of table rows: ETag travels beside the data, never inside it.
+
+    ``write_id`` is fresh on every conditional write; a writer whose reply was lost re-reads the row
+    and finds its own id there (applied) or not (not applied, or someone else's write won).
+    """
 
     model_config = ConfigDict(use_enum_values=False, validate_assignment=False)
     etag: str | None = Field(default=None, exclude=True)
+    write_id: str | None = None
 
 
 class PayloadRef(BaseModel):
@@ -199,14 +210,23 @@ class JobRecord(Row):
     result_data: Any = None
     error_details: str | None = None
     retries: int = 0
+    counter_shards: int | None = None  # most counter shards per stage, fixed when the job is created
     callback_url: str | None = None
     webhook: str | None = None  # pending | delivered | failed | refused
     webhook_error: str | None = None
+    webhook_attempt: int = 0  # the delivery attempt last claimed (one chain per terminal status)
+    webhook_due: datetime | None = None  # past this (plus grace) with no outcome, the sweeper resends
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     schema_version: int = SCHEMA_VERSION
 
     JSON_FIELDS: ClassVar[tuple[str, ...]] = ("parameters", "result_data")
+
+    def webhook_fields(self) -> dict[str, Any]:
+        """What a terminal status write sets for the webhook: a new chain, due now (or none)."""
+        if not self.callback_url:
+            return {"webhook": None}
+        return {"webhook": "pending", "webhook_attempt": 0, "webhook_due": utcnow()}
 
     @property
     def index_key(self) -> str:
@@ -362,6 +382,7 @@ class TaskMessage(Message):
     kind: Literal["task"] = "task"
     job_id: str
     task_id: str
+    attempt: int | None = Field(default=None, ge=0, description="on a poison message: the attempt that gave up")
 
 
 JobQueueMessage = Annotated[Union[StageMessage, CompletionMessage, NotifyMessage], Field(discriminator="kind")]

@@ -17,13 +17,13 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
 from config import Settings
-from errors import ConflictError, NotFoundError, OrchestratorError
+from errors import ConflictError, NotFoundError, OrchestratorError, TransientError
 from models import (
     INDEX_PARTITION, JobRecord, PayloadRef, Row, ShardRecord, StageRecord, Status, TaskRecord, from_entity,
-    shard_row_key, stage_row_key, task_row_key, to_entity,
+    new_write_id, shard_row_key, stage_row_key, task_row_key, to_entity,
 )
 from repository_rules import (
-    MAX_ENTITY_BYTES, check_entity_limits, chunk_for_transactions, utf16_len,
+    BATCH_MAX_BYTES, BATCH_MAX_OPERATIONS, MAX_ENTITY_BYTES, check_entity_limits, chunk_for_transactions, utf16_len,
 )
 from repository_blobs import PayloadBlobs
 from repository_clients import StorageClients, translate_errors
@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 R = TypeVar("R", bound=Row)
 
 INLINE_JSON_MAX_BYTES = 60 * 1024  # UTF-16 bytes; Azure's property limit is 64 KiB
+REOPEN_COUNTER_RESERVE = 16 * 1024  # wire bytes kept free for a shard or stage row
 _IF_MATCH = {"mode": UpdateMode.REPLACE, "match_condition": MatchConditions.IfNotModified}
 
 
@@ -96,11 +97,23 @@ class JobStore:
         return self.unpack(cls, entity)
 
     def _replace(self, table: TableClient, row: R) -> R:
-        """Conditional replace (If-Match row.etag); ConflictError if someone wrote first."""
-        entity = self.pack(row)
-        with translate_errors(f"update {table.table_name} {entity['PartitionKey']}/{entity['RowKey']}"):
-            meta = table.update_entity(entity, etag=row.etag, **_IF_MATCH)
-        return row.model_copy(update={"etag": meta["etag"]})
+        """Conditional replace (If-Match row.etag) under a fresh write id; ConflictError if someone
+        wrote first. A lost reply (the SDK's retry then sees 412, or an error surfaces) is recognised
+        by re-reading the row: our write id there means the write was applied."""
+        mine = row.model_copy(update={"write_id": new_write_id()})
+        entity = self.pack(mine)
+        pk, rk = entity["PartitionKey"], entity["RowKey"]
+        try:
+            with translate_errors(f"update {table.table_name} {pk}/{rk}"):
+                meta = table.update_entity(entity, etag=row.etag, **_IF_MATCH)
+        except (ConflictError, TransientError):
+            current = self._get(table, type(row), pk, rk)
+            if current is not None and current.write_id == mine.write_id:
+                logger.info('{"event": "write_recognised", "table": "%s", "pk": "%s", "rk": "%s"}',
+                            table.table_name, pk, rk)
+                return current
+            raise
+        return mine.model_copy(update={"etag": meta["etag"]})
 
     # ------------------------------------------------------------ jobs
     def get_job(self, job_id: str) -> JobRecord | None:
@@ -108,14 +121,24 @@ class JobStore:
         return self._get(self.jobs, JobRecord, job_id, "job")
 
     def create_job(self, job: JobRecord) -> JobRecord | None:
-        """Insert the job row; None if a row with this id already exists."""
-        entity = self.pack(job)
-        with translate_errors(f"create job {job.job_id}"):
-            try:
-                meta = self.jobs.create_entity(entity)
-            except ResourceExistsError:
-                return None
-        return job.model_copy(update={"etag": meta["etag"]})
+        """Insert the job row; None if another writer created it first (a lost reply to our own
+        insert is recognised by its write id and counts as ours)."""
+        mine = job.model_copy(update={"write_id": new_write_id()})
+        entity = self.pack(mine)
+        try:
+            with translate_errors(f"create job {job.job_id}"):
+                try:
+                    meta = self.jobs.create_entity(entity)
+                except ResourceExistsError:
+                    meta = None
+        except TransientError:
+            meta = None
+            if self.get_job(job.job_id) is None:
+                raise
+        if meta is None:
+            current = self.get_job(job.job_id)
+            return current if current is not None and current.write_id == mine.write_id else None
+        return mine.model_copy(update={"etag": meta["etag"]})
 
     def replace_job(self, job: JobRecord) -> JobRecord:
         """Conditional update of the job row, then its listing row (a projection: best effort)."""
@@ -234,6 +257,13 @@ class JobStore:
         with translate_errors(f"mark stage {stage} of {job_id}"):
             self.tasks.update_entity(entity, mode=UpdateMode.MERGE)
 
+    def reopen_chunks(self, tasks: list[TaskRecord]) -> list[list[TaskRecord]]:
+        """Tasks grouped so each group fits one transaction beside its shard and stage rows."""
+        by_key = {task_row_key(t.stage, t.index): t for t in tasks}
+        batches = chunk_for_transactions([self.pack(t) for t in tasks], max_ops=BATCH_MAX_OPERATIONS - 2,
+                                         max_bytes=BATCH_MAX_BYTES - 2 * REOPEN_COUNTER_RESERVE)
+        return [[by_key[e["RowKey"]] for e in batch] for batch in batches]
+
     def reopen(self, tasks: list[TaskRecord], shard: ShardRecord, stage: StageRecord | None) -> None:
         """Atomically hand failed tasks back (queued) with their shard (and stage) counters; If-Match."""
         ops = [("update", self.pack(t), {**_IF_MATCH, "etag": t.etag}) for t in tasks]
@@ -298,9 +328,16 @@ class JobStore:
         params = {"pk": job_id, "lo": f"task-{stage:02d}-", "hi": f"task-{stage:02d}.", "before": before}
         return self._query(self.tasks, TaskRecord, flt, params, resolve=False)
 
+    def stale_queued_tasks(self, job_id: str, stage: int, before: datetime) -> list[TaskRecord]:
+        """Tasks of a stage queued and unchanged since before ``before`` (their message may be lost)."""
+        flt = ("PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi and status eq 'queued' "
+               "and Timestamp lt @before")
+        params = {"pk": job_id, "lo": f"task-{stage:02d}-", "hi": f"task-{stage:02d}.", "before": before}
+        return self._query(self.tasks, TaskRecord, flt, params, resolve=False)
+
     def pending_webhooks(self, before: datetime) -> list[JobRecord]:
-        """Ended jobs whose webhook is still pending since before ``before``."""
-        flt = "webhook eq 'pending' and updated_at lt @before"
+        """Ended jobs whose pending webhook was due before ``before``."""
+        flt = "webhook eq 'pending' and webhook_due lt @before"
         return self._query(self.jobs, JobRecord, flt, {"before": before}, resolve=False)
 
     def active_jobs(self) -> list[JobRecord]:

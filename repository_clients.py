@@ -21,6 +21,7 @@ from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueServiceClient
 
+import repository_faults
 from config import Settings
 from errors import ConflictError, NotFoundError, OrchestratorError, TransientError
 
@@ -47,18 +48,24 @@ REQUEST_COUNTER = RequestCounter()
 
 
 class _CountingTransport(RequestsTransport):
-    """requests transport with a connection pool sized for parallel fan-out, counting each send."""
+    """requests transport with a connection pool sized for parallel fan-out, counting each send.
 
-    def __init__(self, service: str, pool_size: int, **kwargs) -> None:
+    With ``faults`` (tests and benchmarks, see repository_faults) each request it sends may fault.
+    """
+
+    def __init__(self, service: str, pool_size: int,
+                 faults: repository_faults.TransportFaults | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self._service = service
         self._pool_size = pool_size
+        self._faults = faults
 
     def _init_session(self, session: requests.Session) -> None:
         super()._init_session(session)
-        adapter = requests.adapters.HTTPAdapter(
-            pool_connections=4, pool_maxsize=self._pool_size,
-            max_retries=requests.adapters.Retry(total=False, redirect=False, raise_on_status=False))
+        pool = {"pool_connections": 4, "pool_maxsize": self._pool_size,
+                "max_retries": requests.adapters.Retry(total=False, redirect=False, raise_on_status=False)}
+        adapter = (requests.adapters.HTTPAdapter(**pool) if self._faults is None
+                   else repository_faults.FaultyAdapter(self._faults, self._service, **pool))
         for prefix in ("http://", "https://"):
             session.mount(prefix, adapter)
 
@@ -76,7 +83,10 @@ class StorageClients:
     def _kwargs(self, service: str) -> dict:
         pool = max(16, self.settings.fanout_threads * 2)
         # use_env_settings=False: requests would otherwise re-read proxy variables on every call (~6% CPU)
-        transport = _CountingTransport(service, pool, use_env_settings=False)
+        faults = repository_faults.active()
+        if faults is not None and not faults.covers(service):
+            faults = None
+        transport = _CountingTransport(service, pool, faults, use_env_settings=False)
         return {"transport": transport, "connection_timeout": 10, "read_timeout": 30}
 
     @cached_property

@@ -5,10 +5,11 @@ managed identity a user-delegation key is fetched (cached until near expiry) and
 """
 from __future__ import annotations
 
+import copy
 import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import (
@@ -16,7 +17,8 @@ from azure.storage.blob import (
 )
 from pydantic import BaseModel
 
-from errors import NotFoundError
+from config import Settings
+from errors import NotFoundError, TaskError
 from models import validate_blob_name, validate_container_name
 from repository_clients import translate_errors
 
@@ -54,23 +56,42 @@ def _info(container: str, props) -> BlobInfo:
 
 
 class RasterStore:
-    """Blob I/O for raster jobs, over any container of the account."""
+    """Blob I/O for raster jobs, over the containers it is restricted to (``allowed_containers``; None: any)
+    and never a Functions host container (azure-webjobs-*, $logs, ...)."""
 
-    def __init__(self, service: BlobServiceClient, sas_enabled: bool = True, sas_ttl_minutes: int = 60) -> None:
+    def __init__(self, service: BlobServiceClient, sas_enabled: bool = True, sas_ttl_minutes: int = 60,
+                 allowed_containers: Iterable[str] | None = None) -> None:
         self.service = service
         self.sas_enabled = sas_enabled
         self.sas_ttl = timedelta(minutes=sas_ttl_minutes)
+        self.allowed_containers = None if allowed_containers is None else tuple(allowed_containers)
         self._delegation: tuple[UserDelegationKey, datetime] | None = None
         self._lock = threading.Lock()
 
+    def restricted_to(self, containers: Iterable[str]) -> "RasterStore":
+        """The same store (same client and SAS settings) reaching only ``containers``."""
+        store = copy.copy(self)
+        store.allowed_containers = tuple(containers)
+        return store
+
+    def _container(self, container: str) -> str:
+        """``container`` if this store may reach it; a permanent TaskError naming the allowed ones if not."""
+        allowed = self.allowed_containers
+        if str(container).startswith(Settings.RESERVED_CONTAINER_PREFIXES) or (
+                allowed is not None and container not in allowed):
+            names = "any but the Functions host's" if allowed is None else ", ".join(allowed) or "(none)"
+            raise TaskError(f"container {container!r} is not open to jobs; allowed containers: {names}",
+                            container=container, allowed=None if allowed is None else list(allowed))
+        return validate_container_name(container)
+
     def _blob(self, container: str, blob: str):
-        return self.service.get_blob_client(validate_container_name(container), validate_blob_name(blob))
+        return self.service.get_blob_client(self._container(container), validate_blob_name(blob))
 
     def ensure_container(self, container: str) -> None:
         """Create ``container`` if it does not exist."""
         with translate_errors(f"create container {container}"):
             try:
-                self.service.create_container(validate_container_name(container))
+                self.service.create_container(self._container(container))
             except ResourceExistsError:
                 pass
 
@@ -85,7 +106,7 @@ class RasterStore:
 
     def list(self, container: str, prefix: str | None = None) -> Iterator[BlobInfo]:
         """Blobs of ``container`` whose names start with ``prefix``, in name order."""
-        client = self.service.get_container_client(validate_container_name(container))
+        client = self.service.get_container_client(self._container(container))
         with translate_errors(f"list {container}/{prefix or ''}"):
             try:
                 for props in client.list_blobs(name_starts_with=prefix or None):
@@ -129,6 +150,7 @@ class RasterStore:
 
     def read_sas_url(self, container: str, blob: str, now: datetime | None = None) -> str | None:
         """A read-only URL valid for the configured time, or None when SAS is disabled."""
+        self._container(container)  # a SAS only for a container this store may reach
         if not self.sas_enabled:
             return None
         now = now or datetime.now(timezone.utc)

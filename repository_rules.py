@@ -2,6 +2,7 @@
 counts, and transactions batched within the count and wire-size limits."""
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -62,14 +63,27 @@ BATCH_MAX_OPERATIONS = 100
 BATCH_MAX_BYTES = 3 * 1024 * 1024  # Azure's transaction payload limit is 4 MiB
 
 
-def chunk_for_transactions(entities: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """Split entities into deterministic batches within Azure's count and size limits."""
+OPERATION_OVERHEAD_BYTES = 1024  # a $batch part's own headers
+
+
+def wire_bytes(entity: dict[str, Any]) -> int:
+    """Bytes of an entity in a request body: the service's JSON escapes every non-ASCII character
+    as ``\\uXXXX`` (6 bytes), so this is not its UTF-16 storage size."""
+    return len(json.dumps(entity, ensure_ascii=True, default=str, separators=(",", ":")))
+
+
+def chunk_for_transactions(entities: list[dict[str, Any]], max_ops: int = BATCH_MAX_OPERATIONS,
+                           max_bytes: int = BATCH_MAX_BYTES) -> list[list[dict[str, Any]]]:
+    """Split entities into deterministic batches within Azure's operation count and request size.
+
+    An entity counts as the larger of its wire bytes and its storage size, plus its operation's
+    overhead: either may be the one that reaches the limit first."""
     batches: list[list[dict[str, Any]]] = []
     current: list[dict[str, Any]] = []
     size = 0
     for entity in entities:
-        nbytes = entity_bytes(entity)
-        if current and (len(current) == BATCH_MAX_OPERATIONS or size + nbytes > BATCH_MAX_BYTES):
+        nbytes = max(wire_bytes(entity), entity_bytes(entity)) + OPERATION_OVERHEAD_BYTES
+        if current and (len(current) == max_ops or size + nbytes > max_bytes):
             batches.append(current)
             current, size = [], 0
         current.append(entity)

@@ -20,9 +20,12 @@ from typing import Any
 from pydantic import ValidationError
 
 import engine_faults
+import engine_jobs
 from base_controller import JobController, TaskContext, TaskOutcome, validation_errors
-from config import max_dequeue_count
+from config import Settings, max_dequeue_count
 from controller_factory import get_controller, get_handler
+from engine_counters import count_end, shard_count
+from engine_task_io import TaskIO
 from errors import ConflictError, OrchestratorError, TransientError
 from logs import log_event, redact
 from models import (
@@ -30,8 +33,6 @@ from models import (
     TaskRecord, check_transition, make_task_id, parse_task_id, utcnow,
 )
 from repositories import Repositories
-from engine_counters import count_end, shard_count
-from engine_task_io import TaskIO
 
 logger = logging.getLogger(__name__)
 MAX_COMMIT_ATTEMPTS = 200
@@ -49,6 +50,23 @@ class Engine:
         self.shards_per_stage = repos.settings.counter_shards
         self.max_attempts = max_attempts or max_dequeue_count()
         self.io = TaskIO(repos.settings, repos.rasters)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Engine":
+        """An engine over the storage ``settings`` name (tables, queues, containers created once)."""
+        return cls(Repositories(settings).ensure())
+
+    @staticmethod
+    def controller(job_type: str) -> JobController:
+        """The controller of a job type; UnknownNameError listing the known ones otherwise."""
+        return get_controller(job_type)
+
+    def submit(self, job_type: str, body: dict[str, Any], callback_url: str | None = None) -> engine_jobs.Submitted:
+        """Validate ``body`` as ``job_type``'s parameters, then create the job once and start it."""
+        controller = get_controller(job_type)
+        params = controller.validate(body, self.settings)
+        return engine_jobs.submit(self.store, self.repos.jobs_queue.send, controller, params.model_dump(mode="json"),
+                                  callback_url, self.shards_per_stage)
 
     # ------------------------------------------------------------------ stage fan-out
     def run_stage(self, msg: StageMessage) -> None:
@@ -108,7 +126,7 @@ class Engine:
             self.finish_job(job.job_id, Status.FAILED, error=f"planning stage {number} ({definition.name}) "
                                                              f"failed: {_describe(exc)}")
             return None
-        shards = shard_count(len(planned), self.shards_per_stage)
+        shards = shard_count(len(planned), job.counter_shards or self.shards_per_stage)
         tasks = [TaskRecord(job_id=job.job_id, task_id=make_task_id(job.job_id, number, i), stage=number,
                             index=i, shard=i % shards, task_type=definition.task_type, parameters=p)
                  for i, p in enumerate(planned)]
@@ -129,6 +147,8 @@ class Engine:
         ids = {"job_id": msg.job_id, "task_id": msg.task_id, "dequeue_count": dequeue_count}
         if task is None or task.status in TERMINAL:  # includes tasks a cancel has flipped
             log_event(logger, "task_message_ignored", status=task.status if task else None, **ids)
+            return
+        if task.attempts > 0 and self._cancelled(task):  # a retry or a takeover: honour a cancel first
             return
         now = utcnow()
         if task.status == Status.PROCESSING:
@@ -195,15 +215,18 @@ class Engine:
                       task_id=task.task_id)
             return Status.FAILED, None, f"{type(exc).__name__}: {exc}"
 
+    def retry_cap_s(self, attempt: int) -> float:
+        """Backoff before attempt ``attempt + 1`` without jitter: base * 2^(attempt-1), capped."""
+        return min(self.settings.retry_base_delay_s * 2 ** max(0, attempt - 1), self.settings.retry_max_delay_s)
+
     def retry_delay_s(self, attempt: int) -> int:
-        """Backoff before attempt ``attempt + 1``: base * 2^(attempt-1), capped, with +-20% jitter."""
-        base = self.settings.retry_base_delay_s * 2 ** max(0, attempt - 1)
-        return max(0, round(min(base, self.settings.retry_max_delay_s) * random.uniform(0.8, 1.2)))
+        """Backoff before attempt ``attempt + 1``, with +-20% jitter."""
+        return max(0, round(self.retry_cap_s(attempt) * random.uniform(0.8, 1.2)))
 
     def _retry_later(self, task: TaskRecord, error: str) -> None:
         """After a transient handler error: hand back and queue again with backoff, or give up."""
         released = self._release(task, error)
-        if released is None:
+        if released is None or self._cancelled(released):
             return
         msg = TaskMessage(job_id=task.job_id, task_id=task.task_id)
         if released.attempts >= self.max_attempts:
@@ -214,9 +237,21 @@ class Engine:
         log_event(logger, "task_retry_scheduled", job_id=task.job_id, task_id=task.task_id,
                   attempt=released.attempts, delay_s=delay, error=error)
 
+    def _cancelled(self, task: TaskRecord) -> bool:
+        """If the task's stage was cancelled and no worker holds the task, mark it cancelled; True then."""
+        stage = self.store.get_stage(task.job_id, task.stage)
+        if stage is None or not stage.cancelled:
+            return False
+        if task.status == Status.PROCESSING and task.lease_until is not None and task.lease_until > utcnow():
+            return False  # its worker finishes it; the cancelled job advances nothing
+        self.cancel_task(task)
+        log_event(logger, "task_cancelled", job_id=task.job_id, task_id=task.task_id, status=task.status)
+        return True
+
     def give_up(self, task: TaskRecord, msg: TaskMessage) -> None:
-        """Out of attempts: move the message to the poison queue, whose function records the failure."""
-        self.repos.tasks_poison.send(msg)
+        """Out of attempts: move the message to the poison queue, whose function records the failure
+        of this attempt (and of no later one: the message names it)."""
+        self.repos.tasks_poison.send(msg.model_copy(update={"attempt": task.attempts}))
         log_event(logger, "task_poisoned", logging.WARNING, job_id=task.job_id, task_id=task.task_id,
                   attempt=task.attempts, error=task.last_error)
 
@@ -248,15 +283,19 @@ class Engine:
                 self.store.commit_task_end(ended, shard_after, stage_after)
                 finished = stage_after if stage_after and stage_after.status in TERMINAL else None
                 break
-            except ConflictError as exc:
-                if exc.details.get("operation") not in (None, 0):  # only the counters moved: read them again
-                    time.sleep(random.uniform(0, min(0.05, 0.002 * (attempt + 1))))
+            except (ConflictError, TransientError) as exc:
+                # a lost reply: the SDK does not re-send a $batch, so the error may hide our own commit
+                if isinstance(exc, ConflictError) and exc.details.get("operation") not in (None, 0):
+                    time.sleep(random.uniform(0, min(0.05, 0.002 * (attempt + 1))))  # only the counters moved
                     continue
                 current = self.store.get_task(task.job_id, task.stage, task.index)
                 if current is not None and current.end_token == token:  # our commit landed; its reply was lost
+                    log_event(logger, "task_end_recognised", job_id=task.job_id, task_id=task.task_id)
                     stage = self.store.get_stage(task.job_id, task.stage)
                     finished = stage if stage is not None and stage.finisher == token else None
                     break
+                if isinstance(exc, TransientError) and current is not None and current.etag == task.etag:
+                    raise  # not applied: storage trouble, the task is handed back and retried
                 if current is None or current.etag != task.etag:
                     log_event(logger, "task_end_superseded", job_id=task.job_id, task_id=task.task_id,
                               status=current.status if current else None)
@@ -274,13 +313,9 @@ class Engine:
         job = self.store.get_job(stage.job_id)
         if job is None or job.status in TERMINAL:
             return
-        controller = get_controller(job.job_type)
-        if stage.status == Status.FAILED or stage.stage >= controller.total_stages:
-            self.repos.jobs_queue.send(CompletionMessage(job_id=job.job_id))
-            nxt = "completion"
-        else:
-            self.repos.jobs_queue.send(StageMessage(job_id=job.job_id, stage=stage.stage + 1))
-            nxt = f"stage {stage.stage + 1}"
+        message = engine_jobs.next_message(job, stage.stage, stage.status)
+        self.repos.jobs_queue.send(message)
+        nxt = "completion" if isinstance(message, CompletionMessage) else f"stage {message.stage}"
         engine_faults.point("advance_message_sent")
         self.store.mark_stage(job.job_id, stage.stage, advance_sent=True)
         log_event(logger, "stage_advanced", job_id=job.job_id, stage=stage.stage, status=stage.status,
@@ -337,21 +372,19 @@ class Engine:
 
     def finish_job(self, job_id: str, status: Status, result: Any = None, error: str | None = None) -> bool:
         """Move a job to a terminal status (conditional); False if it already was terminal."""
-        for _ in range(MAX_COMMIT_ATTEMPTS):
-            job = self.store.get_job(job_id)
-            if job is None or job.status in TERMINAL:
-                return False
+        def finish(job: JobRecord) -> JobRecord | None:
+            if job.status in TERMINAL:
+                return None
             check_transition(job.status, status)
-            try:
-                self.store.replace_job(job.model_copy(update={
-                    "status": status, "result_data": result, "error_details": error, "updated_at": utcnow(),
-                    "webhook": "pending" if job.callback_url else None}))
-                log_event(logger, "job_finished", job_id=job_id, status=status, error=error)
-                self.notify(job)
-                return True
-            except ConflictError:
-                continue
-        raise TransientError(f"job {job_id}: could not write its final status")
+            return job.model_copy(update={"status": status, "result_data": result, "error_details": error,
+                                          "updated_at": utcnow(), **job.webhook_fields()})
+
+        written = engine_jobs.update_job(self.store, job_id, finish)
+        if written is None:
+            return False
+        log_event(logger, "job_finished", job_id=job_id, status=status, error=error)
+        self.notify(written)
+        return True
 
     def notify(self, job: JobRecord) -> None:
         """Queue the webhook delivery of a job that just ended (the sweeper re-sends a lost one)."""
@@ -359,23 +392,23 @@ class Engine:
             self.repos.jobs_queue.send(NotifyMessage(job_id=job.job_id))
 
     def _move_job(self, job: JobRecord, stage: int, stage_name: str) -> bool:
-        """Bring the job row to ``stage`` / processing (conditional); False if the job is terminal."""
-        for _ in range(MAX_COMMIT_ATTEMPTS):
-            if job is None or job.status in TERMINAL:
-                return False
-            if (job.stage, job.status) == (stage, Status.PROCESSING):
-                return True
-            if job.status != Status.PROCESSING:
-                check_transition(job.status, Status.PROCESSING)
-            try:
-                self.store.replace_job(job.model_copy(update={
-                    "stage": stage, "stage_name": stage_name, "status": Status.PROCESSING,
-                    "updated_at": utcnow()}))
-                return True
-            except ConflictError:
-                job = self.store.get_job(job.job_id)
-        raise TransientError(f"job {job.job_id}: could not move to stage {stage}")
+        """Bring the job row forward to ``stage`` / processing; False if the job is terminal or already
+        past ``stage`` (a delayed duplicate stage message never moves a job backwards)."""
+        seen: list[JobRecord] = []
 
+        def move(current: JobRecord) -> JobRecord | None:
+            seen.append(current)
+            if not engine_jobs.moves_forward(current, stage):
+                return None
+            if current.status != Status.PROCESSING:
+                check_transition(current.status, Status.PROCESSING)
+            return current.model_copy(update={"stage": stage, "stage_name": stage_name,
+                                              "status": Status.PROCESSING, "updated_at": utcnow()})
+
+        if engine_jobs.update_job(self.store, job.job_id, move, job=job) is not None:
+            return True
+        last = seen[-1] if seen else None
+        return last is not None and (last.stage, last.status) == (stage, Status.PROCESSING)
 
 def _describe(exc: Exception) -> str:
     return exc.message if isinstance(exc, OrchestratorError) else f"{type(exc).__name__}: {exc}"

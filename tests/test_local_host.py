@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +33,7 @@ from azure.storage.queue import (
 from azurite_proc import Azurite, free_port
 
 import local_host
+import local_host_http
 from local_host import LocalHost, LocalHostError, describe_functions, storage_client
 from local_host_http import build_routes
 from local_host_queues import QueueOptions
@@ -267,6 +269,51 @@ def test_http_async_context_chunked_and_head(toy, hosts):
 def test_http_route_prefix_from_host_json(toy, hosts):
     host = hosts({"version": "2.0", "extensions": {"http": {"routePrefix": ""}}}, functions=["item"])
     assert requests.get(f"http://127.0.0.1:{host.port}/items/3", timeout=5).json()["route"] == {"item_id": "3"}
+
+
+def _raw(port: int, request: bytes, timeout: float = 5) -> bytes:
+    """Send ``request`` on a fresh connection; everything the server answers until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+        conn.sendall(request)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+        return answer
+
+
+CHUNKED = b"POST /api/echo/x HTTP/1.1\r\nHost: t\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def test_a_chunked_body_over_the_limit_is_refused_while_it_is_read(toy, hosts, monkeypatch):
+    port = hosts(functions=["echo"]).port
+    huge = _raw(port, CHUNKED + b"%x\r\n" % (local_host_http.MAX_BODY_BYTES + 1))  # announced, never sent
+    assert huge.startswith(b"HTTP/1.1 413 ") and b'"error": "payload_too_large"' in huge
+    monkeypatch.setattr(local_host_http, "MAX_BODY_BYTES", 64 * 1024)
+    kib = b"400\r\n" + b"a" * 1024 + b"\r\n"
+    assert _raw(port, CHUNKED + kib * 64 + b"0\r\n\r\n").startswith(b"HTTP/1.1 200 ")  # exactly the limit
+    over = _raw(port, CHUNKED + kib * 64 + b"400\r\n")  # 64 KiB sent, then 1 KiB more announced
+    assert over.startswith(b"HTTP/1.1 413 ")
+    assert _raw(port, CHUNKED + b"zz\r\n").startswith(b"HTTP/1.1 400 ")
+
+
+def test_connections_are_bounded_and_silent_ones_time_out(toy, hosts, monkeypatch):
+    assert local_host_http.MAX_CONNECTIONS == 64 and local_host_http._Handler.timeout <= 15
+    monkeypatch.setattr(local_host_http, "MAX_CONNECTIONS", 2)
+    monkeypatch.setattr(local_host_http._Handler, "timeout", 1)
+    port = hosts(functions=["echo"]).port
+    silent = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
+    try:
+        time.sleep(0.2)  # both accepted, each holding a slot
+        busy = _raw(port, b"")
+        assert busy.startswith(b"HTTP/1.1 503 ") and b'"error": "server_busy"' in busy
+        started = time.monotonic()
+        assert [s.recv(1) for s in silent] == [b"", b""]  # closed by the server after its read timeout
+        assert time.monotonic() - started < 3
+    finally:
+        for s in silent:
+            s.close()
+    assert wait_for(lambda: requests.get(f"http://127.0.0.1:{port}/api/echo/ok", timeout=5).status_code == 200,
+                    5, "a free slot")
 
 
 # ---- queues ----------------------------------------------------------------------------------------------
