@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 import engine_jobs
+from config import get_settings
 from api_models import JobPage, JobSummary, JobTypeInfo, JobTypes, StageInfo, TaskPage
 from engine_status import task_view
 from errors import BadRequestError, NotFoundError
@@ -152,6 +153,9 @@ def job_types() -> Response:
     """GET /api/job-types: every registered type, its stages and its parameters as JSON Schema."""
     types = [JobTypeInfo(job_type=c.job_type, description=c.description,
                          stages=[StageInfo(stage=i, name=s.name, task_type=s.task_type,
+                                           task_version=engine_jobs.handler(s.task_type).version,
+                                           time_limit_s=engine_jobs.handler(s.task_type).time_limit_s
+                                           or get_settings().task_time_limit_s,
                                            parallelism=s.parallelism, description=s.description)
                                  for i, s in enumerate(c.stages, start=1)],
                          parameters=c.parameters_model.model_json_schema(),

@@ -14,13 +14,20 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
 from api_models import (
+    Deleted,
     ErrorBody,
     JobPage,
     JobStatusResponse,
     JobTypes,
+    ScheduleList,
+    ScheduleRequest,
+    ScheduleView,
     SubmitResponse,
     TaskPage,
     TaskView,
+    WatchList,
+    WatchRequest,
+    WatchView,
 )
 from config import load_host_json
 from engine_jobs import job_types
@@ -159,6 +166,32 @@ def _submit(job_type: str) -> dict[str, Any]:
     return operation
 
 
+def _resource(kind: str, plural: str, model: str, what: str, conflict: bool = False) -> dict[str, dict[str, Any]]:
+    """The four operations of schedules or watches (issue #13): create, list, get one, delete one."""
+    ident = _param(f"{kind}_id", "path", {"type": "string", "pattern": "^[0-9a-f]{16}$"},
+                   f"{kind} id: 16 hex digits of SHA-256 over its definition")
+    body = {"required": True, "description": f"the {kind}'s definition",
+            "content": {JSON: {"schema": {"$ref": REF.format(model=f"{model}Request")}}}}
+    create = _operation(f"create_{kind}", f"Create a {kind}: {what}",
+                        {201: (f"{model}View", f"a new {kind}"), 200: (f"{model}View", f"the same {kind} exists")},
+                        (400, 413, 503), tag="triggers", requestBody=body)
+    create["responses"]["400"]["description"] = ("the definition names something invalid (see 'errors': the field "
+                                                 "and the problem)")
+    get_one = _operation(f"get_{kind}", f"One {kind}", {200: (f"{model}View", f"the {kind}")}, (404, 503), (ident,),
+                         tag="triggers")
+    delete = _operation(f"delete_{kind}", f"Delete a {kind}", {200: ("Deleted", "deleted")},
+                        (404, 409, 503) if conflict else (404, 503), (ident,), tag="triggers")
+    for operation in (get_one, delete):
+        operation["responses"]["404"]["description"] = f"no such {kind}"
+    if conflict:
+        delete["responses"]["409"]["description"] = "the watch is defined in the WATCHES setting"
+    return {
+        plural: {"post": create, "get": _operation(f"list_{plural}", f"Every {kind}",
+                                                   {200: (f"{model}List", f"the {plural}")}, (503,), tag="triggers")},
+        f"{plural}/{{{kind}_id}}": {"get": get_one, "delete": delete},
+    }
+
+
 def _paths(prefix: str) -> dict[str, dict[str, Any]]:
     status_ok = {200: ("JobStatusResponse", "the job's status")}
     paths: dict[str, dict[str, Any]] = {
@@ -199,14 +232,20 @@ def _paths(prefix: str) -> dict[str, dict[str, Any]]:
             "openapi", "This document", {}, tag="system", responses={"200": {
                 "description": "the OpenAPI 3.1 document", "content": {JSON: {"schema": {"type": "object"}}}}})},
     })
+    triggers = {**_resource("schedule", "schedules", "Schedule", "a job type, its parameters and an NCRONTAB "
+                            "expression; each due slot starts one job"),
+                **_resource("watch", "watches", "Watch", "each new or changed raster blob under a container and "
+                            "prefix starts one job", conflict=True)}
+    paths.update({f"{prefix}/{relative}": item for relative, item in triggers.items()})
     return paths
 
 
 def _schemas() -> dict[str, Any]:
     """Every body's JSON Schema under its model's name: requests in validation mode, responses as sent."""
     requests = sorted({c.parameters_model for c in job_types().values()}, key=lambda m: m.__name__)
+    requests += [ScheduleRequest, WatchRequest]
     responses = (SubmitResponse, JobStatusResponse, JobPage, StuckJobs, TaskPage, TaskView, JobTypes, Health,
-                 Metrics, ErrorBody)
+                 Metrics, ErrorBody, ScheduleView, ScheduleList, WatchView, WatchList, Deleted)
     _, top = models_json_schema([(m, "validation") for m in requests] + [(m, "serialization") for m in responses],
                                 ref_template=REF)
     return top["$defs"]
@@ -223,7 +262,7 @@ def document(base_url: str) -> dict[str, Any]:
             "({error, message, optional available, errors}). Function keys (x-functions-key header or ?code=) "
             "are required in Azure, not by the local hosts.")},
         "servers": [{"url": base_url}],
-        "tags": [{"name": "jobs"}, {"name": "tasks"}, {"name": "system"}],
+        "tags": [{"name": "jobs"}, {"name": "tasks"}, {"name": "system"}, {"name": "triggers"}],
         "paths": _paths(f"/{prefix}" if prefix else ""),
         "components": {"schemas": _schemas(), "securitySchemes": {
             "functionKeyHeader": {"type": "apiKey", "in": "header", "name": "x-functions-key"},

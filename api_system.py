@@ -1,6 +1,7 @@
 """System views: health (storage, database, queue depths, versions) and metrics."""
 from __future__ import annotations
 
+import logging
 import platform
 from collections import Counter, defaultdict
 from datetime import timedelta
@@ -9,9 +10,11 @@ from typing import Any
 
 from api_listing import number
 from errors import OrchestratorError
+from logs import log_event
 from models import Status, utcnow
 from task_manager import Engine
 
+logger = logging.getLogger(__name__)
 Response = tuple[int, dict[str, Any]]
 PACKAGES = ("azure-functions", "azure-data-tables", "azure-storage-queue", "azure-storage-blob", "pydantic",
             "rasterio", "rio-cogeo", "pystac", "psycopg", "pypgstac")
@@ -36,13 +39,18 @@ def versions() -> dict[str, str]:
 
 
 def health(engine: Engine) -> Response:
-    """GET /api/health: 200 when storage (and the database, when configured) answer, else 503 naming the part."""
+    """GET /api/health: 200 when storage (and the database, when configured) answer, else 503 naming the part.
+
+    A database failure is shown as ``database unreachable`` only: its text can name the server and the
+    user, so the detail goes to the function log (redacted), not to whoever calls this.
+    """
     checks = engine.repos.probe()
     if engine.settings.pgstac_host:
         try:
             checks["database"] = {"ok": True, "items_checked": engine.io.pgstac().count_items("__health__")}
         except OrchestratorError as exc:
-            checks["database"] = {"ok": False, "error": exc.message}
+            log_event(logger, "health_database_failed", logging.WARNING, error=exc.message)
+            checks["database"] = {"ok": False, "error": "database unreachable"}
     failing = sorted(name for name, c in checks.items() if not c["ok"])
     body = {"status": "unhealthy" if failing else "healthy", "failing": failing, "checks": checks,
             "queues": checks.get("queues", {}).get("depths", {}), "versions": versions()}

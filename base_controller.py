@@ -8,19 +8,34 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, TypeVar
+from contextlib import AbstractContextManager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Generic, Iterable, Iterator, Protocol, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
-from config import get_settings
+from config import Settings, get_settings
 from errors import ParameterValidationError
-from models import MAX_STAGES, MAX_TASKS_PER_STAGE, Status
+from models import MAX_STAGES, MAX_TASKS_PER_STAGE, BlobInfo, Status
 
 P = TypeVar("P", bound=BaseModel)
 # Validation context of a submit: the containers a job may name (settings.job_containers); parameter
 # fields typed ``JobContainer`` (controller_geo_common) refuse others with this error type.
 CONTAINERS_CONTEXT = "allowed_containers"
 CONTAINER_NOT_ALLOWED = "container_not_allowed"
+
+
+class JobParameters(BaseModel):
+    """Base of every job type's parameters: what a schedule sets (issue #13).
+
+    ``scheduled_for`` is the schedule slot a job runs for, part of the job's identity, so each slot runs
+    once. Unset, it is left out of the parameters, so every other job keeps the identity it had.
+    """
+
+    scheduled_for: datetime | None = Field(
+        default=None, exclude_if=lambda value: value is None,
+        description="Set by a schedule: the slot (UTC) this job runs for; part of the job's identity.")
 
 
 class TaskOutcome(BaseModel):
@@ -34,6 +49,75 @@ class TaskOutcome(BaseModel):
     error_details: str | None = None
 
 
+class RasterBlobs(Protocol):
+    """Raster blobs in the containers jobs may use (engine_task_io restricts them)."""
+
+    def ensure_container(self, container: str) -> None:
+        """Create the container if missing."""
+
+    def properties(self, container: str, blob: str) -> BlobInfo:
+        """A blob's size, type, last-modified and ETag; NotFoundError if missing."""
+
+    def list(self, container: str, prefix: str | None = None) -> Iterator[BlobInfo]:
+        """Blobs under ``prefix``."""
+
+    def head_bytes(self, container: str, blob: str, length: int) -> bytes:
+        """The first ``length`` bytes of a blob."""
+
+    def download(self, container: str, blob: str, path: Path) -> BlobInfo:
+        """Stream a blob to a local file."""
+
+    def upload(self, container: str, blob: str, path: Path, content_type: str = ...) -> BlobInfo:
+        """Stream a local file to a blob (overwriting)."""
+
+    def url(self, container: str, blob: str) -> str:
+        """The blob's plain URL."""
+
+    def read_sas_url(self, container: str, blob: str, now: datetime | None = None) -> str | None:
+        """A short-lived read-only URL, or None where SAS is off."""
+
+
+class IntermediateBlobs(Protocol):
+    """The app's own blobs passed between tasks (tiles)."""
+
+    def upload(self, blob: str, path: Path) -> BlobInfo:
+        """Store a local file."""
+
+    def download(self, blob: str, path: Path) -> BlobInfo:
+        """Fetch a stored file."""
+
+
+class Catalogue(Protocol):
+    """The STAC catalogue (pgstac)."""
+
+    def ensure_collection(self, collection: dict) -> str:
+        """Create or update a collection, keeping its extent true."""
+
+    def upsert_item(self, item: dict) -> str:
+        """Insert or replace one item."""
+
+    def bulk_load(self, items: Iterable[dict], mode: str = "upsert") -> int:
+        """Load many items at once."""
+
+    def get_item(self, collection_id: str, item_id: str) -> dict | None:
+        """One item, or None."""
+
+
+class TaskIO(Protocol):
+    """What a task handler or an I/O planner may touch, handed in by the engine."""
+
+    settings: Settings
+    rasters: RasterBlobs
+    intermediates: IntermediateBlobs
+    known_collections: set[str]
+
+    def pgstac(self) -> Catalogue:
+        """The catalogue; TaskError when none is configured."""
+
+    def scratch(self, label: str = "task") -> AbstractContextManager[Path]:
+        """A private temporary folder, removed on exit."""
+
+
 @dataclass(frozen=True)
 class TaskContext:
     """Where a task runs: ids for logs, results and lineage."""
@@ -43,7 +127,13 @@ class TaskContext:
     stage: int
     index: int
     attempt: int
-    io: Any = None  # engine_task_io.TaskIO: blobs, catalogue, scratch folders (handed in by the engine)
+    io: TaskIO | None = None  # blobs, catalogue, scratch folders (engine_task_io, handed in by the engine)
+    report: Callable[[float], None] | None = None  # the engine's progress sink (throttled)
+
+    def progress(self, percent: float) -> None:
+        """Say how far the task is, 0-100; cheap to call often (the engine writes at most every few seconds)."""
+        if self.report is not None:
+            self.report(max(0.0, min(100.0, float(percent))))
 
 
 Planner = Callable[[Any, list[TaskOutcome]], list[dict[str, Any]]]
@@ -75,6 +165,7 @@ class TaskHandler(Generic[P]):
     run: Callable[[P, TaskContext], Any]
     description: str = ""
     time_limit_s: int | None = None  # None: the TASK_TIME_LIMIT_S setting
+    version: int = 1  # bump when the task's meaning or output changes; carried by rows, status and logs
 
 
 def validation_errors(exc: ValidationError) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ Talks to the HTTP API only, so it works the same against ``local_host.py``/``fun
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import re
@@ -29,6 +30,7 @@ except ImportError:  # pragma: no cover
 import cli_render as render
 
 DEFAULT_URL = "http://localhost:7071/api"
+KEY_HEADER = "x-functions-key"
 POLL_S = 0.5
 REQUEST_TIMEOUT_S = 30
 POLL_GRACE_S = 30  # how long --wait rides out a lost connection or a 5xx before giving up
@@ -60,16 +62,40 @@ def reason(exc: requests.RequestException) -> str:
     return found.group(1).strip() if found else type(exc).__name__
 
 
+def is_loopback(host: str | None) -> bool:
+    """True for ``localhost`` and loopback addresses (where plain http cannot be overheard)."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
+
+
+class KeySession(requests.Session):
+    """A session that drops the function key, as requests drops ``Authorization``, on a redirect to
+    another host, port or scheme (an https -> http downgrade included)."""
+
+    def rebuild_auth(self, prepared_request, response) -> None:  # noqa: ANN001 - requests' signature
+        """requests' own rule, applied to ``x-functions-key`` too."""
+        super().rebuild_auth(prepared_request, response)
+        if self.should_strip_auth(response.request.url, prepared_request.url):
+            prepared_request.headers.pop(KEY_HEADER, None)
+
+
 class Client:
     """The HTTP API: JSON bodies in and out; errors become CliError with the API's message."""
 
     def __init__(self, url: str, key: str | None = None) -> None:
-        """``url`` is the API root (``.../api``); ``key`` a function key, sent as ``x-functions-key``."""
+        """``url`` is the API root (``.../api``); ``key`` a function key, sent as ``x-functions-key``
+        over https, or over http to loopback only."""
         self.url = base_url(url)
-        self.session = requests.Session()
+        parts = urlsplit(self.url)
+        if key and parts.scheme != "https" and not is_loopback(parts.hostname):
+            raise CliError(f"refusing to send the function key over plain http to {parts.hostname}: use https:// "
+                           "(http is accepted for localhost only)")
+        self.session = KeySession()
         self.session.headers["Accept"] = "application/json"
         if key:
-            self.session.headers["x-functions-key"] = key
+            self.session.headers[KEY_HEADER] = key
         self.skew = timedelta(0)  # server clock minus ours, from the Date header
 
     def call(self, method: str, path: str, params: dict | None = None, body: Any = None) -> dict:
@@ -324,6 +350,31 @@ def cmd_wait(client: Client, args) -> int:
     return watch(client, args.job_id, args.timeout, args.json)
 
 
+def cmd_triggers(client: Client, args) -> int:
+    """schedules / watches (issue #13): add, list, delete."""
+    kind = args.command
+    if args.action == "delete":
+        answer = client.call("DELETE", f"{kind}/{quote(args.id, safe='')}")
+        rows = None
+    elif args.action == "add":
+        params = parse_params(args.params, args.param_file)
+        body = {"job_type": args.job_type, "name": args.name, **(
+            {"expression": args.expression, "parameters": params} if kind == "schedules"
+            else {"container": args.container, "prefix": args.prefix, "options": params})}
+        answer = client.call("POST", kind, body={k: v for k, v in body.items() if v is not None})
+        rows = [answer]
+    else:
+        answer = client.call("GET", kind)
+        rows = answer[kind]
+    if args.json:
+        emit(answer)
+    elif rows is None:
+        print(f"deleted {answer['deleted']}")
+    else:
+        print("\n".join(render.trigger_lines(kind, rows)) if rows else f"no {kind}")
+    return EXIT_OK
+
+
 def parser() -> argparse.ArgumentParser:
     """Subcommands; the global options are accepted before or after the subcommand."""
     common = argparse.ArgumentParser(add_help=False)
@@ -371,6 +422,22 @@ def parser() -> argparse.ArgumentParser:
     add("types", cmd_types, "job types: stages and parameters")
     add("health", cmd_health, "storage, database, queue depths, versions")
     add("wait", cmd_wait, "watch a job until it ends", job=True)
+    for kind, what in (("schedules", "jobs on a cadence: add TYPE 'SEC MIN HOUR DAY MONTH DOW' key=value ..."),
+                       ("watches", "a job per new raster blob: add CONTAINER TYPE key=value ... [--prefix P]")):
+        actions = add(kind, cmd_triggers, f"{kind}: {what}").add_subparsers(dest="action", required=True,
+                                                                            metavar="ACTION")
+        p = actions.add_parser("add", parents=[common], help=f"create one of the {kind}")
+        if kind == "watches":
+            p.add_argument("container")
+            p.add_argument("--prefix", default="", help="only blobs whose names start with this")
+        p.add_argument("job_type", metavar="TYPE")
+        if kind == "schedules":
+            p.add_argument("expression", help="NCRONTAB, six fields, UTC: e.g. '0 0 2 * * *' (02:00 daily)")
+        p.add_argument("params", nargs="*", metavar="key=value", help="the job type's parameters")
+        p.add_argument("--param-file", metavar="FILE.json", help="parameters as a JSON object ('-' for stdin)")
+        p.add_argument("--name", help="a label for people")
+        actions.add_parser("list", parents=[common], help=f"every one of the {kind}")
+        actions.add_parser("delete", parents=[common], help=f"delete one of the {kind}").add_argument("id")
     return top
 
 

@@ -238,3 +238,15 @@ class LiveView:
                 self.seen[s["stage"]] = key
                 found.append("  " + stage_line(s, status["total_stages"], now, width=20))
         return found
+
+
+def trigger_lines(kind: str, rows: list[dict]) -> list[str]:
+    """Schedules or watches as a table (issue #13)."""
+    if kind == "schedules":
+        cells = [[r["schedule_id"], r.get("name") or "", r["job_type"], r["expression"],
+                  (r.get("next_slot") or "")[:19].replace("T", " "), r.get("last_job_id") or r.get("last_error") or "",
+                  str(r.get("skipped_slots", 0))] for r in rows]
+        return table(cells, ["id", "name", "type", "expression (UTC)", "next slot", "last job", "skipped"])
+    cells = [[r["watch_id"], r.get("name") or "", r["source"], f"{r['container']}/{r['prefix']}", r["job_type"],
+              preview(r.get("options") or {}, 50)] for r in rows]
+    return table(cells, ["id", "name", "source", "container/prefix", "type", "options"])

@@ -50,6 +50,13 @@ class Settings(BaseSettings):
         default=32, ge=1, le=64, validation_alias=AliasChoices("COUNTER_SHARDS", "counter_shards"),
         description="Most counter rows per stage (a stage of n tasks uses about sqrt(n)); more shards, "
                     "less ETag contention between tasks that finish together.")
+    progress_interval_s: float = Field(
+        default=5.0, ge=0, validation_alias=AliasChoices("PROGRESS_INTERVAL_S", "progress_interval_s"),
+        description="Least time between two progress writes of one running task (ctx.progress is throttled).")
+    fanout_chunk: int = Field(
+        default=2000, ge=100, le=20000, validation_alias=AliasChoices("FANOUT_CHUNK", "fanout_chunk"),
+        description="Tasks one stage-message invocation fans out before handing the rest to a continuation "
+                    "message: bounded work per invocation, resumable by any instance.")
     fanout_threads: int = Field(
         default=16, ge=1, le=64, validation_alias=AliasChoices("FANOUT_THREADS", "fanout_threads"),
         description="Parallel sends when a stage queues its task messages.")
@@ -68,6 +75,20 @@ class Settings(BaseSettings):
     sweeper_schedule: str = Field(
         default="0 */1 * * * *", validation_alias=AliasChoices("SWEEPER_SCHEDULE", "sweeper_schedule"),
         description="NCRONTAB schedule of the sweeper timer (sec min hour day month dow).")
+
+    # --- Jobs that start by themselves (issue #13): schedules, watches, and the timer that runs schedules.
+    schedules_table: str = Field(
+        default="geoetlschedules", validation_alias=AliasChoices("SCHEDULES_TABLE", "schedules_table"),
+        description="Table of schedules and watches.")
+    schedules_timer: str = Field(
+        default="0 */1 * * * *", validation_alias=AliasChoices("SCHEDULES_TIMER", "schedules_timer"),
+        description="NCRONTAB schedule of the timer that submits due schedule slots (at most one slot per "
+                    "schedule and tick: schedules may fire at most once a minute).")
+    watches: list[dict[str, Any]] = Field(
+        default_factory=list, validation_alias=AliasChoices("WATCHES", "watches"),
+        description='Watches defined in settings, a JSON list of {"container", "prefix", "job_type", "options"}; '
+                    "listed by the API beside the ones created over it, but not deletable there.")
+    # --- end of jobs that start by themselves
     input_container: str = Field(default="rasters", validation_alias=AliasChoices("INPUT_CONTAINER", "input_container"),
                                  description="Where users drop rasters (default of a job's container).")
     output_container: str = Field(default="cogs", validation_alias=AliasChoices("OUTPUT_CONTAINER", "output_container"),
@@ -137,6 +158,25 @@ class Settings(BaseSettings):
     sweeper_grace_s: float = Field(
         default=60.0, ge=0, validation_alias=AliasChoices("SWEEPER_GRACE_S", "sweeper_grace_s"),
         description="How long a step may look unfinished before the sweeper re-drives it.")
+
+    # --- Size limits on user rasters and on plans (checked from headers / plans before any work) ---
+    max_raster_pixels: int = Field(
+        default=20_000_000_000, ge=1, validation_alias=AliasChoices("MAX_RASTER_PIXELS", "max_raster_pixels"),
+        description="Most pixels (width x height) a raster may declare: 141,000 px square, e.g. a 10 m "
+                    "mosaic of a large country; with 4096 px tiles that is about 1,200 tile tasks.")
+    max_block_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1, validation_alias=AliasChoices("MAX_BLOCK_BYTES", "max_block_bytes"),
+        description="Most bytes GDAL may decode to read one block (tile or strip, all bands when pixel-"
+                    "interleaved); 512 px tiles of 4 float64 bands are 8 MiB.")
+    max_bands: int = Field(default=1000, ge=1, validation_alias=AliasChoices("MAX_BANDS", "max_bands"),
+                           description="Most bands a raster may have (hyperspectral sensors have ~400).")
+    max_tiles_per_job: int = Field(
+        default=10_000, ge=1, validation_alias=AliasChoices("MAX_TILES_PER_JOB", "max_tiles_per_job"),
+        description="Most tile tasks process_large_raster may plan (use a larger tile_size beyond it).")
+    max_tasks_per_stage: int = Field(
+        default=100_000, ge=1, le=999_999, validation_alias=AliasChoices("MAX_TASKS_PER_STAGE",
+                                                                         "max_tasks_per_stage"),
+        description="Most tasks the engine will plan for one stage (about 15 min of queue traffic here).")
 
     @property
     def uses_identity(self) -> bool:

@@ -6,17 +6,20 @@ from pathlib import Path
 from contextlib import contextmanager
 from typing import Annotated, Any, ClassVar, Iterator
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
+from pydantic import AfterValidator, ConfigDict, Field, ValidationInfo
 from pydantic_core import PydanticCustomError
 
-from base_controller import CONTAINER_NOT_ALLOWED, CONTAINERS_CONTEXT
+from base_controller import CONTAINER_NOT_ALLOWED, CONTAINERS_CONTEXT, JobParameters
 from config import Settings
 from errors import NotFoundError, TaskError
 from models import BlobName, ContainerName
-from services_raster import validate_raster
+from services_gdal import RasterLimits, user_crs
+from services_raster import crs_string, validate_raster
+import services_stac
 from services_stac import build_collection, build_item
 
 RASTER_SUFFIXES = (".tif", ".tiff")
+STAC_EXTENTS = services_stac  # the extent rules the engine hands the catalogue (item_extent, union_extent)
 
 
 def _optional_in_schema(schema: dict[str, Any], cls: type) -> None:
@@ -46,7 +49,23 @@ def _job_container(name: str, info: ValidationInfo) -> str:
 JobContainer = Annotated[ContainerName, AfterValidator(_job_container)]  # a container a job reads or writes
 
 
-class SettingsDefaults(BaseModel):
+def _crs_parameter(value: str | None) -> str | None:
+    """A CRS parameter in canonical form ('EPSG:3857', else WKT2): authority codes, WKT and PROJJSON only,
+    so a path or URL is refused (400 naming the field) before GDAL or PROJ could read or fetch it."""
+    if value is None or not value.strip():
+        return None
+    return crs_string(user_crs(value))
+
+
+CrsParameter = Annotated[str | None, AfterValidator(_crs_parameter)]  # every CRS-typed parameter
+
+
+def raster_limits(io: Any) -> RasterLimits:
+    """The size limits on user rasters, from the task's settings."""
+    return RasterLimits.from_settings(io.settings)
+
+
+class SettingsDefaults(JobParameters):
     """A parameters model some of whose fields default to a setting (``SETTINGS_DEFAULTS``: field ->
     setting). ``JobController.validate`` fills them from the engine's settings before validating, so the
     job id names the real value; in JSON Schema they are optional."""
@@ -62,6 +81,10 @@ class BlobRef(SettingsDefaults):
     SETTINGS_DEFAULTS: ClassVar[dict[str, str]] = {"container": "input_container"}
     container: JobContainer = Field(description="Container of the raster (default: INPUT_CONTAINER).")
     blob: BlobName = Field(description="Blob name (path) of the raster inside the container.")
+    source_etag: str | None = Field(  # issue #13: a watch starts one job per blob version
+        default=None, min_length=1, max_length=200, exclude_if=lambda value: value is None,
+        description="Set by a watch: the blob version (ETag) this job is for; part of the job's identity, so "
+                    "each version runs once and an overwritten blob runs again.")
 
 
 class CatalogOptions(SettingsDefaults):
@@ -87,7 +110,7 @@ def named_as_blob(path: Path | str, container: str, blob: str) -> Iterator[None]
         yield
     except TaskError as exc:
         message = exc.message.replace(str(path), f"{container}/{blob}")
-        raise TaskError(message, **exc.details) from exc
+        raise type(exc)(message, **exc.details) from exc  # keeps the class (and code), e.g. too_large
 
 
 def fetch(io: Any, container: str, blob: str, folder: Path, name: str = "input") -> tuple[Path, Any]:
@@ -110,7 +133,7 @@ def catalog_blob(io: Any, p: CatalogTask, folder: Path) -> dict[str, Any]:
     """Build the blob's STAC item, create its collection if missing, upsert the item (idempotent)."""
     path, blob = fetch(io, p.container, p.blob, folder)
     with named_as_blob(path, p.container, p.blob):
-        info = validate_raster(path)
+        info = validate_raster(path, raster_limits(io))
     item = build_item(info, container=p.container, blob=p.blob, href=io.rasters.url(p.container, p.blob),
                       file_size=blob.size, datetime=p.datetime, last_modified=blob.last_modified,
                       collection_id=p.collection_id)

@@ -3,7 +3,8 @@
 Stage 1 ``hello_worlds``: task i greets. Stage 2 ``worlds_reply``: task i answers stage-1 task i.
 ``fail_indices`` makes chosen stage-1 tasks fail on purpose (to see failure handling),
 ``transient_failures`` makes every stage-1 task raise a transient error on its first k attempts (to
-see retries with backoff), and ``sleep_ms`` makes every task take that long (to watch progress).
+see retries with backoff), and ``sleep_ms`` makes every task take that long (to watch progress), at
+most ``SLEEP_SHARE`` of the tasks' time limit, so that a sleeping task never outlives its lease.
 """
 from __future__ import annotations
 
@@ -12,11 +13,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from base_controller import JobController, Stage, TaskContext, TaskHandler, TaskOutcome, outcomes_in_order
-from errors import TaskError, TransientError
+from base_controller import (
+    JobController, JobParameters, Stage, TaskContext, TaskHandler, TaskOutcome, outcomes_in_order,
+)
+from config import get_settings
+from errors import ParameterValidationError, TaskError, TransientError
+
+SLEEP_SHARE = 0.8  # of the task time limit; the rest is the engine's own reads and writes around the sleep
 
 
-class HelloWorldParameters(BaseModel):
+class HelloWorldParameters(JobParameters):
     """Parameters of a hello_world job."""
 
     model_config = ConfigDict(extra="forbid")
@@ -24,7 +30,8 @@ class HelloWorldParameters(BaseModel):
     message: str = Field(default="hello", min_length=1, max_length=200, description="Word to greet with.")
     fail_indices: list[int] = Field(default_factory=list, max_length=1000,
                                     description="Stage-1 task indices that fail on purpose.")
-    sleep_ms: int = Field(default=0, ge=0, le=600_000, description="Time each task sleeps.")
+    sleep_ms: int = Field(default=0, ge=0, le=600_000, description="Time each task sleeps; at most 80% of the "
+                          "tasks' time limit (TASK_TIME_LIMIT_S, 300 s by default).")
     transient_failures: int = Field(default=0, ge=0, le=100,
                                     description="Transient errors each stage-1 task raises before succeeding.")
 
@@ -60,9 +67,17 @@ def plan_replies(p: HelloWorldParameters, previous: list[TaskOutcome]) -> list[d
              "sleep_ms": p.sleep_ms} for o in outcomes_in_order(previous)]
 
 
+def sleep_with_progress(ms: int, ctx: TaskContext) -> None:
+    """Sleep ``ms``, reporting progress as it goes (the engine throttles the writes)."""
+    steps = max(1, ms // 250)
+    for step in range(steps):
+        time.sleep(ms / 1000 / steps)
+        ctx.progress(100 * (step + 1) / steps)
+
+
 def greet(p: GreetingParameters, ctx: TaskContext) -> dict[str, str]:
     """Stage 1 task."""
-    time.sleep(p.sleep_ms / 1000)
+    sleep_with_progress(p.sleep_ms, ctx)
     if ctx.attempt <= p.transient_failures:
         raise TransientError(f"simulated transient error on attempt {ctx.attempt} (transient_failures)")
     if p.fail:
@@ -72,7 +87,7 @@ def greet(p: GreetingParameters, ctx: TaskContext) -> dict[str, str]:
 
 def reply(p: ReplyParameters, ctx: TaskContext) -> dict[str, str]:
     """Stage 2 task."""
-    time.sleep(p.sleep_ms / 1000)
+    sleep_with_progress(p.sleep_ms, ctx)
     return {"reply": f"{p.message} {p.previous_task_id} from {ctx.task_id}"}
 
 
@@ -83,7 +98,25 @@ def aggregate(p: HelloWorldParameters, outcomes: dict[int, list[TaskOutcome]]) -
     return {"greetings": greetings, "replies": replies, "task_count": len(greetings) + len(replies)}
 
 
-HELLO_WORLD = JobController(
+class HelloWorldController(JobController):
+    """hello_world's controller: parameters are also checked against the task time limit (a setting)."""
+
+    def validate(self, raw: Any, settings: Any = None) -> BaseModel:
+        """As ``JobController.validate``; a ``sleep_ms`` that would outlast a task's lease is refused too."""
+        settings = settings or get_settings()
+        params = super().validate(raw, settings)
+        limit_s = min(h.time_limit_s or settings.task_time_limit_s for h in HANDLERS)
+        most = int(limit_s * 1000 * SLEEP_SHARE)
+        if params.sleep_ms > most:
+            message = (f"sleep_ms: {params.sleep_ms} ms would outlast the tasks' {limit_s} s time limit "
+                       f"(TASK_TIME_LIMIT_S); at most {most} ms")
+            raise ParameterValidationError(f"invalid parameters for {self.job_type}: {message}",
+                                           errors=[{"field": "sleep_ms", "message": message,
+                                                    "type": "exceeds_time_limit"}])
+        return params
+
+
+HELLO_WORLD = HelloWorldController(
     job_type="hello_world",
     description="Two stages of n parallel tasks; stage 2 answers stage 1 task by task.",
     parameters_model=HelloWorldParameters,

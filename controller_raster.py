@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 from typing import Any, ClassVar
 
-import rasterio
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from base_controller import JobController, Stage, TaskContext, TaskHandler, TaskOutcome, outcomes_in_order, succeeded
 from controller_geo_common import (
-    RASTER_SUFFIXES, BlobRef, CatalogOptions, CatalogTask, JobContainer, catalog_blob, fetch, links, named_as_blob,
+    RASTER_SUFFIXES, BlobRef, CatalogOptions, CatalogTask, CrsParameter, JobContainer, catalog_blob, fetch, links,
+    named_as_blob, raster_limits,
 )
 from errors import TaskError
 from models import BlobName
@@ -20,9 +20,7 @@ from services_raster import validate_raster
 from services_tiles import TileWindow, assemble_tiles, plan_tiles, process_tile
 
 MAX_BATCH = 10_000
-# Reading a remote GeoTIFF window by window: no directory listing, range requests merged.
-REMOTE_READ = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
-               "GDAL_HTTP_MAX_RETRY": "3", "GDAL_HTTP_RETRY_DELAY": "1", "VSI_CACHE": "TRUE"}
+TIFF_HEAD_BYTES = 16  # what services_gdal checks before a remote read (the TIFF signature)
 
 
 class CogJobOptions(CatalogOptions):
@@ -32,7 +30,8 @@ class CogJobOptions(CatalogOptions):
                                                    "output_container": "output_container"}
     output_container: JobContainer = Field(description="Where COGs go (default: OUTPUT_CONTAINER).")
     cog_profile: CogProfile = Field(default=CogProfile.DEFLATE, description="Compression profile.")
-    target_crs: str | None = Field(default=None, description="Reproject to this CRS (e.g. 'EPSG:3857').")
+    target_crs: CrsParameter = Field(default=None, description="Reproject to this CRS: an authority code "
+                                     "(e.g. 'EPSG:3857'), WKT or PROJJSON; never a path or URL.")
 
     def cog_options(self) -> CogOptions:
         """The COG service's options (validates target_crs)."""
@@ -43,11 +42,6 @@ class ProcessRasterParameters(BlobRef, CogJobOptions):
     """process_raster: one raster."""
 
     SETTINGS_DEFAULTS: ClassVar[dict[str, str]] = {**BlobRef.SETTINGS_DEFAULTS, **CogJobOptions.SETTINGS_DEFAULTS}
-
-    @model_validator(mode="after")
-    def _crs_known(self) -> "ProcessRasterParameters":
-        self.target_crs = self.cog_options().target_crs
-        return self
 
 
 class BatchParameters(CogJobOptions):
@@ -65,7 +59,6 @@ class BatchParameters(CogJobOptions):
             raise ValueError("give exactly one of 'blobs' (a list) or 'prefix'")
         if self.blobs is not None and not self.blobs:
             raise ValueError("'blobs' is empty")
-        self.target_crs = self.cog_options().target_crs
         return self
 
 
@@ -81,7 +74,7 @@ class CogTask(BlobRef):  # planned with every field set: the defaults never appl
     output_container: JobContainer
     output_blob: BlobName
     cog_profile: CogProfile = CogProfile.DEFLATE
-    target_crs: str | None = None
+    target_crs: CrsParameter = None
 
 
 class TileTask(BlobRef):
@@ -98,7 +91,7 @@ class AssembleTask(BaseModel):
     output_container: JobContainer
     output_blob: BlobName
     cog_profile: CogProfile = CogProfile.DEFLATE
-    target_crs: str | None = None
+    target_crs: CrsParameter = None
 
 
 class PlanTilesTask(BlobRef):
@@ -113,7 +106,7 @@ def validate_task(p: BlobRef, ctx: TaskContext) -> dict[str, Any]:
     with ctx.io.scratch("validate") as tmp:
         path, blob = fetch(ctx.io, p.container, p.blob, tmp)
         with named_as_blob(path, p.container, p.blob):
-            info = validate_raster(path)
+            info = validate_raster(path, raster_limits(ctx.io))
     return {"container": p.container, "blob": p.blob, "size": blob.size,
             "last_modified": blob.last_modified.isoformat(), **links(ctx.io, p.container, p.blob),
             **info.model_dump(mode="json", include={"crs", "epsg", "bounds", "bounds_wgs84", "width", "height",
@@ -126,7 +119,7 @@ def cog_task(p: CogTask, ctx: TaskContext) -> dict[str, Any]:
         src, _ = fetch(ctx.io, p.container, p.blob, tmp)
         options = CogOptions(cog_profile=p.cog_profile, target_crs=p.target_crs, tmp_dir=str(tmp))
         with named_as_blob(src, p.container, p.blob):
-            result = create_cog(src, tmp / "output.tif", options)
+            result = create_cog(src, tmp / "output.tif", options, raster_limits(ctx.io))
         ctx.io.rasters.ensure_container(p.output_container)
         uploaded = ctx.io.rasters.upload(p.output_container, p.output_blob, tmp / "output.tif", MediaType.COG)
     return {"source": f"{p.container}/{p.blob}", "output_container": p.output_container,
@@ -145,19 +138,26 @@ def plan_tiles_task(p: PlanTilesTask, ctx: TaskContext) -> dict[str, Any]:
     with ctx.io.scratch("plan") as tmp:
         path, _ = fetch(ctx.io, p.container, p.blob, tmp)
         with named_as_blob(path, p.container, p.blob):
-            info = validate_raster(path)
-        tiles = plan_tiles(info, p.tile_size)
+            info = validate_raster(path, raster_limits(ctx.io))
+            tiles = plan_tiles(info, p.tile_size, ctx.io.settings.max_tiles_per_job)
     return {"width": info.width, "height": info.height, "tile_size": p.tile_size,
             "tiles": [t.model_dump() for t in tiles]}
 
 
 def tile_task(p: TileTask, ctx: TaskContext) -> dict[str, Any]:
-    """Read one window of the source (remotely with a SAS when possible) and store it as a tile."""
+    """Read one window of the source (remotely with a SAS when possible: GDAL may then reach that one blob
+    URL and nothing else) and store it as a tile."""
     with ctx.io.scratch("tile") as tmp:
         sas = ctx.io.rasters.read_sas_url(p.container, p.blob)
-        source = f"/vsicurl/{sas}" if sas else fetch(ctx.io, p.container, p.blob, tmp)[0]
-        with named_as_blob(source, p.container, p.blob), rasterio.Env(**REMOTE_READ):  # no SAS in errors
-            result = process_tile(source, p.tile, tmp / "tile.tif")
+        remote = {}
+        if sas:
+            source: Any = f"/vsicurl/{sas}"
+            remote = {"remote_url": ctx.io.rasters.url(p.container, p.blob),
+                      "head": ctx.io.rasters.head_bytes(p.container, p.blob, TIFF_HEAD_BYTES)}
+        else:
+            source = fetch(ctx.io, p.container, p.blob, tmp)[0]
+        with named_as_blob(source, p.container, p.blob):  # no SAS in errors
+            result = process_tile(source, p.tile, tmp / "tile.tif", limits=raster_limits(ctx.io), **remote)
         ctx.io.intermediates.upload(p.tile_blob, tmp / "tile.tif")
     return {"tile_blob": p.tile_blob, "index": p.tile.index, "bounds": list(result.bounds), "size": result.file_size}
 
@@ -169,7 +169,7 @@ def assemble_task(p: AssembleTask, ctx: TaskContext) -> dict[str, Any]:
         for blob, path in zip(p.tile_blobs, paths, strict=True):
             ctx.io.intermediates.download(blob, path)
         options = CogOptions(cog_profile=p.cog_profile, target_crs=p.target_crs, tmp_dir=str(tmp))
-        result = assemble_tiles(paths, tmp / "output.tif", options)
+        result = assemble_tiles(paths, tmp / "output.tif", options, raster_limits(ctx.io))
         ctx.io.rasters.ensure_container(p.output_container)
         uploaded = ctx.io.rasters.upload(p.output_container, p.output_blob, tmp / "output.tif", MediaType.COG)
     return {"output_container": p.output_container, "output_blob": p.output_blob, "size": uploaded.size,

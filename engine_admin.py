@@ -64,7 +64,7 @@ def _reopen_shard(engine: Engine, job_id: str, stage_no: int, shard, tasks: list
             stage = row.model_copy(update={
                 "shards_remaining": row.shards_remaining + 1, "completed": row.completed - shard.completed,
                 "failed": row.failed - shard.failed, "status": Status.PROCESSING, "finisher": None,
-                "ended_at": None, "advance_sent": False, "dispatched": False})
+                "ended_at": None, "advance_sent": False})
         shard = shard.model_copy(update={"remaining": shard.remaining + len(chunk),
                                          "failed": shard.failed - len(chunk), "finisher": None})
         engine.store.reopen(reset, shard, stage)
@@ -122,5 +122,8 @@ def _flip_queued(engine: Engine, job_id: str) -> int:
         engine.store.mark_stage(job_id, stage.stage, cancelled=True)
         queued = engine.store.list_tasks(job_id, stage.stage, status=Status.QUEUED, resolve=False)
         with ThreadPoolExecutor(max_workers=engine.settings.fanout_threads) as pool:
-            flipped += sum(pool.map(engine.cancel_task, queued))
+            here = sum(pool.map(engine.cancel_task, queued))
+        total = engine.store.count_tasks(job_id, stage.stage, Status.CANCELLED) if here else stage.cancelled_tasks
+        engine.store.mark_stage(job_id, stage.stage, cancelled_tasks=total)
+        flipped += here
     return flipped

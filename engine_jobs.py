@@ -8,8 +8,8 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 import engine_faults
-from base_controller import JobController
-from controller_factory import JOB_TYPES
+from base_controller import JobController, TaskHandler
+from controller_factory import JOB_TYPES, get_handler
 from errors import ConflictError, NotFoundError, TransientError
 from logs import log_event
 from models import TERMINAL, CompletionMessage, JobRecord, StageMessage, Status, is_job_id, make_job_id
@@ -22,6 +22,11 @@ MAX_CAS_ATTEMPTS = 50
 def job_types() -> Mapping[str, JobController]:
     """Every registered job type (read-only view of the registry)."""
     return MappingProxyType(JOB_TYPES)
+
+
+def handler(task_type: str) -> TaskHandler:
+    """A registered task type (version, time limit); UnknownNameError listing the known ones otherwise."""
+    return get_handler(task_type)
 
 
 def require_job(store: JobStore, job_id: str) -> JobRecord:

@@ -16,7 +16,7 @@ from engine_jobs import update_job
 from errors import TransientError
 from logs import log_event
 from models import JobRecord, NotifyMessage, utcnow
-from services_webhook import SIGNATURE_HEADER, TargetRefused, check_addresses, check_url, sign
+from repository_webhook_rules import SIGNATURE_HEADER, TargetRefused, check_addresses, check_url, sign
 from task_manager import Engine
 
 logger = logging.getLogger(__name__)

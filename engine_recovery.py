@@ -110,7 +110,8 @@ def sweep_job(engine: Engine, job: JobRecord, now: datetime) -> list[str]:
     """The re-drive actions one job needs (already taken when this returns)."""
     grace = timedelta(seconds=engine.settings.sweeper_grace_s)
     cutoff = now - grace
-    stages = {s.stage: s for s in engine.store.stage_rows(job.job_id)[0]}
+    rows, shards = engine.store.stage_rows(job.job_id)  # the one query every pass makes per active job
+    stages = {s.stage: s for s in rows}
     send_job = engine.repos.jobs_queue.send
     done: list[str] = []
     if not stages:
@@ -125,17 +126,21 @@ def sweep_job(engine: Engine, job: JobRecord, now: datetime) -> list[str]:
             send_job(message)
             done.append("resent_completion" if isinstance(message, CompletionMessage) else "resent_advance")
     elif not current.dispatched:
-        if current.created_at < cutoff:  # crash between a stage's rows and its messages
+        if (current.fanout_at or current.created_at) < cutoff:  # a fan-out chain that stopped
             send_job(StageMessage(job_id=job.job_id, stage=current.stage))
             done.append("resent_stage")
     else:
-        stale = engine.store.stale_tasks(job.job_id, current.stage, cutoff)
-        queued_cutoff = now - grace - timedelta(seconds=engine.settings.retry_max_delay_s)
-        idle = engine.store.last_progress(job.job_id)
-        if idle is not None and idle < queued_cutoff:  # no task ended for a while: a message may be lost
-            stale += engine.store.stale_queued_tasks(job.job_id, current.stage, queued_cutoff)
-        engine.repos.tasks_queue.send_many([TaskMessage(job_id=job.job_id, task_id=t.task_id) for t in stale])
-        done.extend("resent_stale_task" for _ in stale)
+        # Task rows are scanned only when the stage made no progress (no claim or end moved its counters)
+        # for a while: a busy stage costs nothing more, however many tasks it has.
+        stamps = [r.changed_at for r in (current, *[s for s in shards if s.stage == current.stage]) if r.changed_at]
+        last = max(stamps, default=current.fanout_at or current.created_at)
+        if last < cutoff:
+            stale = engine.store.stale_tasks(job.job_id, current.stage, cutoff)
+            queued_cutoff = cutoff - timedelta(seconds=engine.settings.retry_max_delay_s)
+            if last < queued_cutoff:  # nothing moved for longer than any retry delay: a message may be lost
+                stale += engine.store.stale_queued_tasks(job.job_id, current.stage, queued_cutoff)
+            engine.repos.tasks_queue.send_many([TaskMessage(job_id=job.job_id, task_id=t.task_id) for t in stale])
+            done.extend("resent_stale_task" for _ in stale)
     return _logged(job, done)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from models import TERMINAL, JobRecord, Status, TaskRecord
+from models import TERMINAL, JobRecord, ShardRecord, StageRecord, Status, TaskRecord
 from task_manager import Engine
 
 RECENT_ERRORS = 5
@@ -35,6 +35,8 @@ class StageStatus(BaseModel):
     status: Status
     tasks: TaskCounts
     attempts: int = 0
+    progress: float = Field(0.0, ge=0, le=100, description="percent of the stage's tasks done, "
+                            "counting what running tasks report")
     started_at: datetime | None = None
     ended_at: datetime | None = None
     duration_s: float | None = None
@@ -82,8 +84,10 @@ class TaskView(BaseModel):
     stage: int
     index: int
     task_type: str
+    task_version: int | None = None
     status: Status
     attempts: int
+    progress: int | None = None
     last_error: str | None = None
     error_details: str | None = None
     time_limit_s: int | None = None
@@ -110,47 +114,75 @@ def task_view(task: TaskRecord) -> TaskView:
     return TaskView(**data, duration_s=round(duration, 3) if duration is not None else None)
 
 
+def stage_counts(row: StageRecord | None, shards: list[ShardRecord]) -> tuple[TaskCounts, int]:
+    """A stage's task counts and attempts, from the counters the engine keeps (never task rows).
+
+    ``processing`` counts tasks started and not ended (including ones waiting to retry).
+    """
+    if row is None:
+        return TaskCounts(), 0
+    completed = sum(s.completed for s in shards)
+    failed = sum(s.failed for s in shards)
+    started = sum(s.started for s in shards)
+    cancelled = min(row.cancelled_tasks, row.total - completed - failed)
+    processing = max(0, min(started - completed - failed, row.total - completed - failed - cancelled))
+    counts = TaskCounts(total=row.total, completed=completed, failed=failed, cancelled=cancelled,
+                        processing=processing, queued=row.total - completed - failed - cancelled - processing)
+    return counts, started + sum(s.retried for s in shards)
+
+
+def stage_progress(counts: TaskCounts, shards: list[ShardRecord]) -> float:
+    """0-100 for one stage: ended tasks whole, running ones as far as they reported."""
+    if not counts.total:
+        return 0.0
+    running = min(sum(s.progress for s in shards) / 100, counts.processing)
+    return round(100 * min(1.0, (counts.completed + counts.failed + counts.cancelled + running) / counts.total), 1)
+
+
+def recent_errors(shards: list[ShardRecord]) -> list[TaskErrorSummary]:
+    """The latest task errors of the job, from the bounded record each counter shard keeps."""
+    entries = sorted((e for s in shards for e in s.errors), key=lambda e: e.get("at", ""), reverse=True)
+    return [TaskErrorSummary(task_id=e["task_id"], status=e.get("status", Status.FAILED.value),
+                             attempts=e.get("attempts", 0), error=e.get("error", ""))
+            for e in entries[:RECENT_ERRORS]]
+
+
 def status_document(engine: Engine, job: JobRecord) -> JobStatusResponse:
-    """The job, its stages (timings, counts, attempts), progress, recent errors, result or error."""
+    """The job, its stages (timings, counts, attempts), progress, recent errors, result or error.
+
+    Two storage requests whatever the number of tasks: the job row and one range query over its stage
+    and counter rows.
+    """
     controller = engine.controller(job.job_type)
-    stage_rows = {s.stage: s for s in engine.store.stage_rows(job.job_id)[0]}
-    tasks = engine.store.task_summaries(job.job_id)
+    rows, all_shards = engine.store.stage_rows(job.job_id)
+    stage_rows = {s.stage: s for s in rows}
     stages: list[StageStatus] = []
     for number, definition in enumerate(controller.stages, start=1):
-        mine = [t for t in tasks if t["stage"] == number]
-        counts = TaskCounts(total=len(mine), **{s.value: sum(t["status"] == s.value for t in mine) for s in Status})
         row = stage_rows.get(number)
+        mine = [s for s in all_shards if s.stage == number]
+        counts, attempts = stage_counts(row, mine)
         shown = Status.QUEUED if row is None else (
             Status.CANCELLED if row.cancelled and row.status not in TERMINAL else row.status)
         ended = row.ended_at if row is not None and row.status in TERMINAL else None
         stages.append(StageStatus(
-            stage=number, name=definition.name, status=shown, tasks=counts,
-            attempts=sum(t.get("attempts") or 0 for t in mine),
+            stage=number, name=definition.name, status=shown, tasks=counts, attempts=attempts,
+            progress=100.0 if shown == Status.COMPLETED else stage_progress(counts, mine),
             started_at=row.created_at if row else None, ended_at=ended,
             duration_s=round((ended - row.created_at).total_seconds(), 3) if ended else None))
     totals = TaskCounts(**{f: sum(getattr(s.tasks, f) for s in stages) for f in TaskCounts.model_fields})
-    with_errors = sorted((t for t in tasks if t.get("error_details") or t.get("last_error")),
-                         key=lambda t: str(t.get("ended_at") or ""), reverse=True)[:RECENT_ERRORS]
-    recent = [TaskErrorSummary(task_id=t["task_id"], status=t["status"], attempts=t.get("attempts") or 0,
-                               error=t.get("error_details") or t.get("last_error")) for t in with_errors]
     return JobStatusResponse(
         job_id=job.job_id, job_type=job.job_type, status=job.status, stage=job.stage,
         total_stages=job.total_stages, stage_name=job.stage_name, parameters=job.parameters, tasks=totals,
         stages=stages, progress=progress(job.status, stages), attempts=sum(s.attempts for s in stages),
-        retries=job.retries, recent_errors=recent,
+        retries=job.retries, recent_errors=recent_errors(all_shards),
         result_data=job.result_data if job.status == Status.COMPLETED else None,
         error_details=job.error_details, created_at=job.created_at, updated_at=job.updated_at,
         webhook=job.webhook, webhook_error=job.webhook_error)
 
 
 def progress(job_status: Status, stages: list[StageStatus]) -> float:
-    """0-100: each stage weighs the same; within a stage, the share of its known tasks that ended."""
+    """0-100: each stage weighs the same; within a stage, its own progress (running tasks count as far
+    as they reported)."""
     if job_status == Status.COMPLETED:
         return 100.0
-    done = 0.0
-    for s in stages:
-        if s.status == Status.COMPLETED:
-            done += 1
-        elif s.tasks.total:
-            done += (s.tasks.completed + s.tasks.failed + s.tasks.cancelled) / s.tasks.total
-    return round(100 * done / max(1, len(stages)), 1)
+    return round(sum(s.progress for s in stages) / max(1, len(stages)), 1)

@@ -9,7 +9,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from config import Settings
 from errors import NotFoundError, TaskError
@@ -56,6 +56,7 @@ class TaskIO:
 
     settings: Settings
     rasters: RasterStore
+    extents: Any = None  # the catalogue's extent rules (controller_geo_common.STAC_EXTENTS)
     _pgstac: object | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     known_collections: set[str] = field(default_factory=set, repr=False)  # ensured by this process
@@ -78,7 +79,7 @@ class TaskIO:
                     s = self.settings
                     self._pgstac = PgstacRepository(PgstacSettings(
                         host=s.pgstac_host, port=s.pgstac_port, dbname=s.pgstac_dbname, user=s.pgstac_user,
-                        password=s.pgstac_password, sslmode=s.pgstac_sslmode))
+                        password=s.pgstac_password, sslmode=s.pgstac_sslmode), self.extents)
         return self._pgstac
 
     @contextmanager

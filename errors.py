@@ -99,12 +99,27 @@ class TaskError(OrchestratorError):
     http_status = 422
 
 
+class TooLargeError(TaskError):
+    """An input or a plan over a configured limit (raster pixels, bands, bytes per block, tiles per job,
+    tasks per stage); the message starts with ``too_large:``."""
+
+    code = "too_large"
+
+
 class TransientError(OrchestratorError):
     """Worth retrying: storage timeouts and 5xx, throttling, lost connections."""
 
     code = "transient"
     http_status = 503
     permanent = False
+
+
+# --- a part the app can run without (the STAC catalogue) is not configured: 503 naming the setting (issue #13)
+class NotConfiguredError(TransientError):
+    """A feature whose backing service has no settings here (e.g. no PGSTAC_HOST): 503, the message names the
+    settings to set."""
+
+    code = "not_configured"
 
 
 HTTP_STATUS_BY_ERROR: dict[type[OrchestratorError], int] = {

@@ -3,7 +3,9 @@
 Every binding is read from the app's function objects (the index the real host builds), never from a
 second table: HTTP triggers on a threaded server under ``extensions.http.routePrefix``, queue triggers
 with the host's ``extensions.queues`` semantics (``local_host_queues``), NCRONTAB timers
-(``local_host_timers``). Several local hosts may share one storage account, like scaled-out instances.
+(``local_host_timers``), and Event Grid triggers fed with the BlobCreated events of the containers named
+in ``LOCAL_HOST_BLOB_EVENTS`` (``local_host_blobs``). Several local hosts may share one storage account,
+like scaled-out instances.
 
     python local_host.py [--app function_app] [--port 7071] [--functions a,b] [--no-timers]
 """
@@ -28,6 +30,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Literal, Self
 
+from local_host_blobs import RECEIPTS_TABLE, BlobEventOptions, BlobEventSource
 from local_host_http import LocalHttpServer, build_routes
 from local_host_queues import QueueOptions, QueuePoller
 from local_host_timers import TimerRunner, parse_schedule, parse_timespan
@@ -62,7 +65,7 @@ class FunctionBinding:
     """One function as the host indexes it: its trigger's settings and the Python callable."""
 
     name: str
-    trigger: Literal["http", "queue", "timer"]
+    trigger: Literal["http", "queue", "timer", "event_grid"]
     arg_name: str
     func: Callable[..., Any] = field(repr=False)
     route: str | None = None
@@ -94,6 +97,9 @@ class FunctionBinding:
             return f"http  {','.join(self.methods) if self.methods else 'ALL'} /{path}  -> {self.name}"
         if self.trigger == "queue":
             return f"queue {self.queue_name} ({self.connection}) -> {self.name}"
+        if self.trigger == "event_grid":
+            containers = os.environ.get("LOCAL_HOST_BLOB_EVENTS") or "(none: set LOCAL_HOST_BLOB_EVENTS)"
+            return f"event grid BlobCreated of containers {containers} -> {self.name}"
         startup = ", run on startup" if self.run_on_startup else ""
         return f"timer {self.schedule} (UTC{startup}) -> {self.name}"
 
@@ -138,7 +144,10 @@ def _binding(fn: Any) -> FunctionBinding:
             raise LocalHostError(f"function {name}: {exc}") from exc
         return FunctionBinding(trigger="timer", schedule=schedule, schedule_raw=trigger["schedule"],
                                run_on_startup=bool(trigger.get("runOnStartup")), **common)
-    raise LocalHostError(f"function {name}: trigger type {kind!r} is not supported (http, queue, timer are)")
+    if kind == "eventGridTrigger":
+        return FunctionBinding(trigger="event_grid", **common)
+    raise LocalHostError(f"function {name}: trigger type {kind!r} is not supported (http, queue, timer, "
+                         "eventGrid are)")
 
 
 def describe_functions(app: Any) -> list[FunctionBinding]:
@@ -165,7 +174,7 @@ def load_local_settings(path: str | Path) -> int:
     return len(added)
 
 
-def storage_client(connection: str, service: Literal["queue", "blob"]) -> Any:
+def storage_client(connection: str, service: Literal["queue", "blob", "table"]) -> Any:
     """A service client for a binding's ``connection``, resolved like the host.
 
     ``AzureWebJobs<name>`` then ``<name>``: a connection string (``UseDevelopmentStorage=true`` too), or
@@ -174,6 +183,8 @@ def storage_client(connection: str, service: Literal["queue", "blob"]) -> Any:
     """
     import requests
     from azure.core.pipeline.transport import RequestsTransport
+    if service == "table":
+        return _table_client(connection)
     if service == "queue":
         from azure.storage.queue import LinearRetry
         from azure.storage.queue import QueueServiceClient as Client
@@ -198,6 +209,29 @@ def storage_client(connection: str, service: Literal["queue", "blob"]) -> Any:
             return Client(uri or f"https://{account}.{service}.core.windows.net", credential=credential, **options)
     raise LocalHostError(f"connection {connection!r} is not configured: set {connection} to a connection string "
                          f"or {connection}__accountName / {connection}__{service}ServiceUri")
+
+
+def _table_client(connection: str) -> Any:
+    """A TableServiceClient for ``connection``, resolved like ``storage_client`` (short retries too)."""
+    import requests
+    from azure.core.pipeline.transport import RequestsTransport
+    from azure.data.tables import TableServiceClient
+    session = requests.Session()
+    for scheme in ("http://", "https://"):
+        session.mount(scheme, requests.adapters.HTTPAdapter(pool_maxsize=64))
+    options = {"transport": RequestsTransport(session=session), "retry_total": 2, "retry_backoff_factor": 0.5}
+    for name in (f"AzureWebJobs{connection}", connection):
+        if os.environ.get(name):
+            return TableServiceClient.from_connection_string(os.environ[name], **options)
+        uri = os.environ.get(f"{name}__tableServiceUri")
+        account = os.environ.get(f"{name}__accountName")
+        if uri or account:
+            from azure.identity import DefaultAzureCredential
+            credential = DefaultAzureCredential(managed_identity_client_id=os.environ.get(f"{name}__clientId"))
+            return TableServiceClient(uri or f"https://{account}.table.core.windows.net", credential=credential,
+                                      **options)
+    raise LocalHostError(f"connection {connection!r} is not configured: set {connection} to a connection string "
+                         f"or {connection}__accountName / {connection}__tableServiceUri")
 
 
 def _section(config: dict[str, Any], *keys: str) -> Any:
@@ -229,6 +263,7 @@ class LocalHost:
         self._server: LocalHttpServer | None = None
         self._pollers: list[QueuePoller] = []
         self._timers: list[TimerRunner] = []
+        self._blob_events: list[BlobEventSource] = []
 
     @property
     def port(self) -> int:
@@ -253,14 +288,29 @@ class LocalHost:
         timers = [b for b in self.bindings if b.trigger == "timer"]
         claims = self._claims() if timers else None
         self._timers = [TimerRunner(b, parse_schedule(b.schedule or ""), claims) for b in timers]
+        self._blob_events = self._blob_event_sources()
         http = [b for b in self.bindings if b.trigger == "http"]
         if http:
             self._server = LocalHttpServer((self.bind, self._port), build_routes(http), self.route_prefix)
             threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
                              name="http", daemon=True).start()
-        for part in [*self._pollers, *self._timers]:
+        for part in [*self._pollers, *self._timers, *self._blob_events]:
             part.start()
         return self
+
+    def _blob_event_sources(self) -> list[BlobEventSource]:
+        """One source per Event Grid function, watching the containers LOCAL_HOST_BLOB_EVENTS names."""
+        bindings = [b for b in self.bindings if b.trigger == "event_grid"]
+        if not bindings:
+            return []
+        options = BlobEventOptions.from_host(self.host_config)
+        if not options.containers:
+            logger.warning("Event Grid functions %s get no events: set LOCAL_HOST_BLOB_EVENTS to the containers "
+                           "whose BlobCreated events they receive (or *)", [b.name for b in bindings])
+            return []
+        blobs = storage_client("AzureWebJobsStorage", "blob")
+        receipts = storage_client("AzureWebJobsStorage", "table").get_table_client(RECEIPTS_TABLE)
+        return [BlobEventSource(b, blobs, receipts, options) for b in bindings]
 
     @staticmethod
     def _claims() -> Any:
@@ -274,11 +324,11 @@ class LocalHost:
     def stop(self, timeout: float = 30.0) -> bool:
         """Stop taking work, let running invocations finish up to ``timeout`` s; True if all did."""
         deadline = time.monotonic() + timeout
-        for part in [*self._timers, *self._pollers]:
+        for part in [*self._timers, *self._pollers, *self._blob_events]:
             part.stop()
         if self._server:
             self._server.shutdown()
-        parts = [*self._pollers, *self._timers, *([self._server] if self._server else [])]
+        parts = [*self._pollers, *self._timers, *self._blob_events, *([self._server] if self._server else [])]
         idle = all(part.wait_idle(deadline - time.monotonic()) for part in parts)
         if not idle:
             logger.warning("stopped with invocations still running; their queue messages reappear after the lease")

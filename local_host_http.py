@@ -24,7 +24,10 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import azure.functions as func
 
+from logs import RedactFilter
+
 logger = logging.getLogger(__name__)
+logger.addFilter(RedactFilter())  # a function's traceback may carry a SAS or a connection string
 
 MAX_BODY_BYTES = 100 * 1024 * 1024  # the host's default request size limit
 MAX_CONNECTIONS = 64  # connections served at once; one thread each

@@ -1,27 +1,84 @@
 """Structured logs: one JSON object per line, keyed by job_id / task_id (the worker drops ``extra=``).
 
-Every line passes through ``redact``: SAS signatures, account keys, passwords and tokens in URLs or
-connection strings never reach a log, whatever an error message carried.
+Every line passes through ``redact``: SAS signatures, account keys, passwords, URL credentials, function
+keys and tokens never reach a log, whatever an error message carried. Tracebacks too: ``log_event``
+formats the exception itself and logs it redacted (as ``traceback``), never the live exception, and
+``RedactFilter`` does the same for records logged with ``logger.exception`` where it is installed.
 """
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import re
-from typing import Any
+import sys
+import traceback
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 _SECRETS = re.compile(
     r"(?i)\b(sig|se|skoid|sktid|skt|ske|sks|skv|sv|sp|spr|srt|ss|st|sr)=[^&\s\"';]+(?=(&[a-z]+=|[\s\"';]|$))"
     r"|(AccountKey|SharedAccessSignature|password|pwd)=[^;\s\"']+")
+_OTHER_SECRETS = re.compile(
+    r"(?i)(?P<keep>[a-z][a-z0-9+.-]*://[^/\s:@\"']+:)[^/\s@\"']+(?=@)"  # scheme://user:PASSWORD@host
+    r"|(?P<keep2>[?&]code=)[^&\s\"']+"  # a function key in a URL
+    r"|(?P<keep3>\b(?:x-functions-key|authorization)[\"']?\s*[:=]\s*[\"']?(?:bearer\s+|basic\s+)?)[^\s\"',;]+")
 
 
 def redact(text: str) -> str:
-    """``text`` with SAS query values, account keys and passwords replaced by ``***``."""
-    return _SECRETS.sub(lambda m: f"{m.group(1) or m.group(3)}=***", text)
+    """``text`` with SAS query values, account keys, passwords, URL credentials, function keys and
+    authorization headers replaced by ``***``."""
+    text = _SECRETS.sub(lambda m: f"{m.group(1) or m.group(3)}=***", text)
+    return _OTHER_SECRETS.sub(lambda m: (m.group("keep") or m.group("keep2") or m.group("keep3")) + "***", text)
+
+
+def format_exception(exc_info: Any = True) -> str | None:
+    """The traceback of ``exc_info`` (True: the exception being handled) as text, redacted; None if none."""
+    if exc_info is True:
+        exc_info = sys.exc_info()
+    elif isinstance(exc_info, BaseException):
+        exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+    if not exc_info or exc_info[0] is None:
+        return None
+    return redact("".join(traceback.format_exception(*exc_info)).rstrip())
+
+
+class RedactFilter(logging.Filter):
+    """Redacts a record in place before any handler formats it: the message with its arguments, and
+    the traceback (formatted now into ``exc_text``; the live exception is dropped from the record)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Always keeps the record, redacted."""
+        record.msg, record.args = redact(record.getMessage()), None
+        if record.exc_info:
+            record.exc_text = format_exception(record.exc_info)
+            record.exc_info = None
+        elif record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
+
+
+_CONTEXT: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("geoetl_log_context", default=None)
+
+
+@contextmanager
+def log_context(**fields: Any) -> Iterator[None]:
+    """Within this block (this thread or task), every ``log_event`` line carries ``fields`` too (job_id,
+    task_id, task_type, task_version, trace ids): a handler's own lines name the task without passing ids."""
+    token = _CONTEXT.set({**(_CONTEXT.get() or {}), **{k: v for k, v in fields.items() if v is not None}})
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
 
 
 def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, exc_info: bool = False,
               **fields: Any) -> None:
-    """Log ``{"event": event, **fields}`` as one JSON line, secrets redacted."""
-    payload = {"event": event, **{k: v for k, v in fields.items() if v is not None}}
-    logger.log(level, redact(json.dumps(payload, default=str, separators=(",", ":"))), exc_info=exc_info)
+    """Log ``{"event": event, **context, **fields}`` as one JSON line, secrets redacted; with ``exc_info``
+    the exception being handled is added, formatted and redacted, as ``traceback``."""
+    payload = {"event": event, **(_CONTEXT.get() or {}), **{k: v for k, v in fields.items() if v is not None}}
+    if exc_info and (text := format_exception(exc_info)):
+        payload["traceback"] = text
+    logger.log(level, redact(json.dumps(payload, default=str, separators=(",", ":"))))

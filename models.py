@@ -186,6 +186,7 @@ class Row(BaseModel):
 
     model_config = ConfigDict(use_enum_values=False, validate_assignment=False)
     etag: str | None = Field(default=None, exclude=True)
+    changed_at: datetime | None = Field(default=None, exclude=True)  # the service's Timestamp, when read
     write_id: str | None = None
 
 
@@ -253,7 +254,11 @@ class StageRecord(Row):
     tolerated_failures: int = 0
     finisher: str | None = None
     dispatched: bool = False
+    fanned_out: int = 0  # task rows written and messages sent so far (fan-out goes in chunks)
+    fanout_at: datetime | None = None  # when the last chunk was fanned out (the sweeper's clock)
+    plan_stored: bool = False  # the plan is a blob (fixed once; read by every chunk)
     cancelled: bool = False
+    cancelled_tasks: int = 0
     advance_sent: bool = False
     created_at: datetime = Field(default_factory=utcnow)
     ended_at: datetime | None = None
@@ -272,10 +277,14 @@ class ShardRecord(Row):
     remaining: int
     completed: int = 0
     failed: int = 0
+    started: int = 0  # tasks of the shard claimed at least once
+    retried: int = 0  # claims after a task's first (attempts beyond the first)
+    progress: int = 0  # sum of the running tasks' reported percentages (ended tasks count in ``remaining``)
+    errors: list[dict[str, Any]] = Field(default_factory=list)  # the shard's latest failures (bounded)
     finisher: str | None = None
     schema_version: int = SCHEMA_VERSION
 
-    JSON_FIELDS: ClassVar[tuple[str, ...]] = ()
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = ("errors",)
 
 
 class TaskRecord(Row):
@@ -287,7 +296,9 @@ class TaskRecord(Row):
     index: int
     shard: int = 0
     task_type: str
+    task_version: int | None = None  # the handler version that planned (then ran) it
     status: Status = Status.QUEUED
+    progress: int | None = None  # 0-100 while running, as the handler last reported
     parameters: dict[str, Any] = Field(default_factory=dict)
     result: Any = None
     error_details: str | None = None
@@ -314,6 +325,8 @@ def row_keys(row: Row) -> tuple[str, str]:
         return row.job_id, shard_row_key(row.stage, row.shard)
     if isinstance(row, TaskRecord):
         return row.job_id, task_row_key(row.stage, row.index)
+    if isinstance(row, (ScheduleRecord, WatchRecord)):
+        return row.table_keys()
     raise TypeError(type(row).__name__)
 
 
@@ -332,13 +345,25 @@ def to_entity(row: Row) -> dict[str, Any]:
     return {k: v for k, v in entity.items() if v is not None}
 
 
-def from_entity(cls: type[Row], entity: dict[str, Any], etag: str | None = None) -> Row:
+def from_entity(cls: type[Row], entity: dict[str, Any], etag: str | None = None,
+                changed_at: datetime | None = None) -> Row:
     """Inverse of ``to_entity`` (spilled payloads are resolved by the repository first)."""
     data = {k: v for k, v in dict(entity).items() if k not in ("PartitionKey", "RowKey", "Timestamp")}
     for name in cls.JSON_FIELDS:
         if isinstance(data.get(name), str):
             data[name] = json.loads(data[name])
-    return cls.model_validate({**data, "etag": etag})
+    return cls.model_validate({**data, "etag": etag, "changed_at": changed_at})
+
+
+class BlobInfo(BaseModel):
+    """What a listing or a HEAD tells about a blob."""
+
+    container: str
+    name: str
+    size: int
+    last_modified: datetime
+    content_type: str | None = None
+    etag: str | None = None
 
 
 # ---------------------------------------------------------------- messages
@@ -359,6 +384,7 @@ class StageMessage(Message):
     kind: Literal["stage"] = "stage"
     job_id: str
     stage: int = Field(ge=1, le=MAX_STAGES)
+    from_task: int | None = Field(default=None, ge=0, description="a fan-out continuation: the next chunk's start")
 
 
 class CompletionMessage(Message):
@@ -397,3 +423,76 @@ def decode_job_message(body: str | bytes) -> StageMessage | CompletionMessage | 
 def decode_task_message(body: str | bytes) -> TaskMessage:
     """Parse a tasks-queue message body."""
     return TaskMessage.model_validate_json(body)
+
+
+# ================================================================ jobs that start by themselves (issue #13)
+# Schedules and watches live in one table (SCHEDULES_TABLE), PartitionKey 'schedule' or 'watch'. The jobs
+# they start carry the occasion in their parameters, so it is part of the job's identity: a schedule adds
+# ``scheduled_for`` (the slot), a watch adds ``source_etag`` (the blob version).
+SCHEDULE_PARTITION = "schedule"
+WATCH_PARTITION = "watch"
+
+
+def trigger_id(kind: str, definition: dict[str, Any]) -> str:
+    """16 hex digits of SHA-256 over the canonical definition: the same definition is the same resource."""
+    return hashlib.sha256(canonical_json({"kind": kind, **definition}).encode("utf-8")).hexdigest()[:16]
+
+
+class ScheduleRecord(Row):
+    """A schedule: a job type, its validated parameters, an NCRONTAB expression, and its latest slot.
+
+    ``last_slot`` only moves forward (If-Match): the instance whose write claims a slot submits it; a
+    claimed slot still without ``last_job_id`` 30 s later (a crash between claim and submit) is submitted
+    by the next tick, under the same job identity.
+    """
+
+    schedule_id: str
+    name: str | None = None
+    job_type: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    expression: str
+    created_at: datetime = Field(default_factory=utcnow)
+    last_slot: datetime | None = None
+    claimed_at: datetime | None = None  # when last_slot was claimed (by the ticking instance's clock)
+    last_job_id: str | None = None
+    last_error: str | None = None
+    skipped_slots: int = 0  # slots passed over by the latest-only policy (after downtime)
+    schema_version: int = SCHEMA_VERSION
+
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = ("parameters",)
+
+    def table_keys(self) -> tuple[str, str]:
+        """(PartitionKey, RowKey)."""
+        return SCHEDULE_PARTITION, self.schedule_id
+
+
+class WatchRecord(Row):
+    """A watch: each new or changed raster blob under ``container``/``prefix`` starts one ``job_type`` job
+    with ``options`` plus the blob's container, name and ETag (``source_etag``)."""
+
+    watch_id: str
+    name: str | None = None
+    container: str
+    prefix: str = ""
+    job_type: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    source: Literal["api", "settings"] = "api"
+    created_at: datetime = Field(default_factory=utcnow)
+    schema_version: int = SCHEMA_VERSION
+
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = ("options",)
+
+    def table_keys(self) -> tuple[str, str]:
+        """(PartitionKey, RowKey)."""
+        return WATCH_PARTITION, self.watch_id
+
+
+class BlobArrival(BaseModel):
+    """One version of one blob that was created or overwritten (from an Event Grid BlobCreated event)."""
+
+    container: str
+    blob: str
+    etag: str = Field(min_length=1, description="the version: the blob's ETag, without quotes")
+    size: int | None = None
+    content_type: str | None = None
+    event_id: str | None = None

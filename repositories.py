@@ -29,6 +29,7 @@ from repository_blobs import PayloadBlobs
 from repository_clients import StorageClients, translate_errors
 from repository_queues import QueueProducer
 from repository_rasters import RasterStore
+from repository_schedules import ScheduleStore
 
 logger = logging.getLogger(__name__)
 R = TypeVar("R", bound=Row)
@@ -76,7 +77,8 @@ class JobStore:
         """Row from an SDK entity, loading spilled fields from blobs when ``resolve``."""
         data = dict(entity)
         refs = {name: data.pop(f"{name}_ref") for name in cls.JSON_FIELDS if f"{name}_ref" in data}
-        row = from_entity(cls, data, etag=entity.metadata.get("etag"))
+        meta = getattr(entity, "metadata", {})
+        row = from_entity(cls, data, etag=meta.get("etag"), changed_at=meta.get("timestamp"))
         for name, ref in refs.items():
             setattr(row, name, self.blobs.get_json(PayloadRef.model_validate_json(ref)) if resolve else None)
         return row
@@ -187,25 +189,38 @@ class JobStore:
         return entities, pager.continuation_token or None
 
     # ------------------------------------------------------------ stages and counters
-    def create_stage(self, stage: StageRecord, shards: list[ShardRecord], tasks: list[TaskRecord]) -> None:
-        """Write a stage's task rows, counter shards, then its stage row; safe to repeat.
+    def create_counters(self, stage: StageRecord, shards: list[ShardRecord]) -> StageRecord:
+        """Create a stage row and its counter shards in one transaction (atomic, so either all exist);
+        safe to repeat, and a lost reply is recognised by finding the rows. Returns the stored stage row."""
+        ops = [("create", self.pack(row)) for row in (stage, *shards)]
+        try:
+            with translate_errors(f"create counters of stage {stage.stage} of job {stage.job_id}"):
+                self.tasks.submit_transaction(ops)
+        except (ConflictError, TransientError):
+            pass  # created before (by us, whose reply was lost, or by a duplicate message)
+        stored = self.get_stage(stage.job_id, stage.stage)
+        if stored is None:
+            raise TransientError(f"stage {stage.stage} of job {stage.job_id}: its counters could not be written")
+        return stored
 
-        Batches are deterministic, so a batch that already exists fails whole with a conflict and is
-        skipped. The stage row goes last: if it exists, every row of the stage exists.
-        """
-        entities = [self.pack(t) for t in tasks] + [self.pack(s) for s in shards]
-        for batch in chunk_for_transactions(entities):
-            try:
-                with translate_errors(f"create rows of stage {stage.stage} of job {stage.job_id}"):
-                    self.tasks.submit_transaction([("create", e) for e in batch])
-            except ConflictError:
-                logger.info('{"event": "stage_batch_exists", "job_id": "%s", "stage": %d}',
-                            stage.job_id, stage.stage)
-        with translate_errors(f"create stage row {stage.stage} of job {stage.job_id}"):
-            try:
-                self.tasks.create_entity(self.pack(stage))
-            except ResourceExistsError:
-                pass
+    def create_tasks(self, tasks: list[TaskRecord]) -> None:
+        """Create task rows in deterministic transactions; a batch that exists already (a repeat, or a lost
+        reply) fails whole with a conflict and is skipped; a transient failure is tried again."""
+        for batch in chunk_for_transactions([self.pack(t) for t in tasks]):
+            for attempt in range(3):
+                try:
+                    with translate_errors(f"create {len(batch)} task rows of job {batch[0]['PartitionKey']}"):
+                        self.tasks.submit_transaction([("create", e) for e in batch])
+                    break
+                except ConflictError:
+                    break
+                except TransientError:
+                    if attempt == 2:
+                        raise
+
+    def replace_stage(self, stage: StageRecord) -> StageRecord:
+        """Conditional update of a stage row (write id recognises a lost reply)."""
+        return self._replace(self.tasks, stage)
 
     def get_stage(self, job_id: str, stage: int) -> StageRecord | None:
         """One stage row, or None."""
@@ -220,42 +235,55 @@ class JobStore:
         shards = [self.unpack(ShardRecord, e) for e in entities if "-shard-" in e["RowKey"]]
         return stages, shards
 
-    def counters(self, job_id: str, stage: int, shard: int) -> tuple[StageRecord, ShardRecord]:
-        """A stage row and one of its shards, with ETags, in one request.
-
-        A RowKey range ('stage-NN' .. 'stage-NN-shard-MM') reads at most shards + 1 rows, so it stays
-        cheap however many tasks share the partition (an OR of RowKeys would scan the partition).
-        """
-        flt = "PartitionKey eq @pk and RowKey ge @lo and RowKey le @hi"
-        params = {"pk": job_id, "lo": stage_row_key(stage), "hi": shard_row_key(stage, shard)}
+    def stage_counters(self, job_id: str, stage: int) -> tuple[StageRecord, dict[int, ShardRecord]]:
+        """A stage row and all its counter shards, with ETags, in one range query."""
+        flt = "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi"
+        params = {"pk": job_id, "lo": stage_row_key(stage), "hi": stage_row_key(stage) + "."}
         with translate_errors(f"read counters of stage {stage} of {job_id}"):
-            entities = {e["RowKey"]: e for e in self.tasks.query_entities(flt, parameters=params)}
-        if params["lo"] not in entities or params["hi"] not in entities:
+            entities = list(self.tasks.query_entities(flt, parameters=params))
+        rows = {e["RowKey"]: e for e in entities}
+        if params["lo"] not in rows:
             raise NotFoundError(f"counters of stage {stage} of job {job_id} are missing")
-        return (self.unpack(StageRecord, entities[params["lo"]]),
-                self.unpack(ShardRecord, entities[params["hi"]]))
+        shards = [self.unpack(ShardRecord, e) for k, e in rows.items() if k != params["lo"]]
+        return self.unpack(StageRecord, rows[params["lo"]]), {s.shard: s for s in shards}
 
-    def commit_task_end(self, task: TaskRecord, shard: ShardRecord, stage: StageRecord | None) -> None:
-        """Atomically: task row, its shard counter and (when the shard ends) the stage row.
+    def task_range(self, job_id: str, stage: int, lo: int, hi: int) -> list[TaskRecord]:
+        """Task rows ``lo``..``hi`` (inclusive) of a stage, in one range query."""
+        flt = "PartitionKey eq @pk and RowKey ge @lo and RowKey le @hi"
+        params = {"pk": job_id, "lo": task_row_key(stage, lo), "hi": task_row_key(stage, hi)}
+        return self._query(self.tasks, TaskRecord, flt, params)
 
-        Every operation is If-Match; ConflictError means another writer got there first.
+    def commit_rows(self, tasks: list[TaskRecord], shards: list[ShardRecord],
+                    stage: StageRecord | None) -> list[str]:
+        """One transaction: task rows, counter shards, then the stage row, every one If-Match.
+
+        Returns the new ETags in that order. ConflictError's ``details['operation']`` names the stale
+        row (its position in that order) when the service says which.
         """
-        ops = [("update", self.pack(task), {**_IF_MATCH, "etag": task.etag}),
-               ("update", self.pack(shard), {**_IF_MATCH, "etag": shard.etag})]
-        if stage is not None:
-            ops.append(("update", self.pack(stage), {**_IF_MATCH, "etag": stage.etag}))
+        rows: list[Row] = [*tasks, *shards, *([stage] if stage is not None else [])]
+        ops = [("update", self.pack(row), {**_IF_MATCH, "etag": row.etag}) for row in rows]
         try:
-            with translate_errors(f"commit end of task {task.task_id}"):
-                self.tasks.submit_transaction(ops)
-        except ConflictError as exc:  # which row was stale: 0 = the task row, 1+ = its counters
+            with translate_errors(f"commit {len(tasks)} task rows of job {tasks[0].job_id if tasks else '?'}"):
+                results = self.tasks.submit_transaction(ops)
+        except ConflictError as exc:
             exc.details["operation"] = getattr(exc.__cause__, "index", None)
             raise
+        return [result.get("etag") for result in results]
 
     def mark_stage(self, job_id: str, stage: int, **fields: Any) -> None:
-        """Merge flag properties into a stage row without touching its counters (no ETag needed)."""
+        """Merge flag properties into a stage row without touching its counters (no ETag needed).
+
+        A merge sets absolute values, so a repeat is harmless: a lost reply (the SDK does not re-send a
+        MERGE) is answered by merging again."""
         entity = {"PartitionKey": job_id, "RowKey": stage_row_key(stage), **fields}
-        with translate_errors(f"mark stage {stage} of {job_id}"):
-            self.tasks.update_entity(entity, mode=UpdateMode.MERGE)
+        for attempt in range(3):
+            try:
+                with translate_errors(f"mark stage {stage} of {job_id}"):
+                    self.tasks.update_entity(entity, mode=UpdateMode.MERGE)
+                return
+            except TransientError:
+                if attempt == 2:
+                    raise
 
     def reopen_chunks(self, tasks: list[TaskRecord]) -> list[list[TaskRecord]]:
         """Tasks grouped so each group fits one transaction beside its shard and stage rows."""
@@ -278,7 +306,7 @@ class JobStore:
         flt = "PartitionKey eq @pk and RowKey ge 'stage-' and RowKey lt 'stage.'"
         with translate_errors(f"query progress of {job_id}"):
             stamps = [e.metadata.get("timestamp") for e in self.tasks.query_entities(
-                flt, parameters={"pk": job_id}, select=["RowKey"])]
+                flt, parameters={"pk": job_id}, select=["RowKey", "Timestamp"])]
         return max((t for t in stamps if t is not None), default=None)
 
     def get_shard(self, job_id: str, stage: int, shard: int) -> ShardRecord | None:
@@ -328,6 +356,14 @@ class JobStore:
         params = {"pk": job_id, "lo": f"task-{stage:02d}-", "hi": f"task-{stage:02d}.", "before": before}
         return self._query(self.tasks, TaskRecord, flt, params, resolve=False)
 
+    def count_tasks(self, job_id: str, stage: int, status: Status) -> int:
+        """How many tasks of a stage have ``status`` (a narrow partition query: operator paths only)."""
+        flt = "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi and status eq @status"
+        params = {"pk": job_id, "lo": f"task-{stage:02d}-", "hi": f"task-{stage:02d}.", "status": status.value}
+        with translate_errors(f"count tasks of {job_id}"):
+            return sum(1 for _ in self.tasks.query_entities(flt, parameters=params, select=["RowKey"],
+                                                           results_per_page=1000))
+
     def stale_queued_tasks(self, job_id: str, stage: int, before: datetime) -> list[TaskRecord]:
         """Tasks of a stage queued and unchanged since before ``before`` (their message may be lost)."""
         flt = ("PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi and status eq 'queued' "
@@ -361,6 +397,7 @@ class Repositories:
         self.tasks_poison = QueueProducer(self.clients.queues, f"{settings.tasks_queue}-poison")
         self.rasters = RasterStore(self.clients.blobs, settings.sas_enabled, settings.sas_ttl_minutes)
         self.jobs_poison = QueueProducer(self.clients.queues, f"{settings.jobs_queue}-poison")
+        self.schedules = ScheduleStore(self.clients.tables, settings.schedules_table)  # schedules and watches
         self._ready = False
         self._lock = threading.Lock()
 
@@ -370,6 +407,7 @@ class Repositories:
             with self._lock:
                 if not self._ready:
                     self.store.ensure()
+                    self.schedules.ensure()
                     self.blobs.ensure()
                     for queue in self.queues():
                         queue.ensure()

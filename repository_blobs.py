@@ -52,6 +52,11 @@ class PayloadBlobs:
             except ResourceExistsError:
                 return json.loads(self._container.download_blob(name).readall())
 
+    def get_named_json(self, name: str) -> Any:
+        """Load what ``put_json_once`` stored at ``name``."""
+        with translate_errors(f"download {name}"):
+            return json.loads(self._container.download_blob(name).readall())
+
     def get_json(self, ref: PayloadRef) -> Any:
         """Load a payload stored by ``put_json``."""
         with translate_errors(f"download payload {ref.blob}"):

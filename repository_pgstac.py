@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Literal, Self
+from typing import Any, Literal, Protocol, Self
 
 import psycopg
 import psycopg.errors
@@ -28,7 +28,6 @@ from errors import (
     TransientError,
 )
 from logs import log_event
-from services_stac import item_extent, union_extent
 
 logger = logging.getLogger(__name__)
 
@@ -101,15 +100,28 @@ def translate_errors(action: str) -> Iterator[None]:
         raise OrchestratorError(f"pgstac error while {action}: {type(exc).__name__}: {_reason(exc)}") from exc
 
 
+class ExtentRules(Protocol):
+    """How STAC extents combine (the catalogue service's rules, handed in: repositories import no
+    service). ``services_stac`` itself has this shape."""
+
+    def item_extent(self, item: dict) -> dict:
+        """The extent of one item."""
+
+    def union_extent(self, current: dict | None, other: dict) -> dict:
+        """An extent covering both."""
+
+
 class PgstacRepository:
     """Collections and items in pgstac, through a small psycopg connection pool (opened lazily).
 
-    Connections run in autocommit mode; every write happens inside an explicit transaction.
+    Connections run in autocommit mode; every write happens inside an explicit transaction. The
+    collection extent stays true on every write, by the ``extents`` rules it is given.
     """
 
-    def __init__(self, settings: PgstacSettings) -> None:
+    def __init__(self, settings: PgstacSettings, extents: ExtentRules) -> None:
         """Prepare the pool; nothing connects until the first call."""
         self.settings = settings
+        self.extents = extents
         self._pool = ConnectionPool(settings.dsn, min_size=0, max_size=settings.pool_max,
                                     timeout=settings.connect_timeout_s, open=False, name="pgstac",
                                     kwargs={"autocommit": True}, check=ConnectionPool.check_connection)
@@ -163,8 +175,8 @@ class PgstacRepository:
                 outcome = "created"
             else:
                 stored = self._lock_collection(cur, collection_id)
-                merged = {**collection, "extent": union_extent(stored.get("extent"),
-                                                               collection["extent"])}
+                merged = {**collection, "extent": self.extents.union_extent(
+                    stored.get("extent"), collection["extent"])}
                 if merged == stored:
                     outcome = "unchanged"
                 else:
@@ -199,9 +211,8 @@ class PgstacRepository:
                                 f"ensure_collection first")
         return row[0]
 
-    @staticmethod
-    def _widen_extent(cur: psycopg.Cursor, collection_id: str, stored: dict, extent: dict) -> None:
-        widened = union_extent(stored.get("extent"), extent)
+    def _widen_extent(self, cur: psycopg.Cursor, collection_id: str, stored: dict, extent: dict) -> None:
+        widened = self.extents.union_extent(stored.get("extent"), extent)
         if widened != stored.get("extent"):
             cur.execute("UPDATE collections SET content = jsonb_set(content, '{extent}', %s) WHERE id = %s",
                         [Jsonb(widened), collection_id])
@@ -221,7 +232,7 @@ class PgstacRepository:
             cur.execute("SELECT 1 FROM items WHERE collection = %s AND id = %s", [collection_id, item_id])
             existed = cur.fetchone() is not None
             cur.execute("SELECT upsert_item(%s)", [Jsonb(item)])
-            self._widen_extent(cur, collection_id, stored, item_extent(item))
+            self._widen_extent(cur, collection_id, stored, self.extents.item_extent(item))
         outcome: Literal["created", "updated"] = "updated" if existed else "created"
         log_event(logger, "pgstac_item", collection=collection_id, item=item_id, outcome=outcome)
         return outcome
@@ -283,9 +294,9 @@ class PgstacRepository:
                 db.disconnect()
             with self._cursor("widening collection extents", write=True) as cur:
                 for collection_id, group in by_collection.items():
-                    extent = item_extent(group[0])
+                    extent = self.extents.item_extent(group[0])
                     for item in group[1:]:
-                        extent = union_extent(extent, item_extent(item))
+                        extent = self.extents.union_extent(extent, self.extents.item_extent(item))
                     self._widen_extent(cur, collection_id, self._lock_collection(cur, collection_id), extent)
         log_event(logger, "pgstac_bulk_load", items=len(items), collections=sorted(by_collection))
         return len(items)

@@ -15,11 +15,10 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import (
     BlobSasPermissions, BlobServiceClient, ContentSettings, UserDelegationKey, generate_blob_sas,
 )
-from pydantic import BaseModel
 
 from config import Settings
 from errors import NotFoundError, TaskError
-from models import validate_blob_name, validate_container_name
+from models import BlobInfo, validate_blob_name, validate_container_name
 from repository_clients import translate_errors
 
 TIFF_CONTENT_TYPE = "image/tiff; application=geotiff"
@@ -27,26 +26,16 @@ COG_CONTENT_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 TRANSFER_CONCURRENCY = 2
 
 
-class BlobInfo(BaseModel):
-    """What a listing or a HEAD tells about a blob."""
-
-    container: str
-    name: str
-    size: int
-    last_modified: datetime
-    content_type: str | None = None
-    etag: str | None = None
-
-
 def build_read_sas(account_name: str, container: str, blob: str, expiry: datetime, *,
                    account_key: str | None = None, delegation_key: UserDelegationKey | None = None,
-                   start: datetime | None = None) -> str:
-    """Query string of a read-only blob SAS signed with an account key or a user-delegation key."""
+                   start: datetime | None = None, https_only: bool = True) -> str:
+    """Query string of a read-only blob SAS signed with an account key or a user-delegation key;
+    usable over https only (``spr=https``) unless ``https_only`` is False (Azurite serves plain http)."""
     if (account_key is None) == (delegation_key is None):
         raise ValueError("sign a SAS with exactly one of account_key or delegation_key")
     return generate_blob_sas(account_name, container, blob, account_key=account_key,
                              user_delegation_key=delegation_key, permission=BlobSasPermissions(read=True),
-                             expiry=expiry, start=start, protocol=None)
+                             expiry=expiry, start=start, protocol="https" if https_only else None)
 
 
 def _info(container: str, props) -> BlobInfo:
@@ -157,13 +146,16 @@ class RasterStore:
         expiry = now + self.sas_ttl
         credential = self.service.credential
         key = getattr(credential, "account_key", None)
+        url = self.url(container, blob)
+        https_only = url.lower().startswith("https://")  # an https account: the SAS never works over http
         with translate_errors(f"sign a SAS for {container}/{blob}"):
             if key:
-                token = build_read_sas(self.service.account_name, container, blob, expiry, account_key=key)
+                token = build_read_sas(self.service.account_name, container, blob, expiry, account_key=key,
+                                       https_only=https_only)
             else:
-                token = build_read_sas(self.service.account_name, container, blob, expiry,
+                token = build_read_sas(self.service.account_name, container, blob, expiry, https_only=https_only,
                                        delegation_key=self._delegation_key(now, expiry), start=now)
-        return f"{self.url(container, blob)}?{token}"
+        return f"{url}?{token}"
 
     def _delegation_key(self, now: datetime, expiry: datetime) -> UserDelegationKey:
         """A user-delegation key covering ``expiry`` (fetched once a day, reused meanwhile)."""

@@ -52,7 +52,7 @@ def post(url: str, body: bytes, headers: dict[str, str], timeout_s: float, *, ho
          addresses: list[str], max_response_bytes: int = MAX_RESPONSE_BYTES) -> int:
     """POST ``body`` to ``url``'s path at one of ``addresses`` (already checked), as ``host``; the status code.
 
-    ``host`` and ``port`` are what ``services_webhook.check_url`` returned for ``url`` (the ASCII form of
+    ``host`` and ``port`` are what ``repository_webhook_rules.check_url`` returned for ``url`` (the ASCII form of
     the name). Redirects are not followed. Connection and TLS failures, the deadline and oversized or
     malformed answers are TransientError.
     """

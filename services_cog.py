@@ -39,7 +39,6 @@ from typing import Literal
 import numpy as np
 import rasterio
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.env import get_gdal_config, set_gdal_config
 from rasterio.errors import RasterioIOError
@@ -47,19 +46,13 @@ from rasterio.io import MemoryFile
 from rasterio.rio.overview import get_maximum_overview_level
 from rasterio.shutil import copy as rio_copy
 from rasterio.vrt import WarpedVRT
-from rio_cogeo import cog_translate, cog_validate
+from rio_cogeo import cog_translate
 from rio_cogeo.errors import RioCogeoError
 from rio_cogeo.profiles import cog_profiles
 
 from errors import TaskError, TransientError
-from services_raster import (
-    RASTER_ERRORS,
-    RasterInfo,
-    crs_string,
-    gdal_message,
-    open_raster,
-    validate_raster,
-)
+from services_gdal import RASTER_ERRORS, RasterLimits, check_limits, gdal_message, open_user_raster, user_crs
+from services_raster import RasterInfo, crs_string, validate_raster
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +88,8 @@ class CogOptions(BaseModel):
     cog_profile: CogProfile = CogProfile.DEFLATE
     blocksize: int = Field(512, ge=64, le=4096, multiple_of=16, description="internal tile size, px")
     overview_resampling: OverviewResampling = "nearest"
-    target_crs: str | None = Field(None, description="reproject to this CRS (any rasterio CRS input)")
+    target_crs: str | None = Field(None, description="reproject to this CRS: an authority code (EPSG:3857), "
+                                                     "WKT or PROJJSON; never a path or URL")
     resampling: WarpResampling = Field("nearest", description="warp resampling, with target_crs")
     quality: int | None = Field(None, ge=1, le=100, description="jpeg/webp quality")
     # Run-time knobs: they bound memory and choose folders, and never change the output.
@@ -109,10 +103,7 @@ class CogOptions(BaseModel):
     def _canonical_crs(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
-        try:
-            return crs_string(CRS.from_user_input(value.strip()))
-        except RASTER_ERRORS as exc:
-            raise ValueError(f"unknown CRS {value!r}: {exc}") from exc
+        return crs_string(user_crs(value))
 
 
 OUTPUT_FIELDS = ("cog_profile", "blocksize", "overview_resampling", "target_crs", "resampling", "quality")
@@ -162,15 +153,19 @@ def cog_output_name(input_blob: str, options: CogOptions | None = None) -> str:
     return str(blob.with_name(f"{stem}_cog_{options.cog_profile.value}{crs_tag}_{digest}.tif"))
 
 
-def create_cog(src_path: str | Path, dst_path: str | Path, options: CogOptions | None = None) -> CogResult:
+def create_cog(src_path: str | Path, dst_path: str | Path, options: CogOptions | None = None,
+               limits: RasterLimits | None = None) -> CogResult:
     """Write ``src_path`` as a validated COG at ``dst_path`` (512 px tiles, overviews, nodata/alpha/mask
-    and dtype preserved; see the module docstring for the lossy profiles and reprojection)."""
-    return translate_to_cog(src_path, dst_path, options or CogOptions(), validate_raster(src_path))
+    and dtype preserved; see the module docstring for the lossy profiles and reprojection). The source
+    (and the reprojected grid) must be within ``limits`` (TooLargeError)."""
+    return translate_to_cog(src_path, dst_path, options or CogOptions(), validate_raster(src_path, limits), limits)
 
 
-def translate_to_cog(src_path: str | Path, dst_path: str | Path, options: CogOptions,
-                     info: RasterInfo) -> CogResult:
-    """``create_cog`` for an already validated source (``services_tiles.assemble_tiles`` passes a VRT)."""
+def translate_to_cog(src_path: str | Path, dst_path: str | Path, options: CogOptions, info: RasterInfo,
+                     limits: RasterLimits | None = None, *, app_vrt: bool = False) -> CogResult:
+    """``create_cog`` for an already validated source (``services_tiles.assemble_tiles`` passes its own
+    mosaic VRT, with ``app_vrt=True``)."""
+    limits = limits or RasterLimits()
     started = time.perf_counter()
     dst_kwargs, add_mask, notes = _profile_plan(info, options)
     dst_path = Path(dst_path)
@@ -182,8 +177,8 @@ def translate_to_cog(src_path: str | Path, dst_path: str | Path, options: CogOpt
         tmp_out = work / dst_path.name
         with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True, GDAL_TIFF_OVR_BLOCKSIZE=str(options.blocksize)):
             in_memory, cachemax, caught = _translate(str(src_path), tmp_out, info, options, dst_kwargs,
-                                                     add_mask)
-            result = _describe_output(tmp_out, dst_path, options, in_memory, cachemax)
+                                                     add_mask, limits, app_vrt)
+            result = _describe_output(tmp_out, dst_path, options, in_memory, cachemax, limits)
         _move_into_place(tmp_out, dst_path)
     except RASTER_ERRORS + (RioCogeoError, OSError) as exc:
         message = gdal_message(exc)
@@ -242,10 +237,10 @@ def _profile_plan(info: RasterInfo, options: CogOptions) -> tuple[dict, bool, li
 
 
 def _translate(src_path: str, tmp_out: Path, info: RasterInfo, options: CogOptions, dst_kwargs: dict,
-               add_mask: bool) -> tuple[bool, int | None, list[str]]:
+               add_mask: bool, limits: RasterLimits, app_vrt: bool) -> tuple[bool, int | None, list[str]]:
     """Write the COG into ``tmp_out``; returns (in_memory, GDAL_CACHEMAX used, warnings raised)."""
     with ExitStack() as stack:
-        src = stack.enter_context(open_raster(src_path))
+        src = stack.enter_context(open_user_raster(src_path, limits=limits, app_vrt=app_vrt))
         source = src
         data_indexes = list(src.indexes)
         alpha_added = False
@@ -257,6 +252,7 @@ def _translate(src_path: str, tmp_out: Path, info: RasterInfo, options: CogOptio
                 vrt_kwargs["add_alpha"] = alpha_added = True  # outside the source: stored as a mask
                 add_mask = True
             source = stack.enter_context(WarpedVRT(src, **vrt_kwargs))
+            check_limits(source, limits, f"{src_path} reprojected to {options.target_crs}")
         pixels = source.width * source.height
         in_memory = pixels <= options.in_memory_max_pixels
         cachemax = None if in_memory else options.gdal_cachemax_mb
@@ -328,12 +324,11 @@ def _masked_cog(source, data_indexes: list[int], alpha_index: int | None, tmp_ou
 
 
 def _describe_output(tmp_out: Path, dst_path: Path, options: CogOptions, in_memory: bool,
-                     cachemax: int | None) -> CogResult:
+                     cachemax: int | None, limits: RasterLimits) -> CogResult:
     """Validate the new file as a COG (TaskError if it is not) and describe it."""
-    valid, errors, _ = cog_validate(str(tmp_out), quiet=True)
-    if not valid:
-        raise TaskError(f"the file written for {dst_path.name} is not a valid COG: {'; '.join(errors)}")
-    out = validate_raster(tmp_out)
+    out = validate_raster(tmp_out, limits)
+    if not out.is_cog:
+        raise TaskError(f"the file written for {dst_path.name} is not a valid COG: {'; '.join(out.cog_errors)}")
     return CogResult(dst_path=str(dst_path), cog_profile=options.cog_profile, file_size=out.file_size,
                      width=out.width, height=out.height, count=out.count, dtypes=out.dtypes,
                      nodata=out.nodata, validity=out.validity, crs=out.crs, epsg=out.epsg, bounds=out.bounds,

@@ -9,7 +9,8 @@ from rasterio.crs import CRS
 from rasterio.warp import transform as transform_points
 
 from errors import TaskError
-from services_raster import DENSIFY_POINTS, RASTER_ERRORS, RasterInfo, gdal_message
+from services_gdal import RASTER_ERRORS, gdal_message
+from services_raster import DENSIFY_POINTS, RasterInfo
 
 Ring = list[tuple[float, float]]
 

@@ -2,42 +2,36 @@
 
 Pure: takes a local path, returns a ``RasterInfo``. Inputs no retry can fix raise ``TaskError`` with a
 message a user can act on ("not a raster", "corrupt raster", "no coordinate reference system",
-"no geotransform"). COG creation lives in ``services_cog``, tiling in ``services_tiles``.
+"no geotransform", "too_large"). Every open goes through ``services_gdal.open_user_raster`` (GeoTIFF
+only, no sidecars, no network, size limits). COG creation lives in ``services_cog``, tiling in
+``services_tiles``.
 """
 from __future__ import annotations
 
 import logging
 import math
 import os
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-import rasterio
 from affine import Affine
 from pydantic import BaseModel, Field
-from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags
-from rasterio.errors import CRSError, NotGeoreferencedWarning, RasterioError
 from rasterio.io import DatasetReader
 from rasterio.transform import from_gcps
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
-from rio_cogeo import cog_validate
 
 from errors import TaskError
+from services_gdal import RASTER_ERRORS, RasterLimits, gdal_message, open_user_raster
 
 logger = logging.getLogger(__name__)
 
-TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 DENSIFY_POINTS = 21
 WGS84 = CRS.from_epsg(4326)
-# Errors rasterio and GDAL raise for bad files; anything else is a bug and propagates.
-GDAL_ERRORS = (RasterioError, CPLE_BaseError)
-RASTER_ERRORS = GDAL_ERRORS + (CRSError, ValueError)
+PROBE_PX = 256  # corruption probes read windows of at most this many pixels a side
+COG_SCAN_BLOCKS = 4096  # most block offsets the COG check inspects per level to find the first block
 
 Bounds = tuple[float, float, float, float]
 
@@ -82,65 +76,22 @@ class RasterInfo(BaseModel):
         return "mask" if self.has_mask else "none"
 
 
-def gdal_message(exc: BaseException) -> str:
-    """The most specific message in an exception chain (rasterio hides GDAL's under ``__cause__``)."""
-    messages = []
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        text = str(current).strip()
-        if text and "See previous exception" not in text:
-            messages.append(text)
-        current = current.__cause__ or current.__context__
-    return messages[-1] if messages else type(exc).__name__
-
-
-def looks_like_tiff(path: str | Path) -> bool:
-    """True if the file starts with a (Big)TIFF signature."""
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(4) in TIFF_MAGIC
-    except OSError:
-        return False
-
-
-@contextmanager
-def open_raster(path: str | Path, **kwargs) -> Iterator[DatasetReader]:
-    """``rasterio.open`` for reading that turns every way of failing to open into a ``TaskError``.
-
-    A missing file, a directory or an unknown format is "not a raster"; a file with a TIFF signature
-    that GDAL cannot open is "corrupt raster".
-    """
-    path = str(path)
-    if not path.startswith("/vsi") and not os.path.isfile(path):  # /vsicurl/ etc.: GDAL reads remotely
-        raise TaskError(f"not a raster: {path}: no such file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            src = rasterio.open(path, **kwargs)
-    except RASTER_ERRORS as exc:
-        kind = "corrupt raster" if looks_like_tiff(path) else "not a raster"
-        raise TaskError(f"{kind}: {path}: {gdal_message(exc)}") from exc
-    try:
-        yield src
-    finally:
-        src.close()
-
-
-def validate_raster(path: str | Path) -> RasterInfo:
-    """Open ``path``, check it is a readable, georeferenced raster, and describe it.
+def validate_raster(path: str | Path, limits: RasterLimits | None = None, *, app_vrt: bool = False) -> RasterInfo:
+    """Open ``path``, check it is a readable, georeferenced GeoTIFF within ``limits``, and describe it.
 
     Raises ``TaskError`` ("not a raster: ...", "corrupt raster: ...", "no geotransform: ...",
-    "no coordinate reference system: ...") for inputs no retry can fix. The corruption check reads the
-    first block and the last block of every resolution level (full resolution and each overview):
-    a truncated file loses its tail, and that is where writers put the last blocks and the overviews
-    they add later. It costs a few blocks, never the whole raster.
+    "no coordinate reference system: ...") for inputs no retry can fix, ``TooLargeError``
+    ("too_large: ...") over the limits (checked from the header first). The corruption check reads a
+    small window at the start of the first block and at the end of the last block of every resolution
+    level (full resolution and each overview): a truncated file loses its tail, and that is where
+    writers put the last blocks and the overviews they add later. It decodes a few blocks, each within
+    ``limits.max_block_bytes``. ``app_vrt``: ``path`` is a mosaic VRT this app wrote.
     """
     path = str(path)
-    with open_raster(path) as src:
+    limits = limits or RasterLimits()
+    with open_user_raster(path, limits=limits, app_vrt=app_vrt) as src:
         transform, crs, gcp_warnings = _georeferencing(src, path)
-        _check_blocks(src, path)
+        _check_blocks(src, path, limits, app_vrt)
         bounds = native_bounds(transform, src.width, src.height)
         try:
             bounds_wgs84 = transform_bounds(crs, WGS84, *bounds, densify_pts=DENSIFY_POINTS)
@@ -159,7 +110,7 @@ def validate_raster(path: str | Path) -> RasterInfo:
         tiff_dt, dt_note = parse_tiff_datetime(src.tags().get("TIFFTAG_DATETIME"))
         if dt_note:
             notes.append(dt_note)
-        is_cog, cog_errors, cog_warnings = _cog_check(path)
+        is_cog, cog_errors, cog_warnings = _cog_check(src, path, limits, app_vrt)
         return RasterInfo(
             path=path, driver=src.driver, file_size=os.path.getsize(path),
             crs=crs_string(crs), crs_wkt=crs.to_wkt(version="WKT2_2019"), epsg=crs.to_epsg(),
@@ -216,33 +167,91 @@ def _georeferencing(src: DatasetReader, path: str) -> tuple[Affine, CRS, list[st
     return transform, crs, notes
 
 
-def _last_block(src: DatasetReader) -> Window:
+def _probes(src: DatasetReader) -> tuple[Window, Window]:
+    """Small windows at the start of the first block and at the end of the last block."""
     rows, cols = src.block_shapes[0]
-    row_off = (src.height - 1) // rows * rows
-    col_off = (src.width - 1) // cols * cols
-    return Window(col_off, row_off, src.width - col_off, src.height - row_off)
+    first = Window(0, 0, min(cols, src.width, PROBE_PX), min(rows, src.height, PROBE_PX))
+    last_rows = min(src.height - (src.height - 1) // rows * rows, PROBE_PX)
+    last_cols = min(src.width - (src.width - 1) // cols * cols, PROBE_PX)
+    return first, Window(src.width - last_cols, src.height - last_rows, last_cols, last_rows)
 
 
-def _check_blocks(src: DatasetReader, path: str) -> None:
+def _check_blocks(src: DatasetReader, path: str, limits: RasterLimits, app_vrt: bool) -> None:
     """Decode the first block and the last block of every resolution level; TaskError if one fails."""
-    rows, cols = src.block_shapes[0]
     try:
-        src.read(window=Window(0, 0, min(cols, src.width), min(rows, src.height)))
-        src.read(window=_last_block(src))
+        for window in _probes(src):
+            src.read(window=window)
         if MaskFlags.per_dataset in src.mask_flag_enums[0]:
-            src.dataset_mask(window=_last_block(src))
+            src.dataset_mask(window=_probes(src)[1])
         for level in range(len(src.overviews(1))):
-            with rasterio.open(path, overview_level=level) as ovr:
-                ovr.read(window=_last_block(ovr))
+            with open_user_raster(path, limits=limits, app_vrt=app_vrt, overview_level=level) as ovr:
+                ovr.read(window=_probes(ovr)[1])
     except RASTER_ERRORS as exc:
         raise TaskError(f"corrupt raster: {path}: {gdal_message(exc)} (truncated or damaged file?)") from exc
 
 
-def _cog_check(path: str) -> tuple[bool, list[str], list[str]]:
-    """rio-cogeo's validator, never raising: (is_cog, errors, warnings)."""
+def _cog_check(src: DatasetReader, path: str, limits: RasterLimits, app_vrt: bool) -> tuple[bool, list[str], list[str]]:
+    """(is_cog, errors, warnings), never raising: rio-cogeo's ``cog_validate`` rules, on datasets opened
+    through the guard (rio-cogeo's own ``rasterio.open`` would accept any driver and any sidecar)."""
+    if src.driver != "GTiff":
+        return False, ["The file is not a GeoTIFF"], []
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return cog_validate(path, quiet=True)
+        return _cog_rules(src, path, limits, app_vrt)
     except RASTER_ERRORS as exc:
         return False, [f"COG validation failed: {gdal_message(exc)}"], []
+
+
+def _first_data_offset(src: DatasetReader, ovr: int | None, width: int, height: int) -> int:
+    """Offset of the first block with data (0 if none among the first ``COG_SCAN_BLOCKS``)."""
+    rows, cols = src.block_shapes[0]
+    xblocks, yblocks = -(-width // cols), -(-height // rows)
+    for i in range(min(xblocks * yblocks, COG_SCAN_BLOCKS)):
+        offset = src.get_tag_item(f"BLOCK_OFFSET_{i % xblocks}_{i // xblocks}", "TIFF", bidx=1, ovr=ovr)
+        if offset and int(offset) > 0:
+            return int(offset)
+    return 0
+
+
+def _cog_rules(src: DatasetReader, path: str, limits: RasterLimits, app_vrt: bool) -> tuple[bool, list[str], list[str]]:
+    errors: list[str] = []
+    notes: list[str] = []
+    overviews = src.overviews(1)
+    if src.width > 512 or src.height > 512:
+        if src.block_shapes[0][1] == src.width:
+            errors.append("The file is greater than 512xH or 512xW, but is not tiled")
+        if not overviews:
+            notes.append("The file is greater than 512xH or 512xW, it is recommended to include internal overviews")
+    ifd_offsets = [int(src.get_tag_item("IFD_OFFSET", "TIFF", bidx=1))]
+    if ifd_offsets[0] > 300:
+        errors.append(f"The offset of the main IFD should be < 300. It is {ifd_offsets[0]} instead")
+    if "KNOWN_INCOMPATIBLE_EDITION=YES" in (src.get_tag_item("GDAL_STRUCTURAL_METADATA", "TIFF") or ""):
+        errors.append("This file used to have optimizations in its layout, but those have been, at least "
+                      "partly, invalidated by later changes")
+    if overviews != sorted(overviews):
+        errors.append("Overviews should be sorted")
+    for ix, factor in enumerate(overviews):
+        if factor <= 1:
+            errors.append(f"Invalid Decimation {factor} for overview level {ix}")
+        ifd_offsets.append(int(src.get_tag_item("IFD_OFFSET", "TIFF", bidx=1, ovr=ix)))
+        if ifd_offsets[-1] < ifd_offsets[-2]:
+            what = "the main image" if ix == 0 else f"overview {ix - 1}"
+            errors.append(f"The offset of the IFD for overview of index {ix} is {ifd_offsets[-1]}, whereas it "
+                          f"should be greater than the one of {what}, which is at byte {ifd_offsets[-2]}")
+    data_offsets = [_first_data_offset(src, None, src.width, src.height)]
+    data_offsets += [_first_data_offset(src, ix, src.width // f, src.height // f) for ix, f in enumerate(overviews)]
+    data_offsets = [o for o in data_offsets if o > 0]
+    if data_offsets and data_offsets[-1] < ifd_offsets[-1]:
+        errors.append("The offset of the first block of the smallest overview should be after its IFD"
+                      if overviews else "The offset of the first block of the image should be after its IFD")
+    for i in range(len(data_offsets) - 2, 0, -1):
+        if data_offsets[i] < data_offsets[i + 1]:
+            errors.append(f"The offset of the first block of overview of index {i - 1} should be after the "
+                          f"one of the overview of index {i}")
+    if len(data_offsets) >= 2 and data_offsets[0] < data_offsets[1]:
+        errors.append(f"The offset of the first block of the main resolution image should be after the one "
+                      f"of the overview of index {len(overviews) - 1}")
+    for ix in range(len(overviews)):
+        with open_user_raster(path, limits=limits, app_vrt=app_vrt, overview_level=ix) as ovr:
+            if (ovr.width > 512 or ovr.height > 512) and ovr.block_shapes[0][1] == ovr.width:
+                errors.append(f"Overview of index {ix} is not tiled")
+    return not errors, errors, notes

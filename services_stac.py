@@ -31,6 +31,7 @@ from referencing.jsonschema import DRAFT7
 
 from errors import TaskError
 from services_footprint import footprint_wgs84
+from services_gdal import RasterLimits
 from services_raster import (
     RasterInfo,
     validate_raster,
@@ -76,11 +77,11 @@ def build_item(source: str | Path | RasterInfo, *, container: str, blob: str, hr
                datetime: datetime | None = None, file_datetime: datetime | None = None,
                last_modified: datetime | None = None, collection_id: str | None = None,
                collection_href: str = "../collection.json",
-               properties: dict[str, Any] | None = None) -> pystac.Item:
+               properties: dict[str, Any] | None = None, limits: RasterLimits | None = None) -> pystac.Item:
     """A STAC Item for one raster blob, with projection, raster and file extensions.
 
-    ``source`` is the local copy of the blob (a path) or its ``RasterInfo`` (then ``file_size`` and
-    ``sha256`` are computed from ``info.path`` when not given).
+    ``source`` is the local copy of the blob (a path, validated within ``limits``) or its ``RasterInfo``
+    (then ``file_size`` and ``sha256`` are computed from ``info.path`` when not given).
 
     Datetime precedence: the ``datetime`` parameter (the caller knows best), else ``file_datetime``
     (default: the file's TIFFTAG_DATETIME, read as UTC), else ``last_modified`` (the blob's
@@ -94,7 +95,7 @@ def build_item(source: str | Path | RasterInfo, *, container: str, blob: str, hr
     split into a MultiPolygon where it crosses the antimeridian (bbox then has west > east), closed
     over the pole when it encircles one.
     """
-    info = source if isinstance(source, RasterInfo) else validate_raster(source)
+    info = source if isinstance(source, RasterInfo) else validate_raster(source, limits)
     when = _first_datetime(datetime, file_datetime or info.tiff_datetime, last_modified)
     if when is None:
         raise TaskError(f"no datetime for {container}/{blob}: pass one, or use a file with "

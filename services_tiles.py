@@ -4,6 +4,8 @@ Pure. Tiles are lossless GeoTIFFs on the source's own pixel grid (same dtype, no
 colour interpretation); ``assemble_tiles`` stitches them with a VRT and runs the same COG translation as
 ``create_cog``, so the result has the same bounds, CRS, resolution and pixel values as the single-task
 path. Reprojection (``options.target_crs``) happens once, at assembly, for the same reason.
+Every open goes through ``services_gdal.open_user_raster``; the mosaic VRT is the only VRT ever opened
+(``app_vrt=True``), and its sources are tiles that were opened through the guard first.
 """
 from __future__ import annotations
 
@@ -19,15 +21,10 @@ from pydantic import BaseModel, Field
 from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.windows import Window
 
-from errors import TaskError
+from errors import TaskError, TooLargeError
 from services_cog import CogOptions, CogResult, translate_to_cog
-from services_raster import (
-    GDAL_ERRORS,
-    RasterInfo,
-    gdal_message,
-    open_raster,
-    validate_raster,
-)
+from services_gdal import GDAL_ERRORS, RasterLimits, gdal_message, open_user_raster
+from services_raster import RasterInfo, validate_raster
 
 logger = logging.getLogger(__name__)
 
@@ -64,14 +61,20 @@ class TileResult(BaseModel):
     file_size: int
 
 
-def plan_tiles(source: RasterInfo | str | Path, tile_size: int) -> list[TileWindow]:
+def plan_tiles(source: RasterInfo | str | Path, tile_size: int, max_tiles: int | None = None) -> list[TileWindow]:
     """Cut the raster into ``tile_size`` x ``tile_size`` windows, row by row.
 
     Use a multiple of the source's block size (and of 512) so each tile reads whole blocks.
+    TooLargeError (before any window is made) when that is more than ``max_tiles`` tiles.
     """
     if tile_size <= 0:
         raise ValueError(f"tile_size must be positive, got {tile_size}")
     info = source if isinstance(source, RasterInfo) else validate_raster(source)
+    count = math.ceil(info.width / tile_size) * math.ceil(info.height / tile_size)
+    if max_tiles is not None and count > max_tiles:
+        raise TooLargeError(f"too_large: {info.path}: {info.width:,} x {info.height:,} pixels in {tile_size} px "
+                            f"tiles is {count:,} tiles; the limit is {max_tiles:,} (MAX_TILES_PER_JOB): use a "
+                            f"larger tile_size")
     tiles = []
     for row_off in range(0, info.height, tile_size):
         for col_off in range(0, info.width, tile_size):
@@ -82,18 +85,20 @@ def plan_tiles(source: RasterInfo | str | Path, tile_size: int) -> list[TileWind
 
 
 def process_tile(src_path: str | Path, tile: TileWindow, dst_path: str | Path,
-                 options: CogOptions | None = None) -> TileResult:
+                 options: CogOptions | None = None, limits: RasterLimits | None = None, *,
+                 remote_url: str | None = None, head: bytes | None = None) -> TileResult:
     """Copy one window of ``src_path`` to a lossless tiled GeoTIFF with the window's geotransform.
 
     Reads and writes one row of 512 px blocks at a time, so memory stays small for any tile size.
     ``options`` is accepted for symmetry with the other steps: tiles are intermediate, so they are
-    always lossless DEFLATE whatever the final profile is.
+    always lossless DEFLATE whatever the final profile is. A remote source is ``/vsicurl/<remote_url>?<sas>``
+    with ``head`` its first bytes (see ``open_user_raster``).
     """
     dst_path = Path(dst_path)
     dst_path.parent.mkdir(parents=True, exist_ok=True)
     partial = dst_path.with_name(f".{dst_path.name}.partial")
     try:
-        with open_raster(src_path) as src:
+        with open_user_raster(src_path, limits=limits, remote_url=remote_url, head=head) as src:
             if src.transform.is_identity:
                 raise TaskError(f"cannot tile {src_path}: it has no geotransform (ground control points "
                                 f"only); use create_cog on the whole raster")
@@ -132,7 +137,7 @@ def process_tile(src_path: str | Path, tile: TileWindow, dst_path: str | Path,
 
 
 def assemble_tiles(tile_paths: list[str | Path], dst_path: str | Path,
-                   options: CogOptions | None = None) -> CogResult:
+                   options: CogOptions | None = None, limits: RasterLimits | None = None) -> CogResult:
     """Stitch tiles from ``process_tile`` (any order) into one COG, exactly as ``create_cog`` would.
 
     TaskError if a tile is missing, unreadable, or does not fit the others (CRS, resolution, bands,
@@ -146,18 +151,18 @@ def assemble_tiles(tile_paths: list[str | Path], dst_path: str | Path,
     work = Path(tempfile.mkdtemp(prefix=".assemble-", dir=work_parent))
     try:
         vrt_path = work / "mosaic.vrt"
-        vrt_path.write_text(_mosaic_vrt([str(Path(p).resolve()) for p in tile_paths]))
-        info = validate_raster(vrt_path)
-        return translate_to_cog(vrt_path, dst_path, options, info)
+        vrt_path.write_text(_mosaic_vrt([str(Path(p).resolve()) for p in tile_paths], limits))
+        info = validate_raster(vrt_path, limits, app_vrt=True)
+        return translate_to_cog(vrt_path, dst_path, options, info, limits, app_vrt=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _mosaic_vrt(paths: list[str]) -> str:
+def _mosaic_vrt(paths: list[str], limits: RasterLimits | None = None) -> str:
     """VRT XML placing every tile on one grid; checks that the tiles fit together."""
     tiles = []
     for path in paths:
-        with open_raster(path) as src:
+        with open_user_raster(path, limits=limits) as src:
             flags = src.mask_flag_enums[0]
             palette = src.colorinterp[0] is ColorInterp.palette
             tiles.append({"path": path, "transform": src.transform, "crs": src.crs, "width": src.width,

@@ -13,29 +13,31 @@ import logging
 import math
 import random
 import time
-import uuid
 from datetime import timedelta
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import ValidationError
 
+import engine_fanout
 import engine_faults
 import engine_jobs
 from base_controller import JobController, TaskContext, TaskOutcome, validation_errors
 from config import Settings, max_dequeue_count
-from controller_factory import get_controller, get_handler
-from engine_counters import count_end, shard_count
+from controller_factory import TASK_HANDLERS, get_controller, get_handler
+from controller_geo_common import STAC_EXTENTS
+from engine_counters import Change
+from engine_group_commit import GroupCommit, ProgressReporter, TaskWrite
 from engine_task_io import TaskIO
-from errors import ConflictError, OrchestratorError, TransientError
-from logs import log_event, redact
+from errors import BadRequestError, ConflictError, OrchestratorError, TooLargeError, TransientError
+from logs import log_context, log_event, redact
 from models import (
-    TERMINAL, CompletionMessage, JobRecord, NotifyMessage, ShardRecord, StageMessage, StageRecord, Status, TaskMessage,
-    TaskRecord, check_transition, make_task_id, parse_task_id, utcnow,
+    TERMINAL, CompletionMessage, JobRecord, NotifyMessage, StageMessage, StageRecord, Status, TaskMessage,
+    TaskRecord, check_transition, parse_task_id, utcnow,
 )
 from repositories import Repositories
+from repository_webhook_rules import check_url
 
 logger = logging.getLogger(__name__)
-MAX_COMMIT_ATTEMPTS = 200
 MAX_ERROR_TASKS_LISTED = 20
 MAX_QUEUE_DELAY_S = 7 * 24 * 3600 - 60
 
@@ -49,7 +51,8 @@ class Engine:
         self.settings = repos.settings
         self.shards_per_stage = repos.settings.counter_shards
         self.max_attempts = max_attempts or max_dequeue_count()
-        self.io = TaskIO(repos.settings, repos.rasters)
+        self.io = TaskIO(repos.settings, repos.rasters, STAC_EXTENTS)
+        self.commits = GroupCommit(repos.store)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Engine":
@@ -65,6 +68,10 @@ class Engine:
         """Validate ``body`` as ``job_type``'s parameters, then create the job once and start it."""
         controller = get_controller(job_type)
         params = controller.validate(body, self.settings)
+        if callback_url:  # refused here, before the job exists: an unreachable target never gets a job
+            check_url(callback_url, self.settings.webhook_allow_loopback)
+            if not self.settings.webhook_secret.get_secret_value():
+                raise BadRequestError("callback_url needs webhooks configured: set WEBHOOK_SECRET on the Function App")
         return engine_jobs.submit(self.store, self.repos.jobs_queue.send, controller, params.model_dump(mode="json"),
                                   callback_url, self.shards_per_stage)
 
@@ -85,21 +92,22 @@ class Engine:
         if stage is not None and stage.dispatched:
             log_event(logger, "stage_already_dispatched", job_id=job.job_id, stage=msg.stage)
             return
-        if stage is None:
-            stage = self._create_stage(job, controller, msg.stage)
-            if stage is None:
+        if stage is not None and msg.from_task is not None and msg.from_task != stage.fanned_out:
+            log_event(logger, "stage_chunk_ignored", job_id=job.job_id, stage=msg.stage, from_task=msg.from_task,
+                      fanned_out=stage.fanned_out)
+            return
+        if stage is None or not stage.plan_stored:  # deterministic: planning again gives the same tasks
+            planned = self._plan(job, controller, msg.stage)
+            if planned is None:
                 return
+            if stage is None:
+                stage, planned = engine_fanout.new_stage(self, job, controller, msg.stage, planned)
+        else:
+            planned = engine_fanout.stored_plan(self, stage)
         engine_faults.point("stage_rows_written")
         if not self._move_job(job, stage=msg.stage, stage_name=stage.name):
             return
-        started = time.perf_counter()
-        self.repos.tasks_queue.send_many([
-            TaskMessage(job_id=job.job_id, task_id=make_task_id(job.job_id, msg.stage, i))
-            for i in range(stage.total)])
-        engine_faults.point("task_messages_sent")
-        self.store.mark_stage(job.job_id, msg.stage, dispatched=True)
-        log_event(logger, "stage_dispatched", job_id=job.job_id, stage=msg.stage, tasks=stage.total,
-                  send_ms=round((time.perf_counter() - started) * 1000))
+        engine_fanout.fan_out_chunk(self, job, stage, planned)
 
     def _previous_stage_ended(self, job: JobRecord, number: int) -> bool:
         if number == 1:
@@ -107,43 +115,44 @@ class Engine:
         previous = self.store.get_stage(job.job_id, number - 1)
         return previous is not None and previous.status == Status.COMPLETED
 
-    def _create_stage(self, job: JobRecord, controller: JobController, number: int) -> StageRecord | None:
+    def _plan(self, job: JobRecord, controller: JobController, number: int) -> list[dict[str, Any]] | None:
+        """Each task's parameters for stage ``number``; None after failing the job (planning is deterministic:
+        a retry would fail the same way)."""
         definition = controller.stage(number)
         previous = self.outcomes(job.job_id, number - 1) if number > 1 else []
         try:
             params = controller.parameters_model.model_validate(job.parameters)
-            if definition.plan_uses_io:  # fixed the first time: a redelivery must plan the same tasks
-                planned = self.repos.blobs.put_json_once(
-                    f"{job.job_id}/plans/stage-{number:02d}.json",
-                    controller.plan_stage(number, params, previous, self.io))
+            if definition.plan_uses_io:
+                planned = controller.plan_stage(number, params, previous, self.io)
             else:
                 planned = controller.plan_stage(number, params, previous)
             if not planned:
                 raise ValueError(f"stage {number} ({definition.name}) has no tasks to run")
+            if len(planned) > self.settings.max_tasks_per_stage:
+                raise TooLargeError(f"too_large: stage {number} ({definition.name}) planned {len(planned):,} "
+                                    f"tasks; the limit is {self.settings.max_tasks_per_stage:,} (MAX_TASKS_PER_STAGE)")
+            return planned
         except TransientError:
             raise
-        except Exception as exc:  # planning is deterministic: a retry would fail the same way
+        except Exception as exc:  # noqa: BLE001
             self.finish_job(job.job_id, Status.FAILED, error=f"planning stage {number} ({definition.name}) "
                                                              f"failed: {_describe(exc)}")
             return None
-        shards = shard_count(len(planned), job.counter_shards or self.shards_per_stage)
-        tasks = [TaskRecord(job_id=job.job_id, task_id=make_task_id(job.job_id, number, i), stage=number,
-                            index=i, shard=i % shards, task_type=definition.task_type, parameters=p)
-                 for i, p in enumerate(planned)]
-        shard_rows = [ShardRecord(job_id=job.job_id, stage=number, shard=s,
-                                  total=len(range(s, len(planned), shards)),
-                                  remaining=len(range(s, len(planned), shards))) for s in range(shards)]
-        stage = StageRecord(job_id=job.job_id, stage=number, name=definition.name,
-                            task_type=definition.task_type, total=len(planned), shards=shards,
-                            shards_remaining=shards, tolerated_failures=controller.tolerated_failures(len(planned)))
-        self.store.create_stage(stage, shard_rows, tasks)
-        return stage
 
     # ------------------------------------------------------------------ one task
     def run_task(self, msg: TaskMessage, dequeue_count: int = 1) -> None:
         """Run one task once: claim it (lease), call its handler, record the outcome, advance if last."""
         _, stage_no, index = parse_task_id(msg.task_id)
-        task = self.store.get_task(msg.job_id, stage_no, index)
+        with log_context(job_id=msg.job_id, task_id=msg.task_id):
+            task = self.commits.read(msg.job_id, stage_no, index)
+            if task is not None:
+                handler = TASK_HANDLERS.get(task.task_type)
+                with log_context(task_type=task.task_type, task_version=handler.version if handler else None):
+                    self._run_task(msg, task, stage_no, dequeue_count)
+                return
+            self._run_task(msg, task, stage_no, dequeue_count)
+
+    def _run_task(self, msg: TaskMessage, task: TaskRecord | None, stage_no: int, dequeue_count: int) -> None:
         ids = {"job_id": msg.job_id, "task_id": msg.task_id, "dequeue_count": dequeue_count}
         if task is None or task.status in TERMINAL:  # includes tasks a cancel has flipped
             log_event(logger, "task_message_ignored", status=task.status if task else None, **ids)
@@ -162,11 +171,15 @@ class Engine:
         if task.attempts >= self.max_attempts:
             self.give_up(task, msg)
             return
-        limit = get_handler(task.task_type).time_limit_s or self.settings.task_time_limit_s
+        handler = get_handler(task.task_type)
+        limit = handler.time_limit_s or self.settings.task_time_limit_s
+        claim = task.model_copy(update={
+            "status": Status.PROCESSING, "attempts": task.attempts + 1, "started_at": now, "progress": None,
+            "task_version": handler.version, "time_limit_s": limit, "lease_until": now + timedelta(seconds=limit)})
+        change = Change(task.shard, started=int(task.attempts == 0), retried=int(task.attempts > 0),
+                        progress=-(task.progress or 0))
         try:
-            task = self.store.replace_task(task.model_copy(update={
-                "status": Status.PROCESSING, "attempts": task.attempts + 1, "started_at": now,
-                "time_limit_s": limit, "lease_until": now + timedelta(seconds=limit)}))
+            task = self.commits.write(task.job_id, TaskWrite("claim", claim, change)).written
         except ConflictError:
             log_event(logger, "task_claimed_elsewhere", **ids)
             return
@@ -181,7 +194,9 @@ class Engine:
         log_event(logger, "task_started", job_id=task.job_id, task_id=task.task_id, stage=stage_no,
                   task_type=task.task_type, attempt=task.attempts)
         started = time.perf_counter()
-        status, result, error = self._call_handler(task)
+        reporter = ProgressReporter(self.commits, task, self.settings.progress_interval_s)
+        status, result, error = self._call_handler(task, reporter)
+        task = reporter.task  # its progress writes moved the row on
         error = redact(error) if error else error  # error text is shown to users: no SAS, keys or passwords
         log_event(logger, "task_ended", logging.INFO if status == Status.COMPLETED else logging.WARNING,
                   job_id=task.job_id, task_id=task.task_id, stage=stage_no, task_type=task.task_type,
@@ -193,9 +208,10 @@ class Engine:
         engine_faults.point("handler_returned")
         self.end_task(task, status, result, error)
 
-    def _call_handler(self, task: TaskRecord) -> tuple[Status, Any, str | None]:
+    def _call_handler(self, task: TaskRecord, reporter: Callable[[float], None] | None = None
+                      ) -> tuple[Status, Any, str | None]:
         """(completed, result, None), (failed, None, error), or (queued, None, error) for a transient error."""
-        ctx = TaskContext(task.job_id, task.task_id, task.stage, task.index, task.attempts, self.io)
+        ctx = TaskContext(task.job_id, task.task_id, task.stage, task.index, task.attempts, self.io, reporter)
         try:
             handler = get_handler(task.task_type)
             params = handler.parameters_model.model_validate(task.parameters)
@@ -257,9 +273,12 @@ class Engine:
 
     def _release(self, task: TaskRecord, error: str) -> TaskRecord | None:
         """Hand a claimed task back (queued, with its error); None if someone else moved it meanwhile."""
+        released = task.model_copy(update={"status": Status.QUEUED, "last_error": error, "lease_until": None,
+                                           "progress": None})
+        change = Change(task.shard, task_id=task.task_id, error=error, attempt=task.attempts,
+                        progress=-(task.progress or 0))
         try:
-            return self.store.replace_task(task.model_copy(update={
-                "status": Status.QUEUED, "last_error": error, "lease_until": None}))
+            return self.commits.write(task.job_id, TaskWrite("release", released, change)).written
         except (ConflictError, TransientError):
             return None
 
@@ -272,40 +291,23 @@ class Engine:
             return False
 
     def end_task(self, task: TaskRecord, status: Status, result: Any, error: str | None) -> None:
-        """Commit the task's end with its counters; the one commit that ends the stage advances it."""
-        token = uuid.uuid4().hex
+        """Commit the task's end with its counters (group-committed with other ends of the job); the one
+        commit that ends the stage advances it. A superseded end (the row moved) commits nothing."""
         ended = task.model_copy(update={"status": status, "result": result, "error_details": error,
-                                        "ended_at": utcnow(), "end_token": token, "lease_until": None})
-        for attempt in range(MAX_COMMIT_ATTEMPTS):
-            stage, shard = self.store.counters(task.job_id, task.stage, task.shard)
-            try:
-                shard_after, stage_after = count_end(shard, stage, status, token)
-                self.store.commit_task_end(ended, shard_after, stage_after)
-                finished = stage_after if stage_after and stage_after.status in TERMINAL else None
-                break
-            except (ConflictError, TransientError) as exc:
-                # a lost reply: the SDK does not re-send a $batch, so the error may hide our own commit
-                if isinstance(exc, ConflictError) and exc.details.get("operation") not in (None, 0):
-                    time.sleep(random.uniform(0, min(0.05, 0.002 * (attempt + 1))))  # only the counters moved
-                    continue
-                current = self.store.get_task(task.job_id, task.stage, task.index)
-                if current is not None and current.end_token == token:  # our commit landed; its reply was lost
-                    log_event(logger, "task_end_recognised", job_id=task.job_id, task_id=task.task_id)
-                    stage = self.store.get_stage(task.job_id, task.stage)
-                    finished = stage if stage is not None and stage.finisher == token else None
-                    break
-                if isinstance(exc, TransientError) and current is not None and current.etag == task.etag:
-                    raise  # not applied: storage trouble, the task is handed back and retried
-                if current is None or current.etag != task.etag:
-                    log_event(logger, "task_end_superseded", job_id=task.job_id, task_id=task.task_id,
-                              status=current.status if current else None)
-                    return
-                time.sleep(random.uniform(0, min(0.05, 0.002 * (attempt + 1))))  # counters contended
-        else:
-            raise TransientError(f"task {task.task_id}: counters stayed contended for {MAX_COMMIT_ATTEMPTS} tries")
-        if finished is not None:
+                                        "ended_at": utcnow(), "lease_until": None,
+                                        "progress": 100 if status == Status.COMPLETED else task.progress})
+        change = Change(task.shard, ended=status, task_id=task.task_id, error=error, attempt=task.attempts,
+                        progress=-(task.progress or 0))
+        try:
+            write = self.commits.write(task.job_id, TaskWrite("end", ended, change))
+        except ConflictError:
+            current = self.store.get_task(task.job_id, task.stage, task.index)
+            log_event(logger, "task_end_superseded", job_id=task.job_id, task_id=task.task_id,
+                      status=current.status if current else None)
+            return
+        if write.finished is not None:
             engine_faults.point("stage_decided")
-            self.advance(finished)
+            self.advance(write.finished)
 
     # ------------------------------------------------------------------ advance and complete
     def advance(self, stage: StageRecord) -> None:

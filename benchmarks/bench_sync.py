@@ -71,6 +71,7 @@ from rasterio.transform import from_origin
 
 from config import Settings, load_host_json
 from repositories import Repositories
+import services_stac
 from repository_pgstac import PgstacRepository
 from services_raster import validate_raster
 from services_stac import build_collection, build_item
@@ -539,7 +540,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         pg = Postgres(location=workdir / "pgstac")
         pg.start()
         log(f"pgstac pid {pg.process.pid} on port {pg.port} ({time.perf_counter() - started:.1f} s)")
-        catalogue = PgstacRepository(pg.settings)
+        catalogue = PgstacRepository(pg.settings, services_stac)
         summary["machine"]["pgstac"] = pgstac_version(catalogue)
         run_id = uuid.uuid4().hex[:8]
         settings = fresh_settings(azurite.connection_string, input_container=f"in-{run_id}",

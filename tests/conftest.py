@@ -30,6 +30,7 @@ def azurite(tmp_path_factory):
 def fresh_settings(connection_string: str, **overrides) -> Settings:
     """Settings with table/queue/container names no other test run uses."""
     run = uuid.uuid4().hex[:10]
+    overrides = {"schedules_table": f"sched{run}", **overrides}
     return Settings(storage_connection_string=connection_string, jobs_queue=f"jobs-{run}",
                     tasks_queue=f"tasks-{run}", jobs_table=f"jobs{run}", tasks_table=f"tasks{run}",
                     payload_container=f"payloads-{run}", **overrides)
@@ -58,7 +59,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return {"AzureWebJobsStorage": settings.storage_connection_string or "",
             "JOBS_QUEUE": settings.jobs_queue, "TASKS_QUEUE": settings.tasks_queue,
             "JOBS_TABLE": settings.jobs_table, "TASKS_TABLE": settings.tasks_table,
-            "PAYLOAD_CONTAINER": settings.payload_container,
+            "PAYLOAD_CONTAINER": settings.payload_container, "SCHEDULES_TABLE": settings.schedules_table,
             "COUNTER_SHARDS": str(settings.counter_shards)}
 
 

@@ -170,3 +170,30 @@ def test_query_and_body_edge_cases_found_by_fuzzing_are_400s(engine):
             case()
     assert api_listing.flag("true", "verbose") and not api_listing.flag(None, "verbose")
     assert api_jobs.status(engine, job_id)[0] == 200
+
+
+def test_a_huge_integer_in_a_submit_body_is_a_400_naming_it(engine):
+    for body in (b'{"n": ' + b"1" * 5000 + b"}", b'{"fail_indices": [-' + b"9" * 101 + b"]}"):
+        code, answer = api_jobs.respond(lambda b=body: api_jobs.submit(engine, "hello_world", b, "http://t"))
+        assert code == 400 and answer["error"] == "bad_request", answer
+        assert "integer of" in answer["message"] and f"at most {api_jobs.MAX_INT_DIGITS}" in answer["message"]
+    code, answer = api_jobs.respond(lambda: api_jobs.submit(engine, "hello_world", b'{"n": 1' + b"0" * 99 + b"}",
+                                                            "http://t"))
+    assert code == 400 and answer["error"] == "invalid_parameters"  # 100 digits parse; the range check speaks
+
+
+def test_health_names_no_database_server_or_user(azurite, caplog):
+    """Nothing listens on the database port: the pool gives up after its 10 s connect timeout."""
+    from azurite_proc import free_port
+
+    port = free_port()
+    settings = fresh_settings(azurite.connection_string, pgstac_host="127.0.0.1", pgstac_port=port,
+                              pgstac_user="geoadmin", pgstac_password="hunter2")
+    engine = Engine(Repositories(settings).ensure())
+    with caplog.at_level("WARNING", logger="api_system"):
+        code, body = api_system.health(engine)
+    assert code == 503 and body["failing"] == ["database"]
+    assert body["checks"]["database"] == {"ok": False, "error": "database unreachable"}
+    assert "geoadmin" not in json.dumps(body) and str(port) not in json.dumps(body)
+    logged = [r.getMessage() for r in caplog.records if "health_database_failed" in r.getMessage()]
+    assert logged and "pgstac unavailable" in logged[0] and "hunter2" not in logged[0]

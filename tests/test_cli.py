@@ -181,6 +181,61 @@ def test_key_header_and_non_json_errors():
     assert "--key" in result.stderr
 
 
+def test_the_key_is_not_sent_over_plain_http_beyond_loopback():
+    result = run("--key", "s3cret", "types", url="http://geoetl.example.com")
+    assert result.returncode == 2 and result.stdout == ""
+    assert "refusing to send the function key over plain http to geoetl.example.com" in result.stderr
+    for url in ("http://10.0.0.8:7071", "http://localhost.example.com", "http://127.0.0.1.nip.io"):
+        with pytest.raises(cli.CliError, match="plain http"):
+            cli.Client(url, "s3cret")
+    for url in ("https://app.azurewebsites.net", "http://localhost:7071", "http://127.0.0.1:7071", "http://[::1]:7071"):
+        assert cli.Client(url, "s3cret").session.headers["x-functions-key"] == "s3cret"
+    assert "x-functions-key" not in cli.Client("http://geoetl.example.com").session.headers  # no key: fine
+
+
+class _Redirector(BaseHTTPRequestHandler):
+    """``/api/job-types`` redirects to ``target`` (another server, or ``/api/same`` here); the rest answers
+    JSON; every request's path and key are recorded."""
+
+    seen: ClassVar[list[tuple[str, str | None]]] = []
+    target: ClassVar[str] = ""
+
+    def do_GET(self):
+        self.seen.append((f"{self.server.server_port}{self.path}", self.headers.get("x-functions-key")))
+        if self.path == "/api/job-types":
+            self.send_response(302)
+            self.send_header("Location", self.target)
+            body = b""
+        else:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            body = b'{"job_types": []}'
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_the_key_is_dropped_on_a_redirect_to_another_host():
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), _Redirector) for _ in range(2)]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    here, there = (s.server_port for s in servers)
+    try:
+        _Redirector.target = f"http://localhost:{there}/api/elsewhere"  # another host name, another port
+        assert cli.Client(f"http://127.0.0.1:{here}", "s3cret").call("GET", "job-types") == {"job_types": []}
+        assert _Redirector.seen == [(f"{here}/api/job-types", "s3cret"), (f"{there}/api/elsewhere", None)]
+        _Redirector.seen.clear()
+        _Redirector.target = "/api/same"  # same host: the key follows
+        cli.Client(f"http://127.0.0.1:{here}", "s3cret").call("GET", "job-types")
+        assert _Redirector.seen == [(f"{here}/api/job-types", "s3cret"), (f"{here}/api/same", "s3cret")]
+    finally:
+        for server in servers:
+            server.shutdown()
+
+
 def test_parse_params():
     params = cli.parse_params(["n=20", "fail_indices=[1,2]", 'datetime="2020-01-01T00:00:00Z"', "blob=a/b.tif",
                                "flag=true", "x=NaN", "empty="], None)

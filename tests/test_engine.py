@@ -108,7 +108,8 @@ def test_crash_after_partial_stage_write_is_completed_by_redelivery(engine, repo
     monkeypatch.setattr(engine.store.tasks, "submit_transaction", flaky)
     with pytest.raises(RuntimeError):
         engine.run_stage(stage_msg)
-    assert engine.store.get_stage(job_id, 1) is None  # stage row is written last
+    stage = engine.store.get_stage(job_id, 1)  # counters first; the chunk's cursor has not moved
+    assert stage.fanned_out == 0 and not stage.dispatched
     monkeypatch.setattr(engine.store.tasks, "submit_transaction", real)
     engine.run_stage(stage_msg)
     assert len(engine.store.list_tasks(job_id, 1)) == 120
@@ -119,13 +120,15 @@ def test_crash_after_partial_stage_write_is_completed_by_redelivery(engine, repo
 def test_lost_reply_of_the_last_commit_still_advances_once(engine, repos, monkeypatch):
     """The transaction lands but its reply is lost: the writer finds its own token and advances."""
     job_id = submit(engine, {"n": 4})
-    real = engine.store.commit_task_end
+    real = engine.store.commit_rows
 
-    def commit_then_lose_reply(task, shard, stage):
-        real(task, shard, stage)
-        raise ConflictError("reply lost after commit")
+    def commit_then_lose_reply(tasks, shards, stage):
+        etags = real(tasks, shards, stage)
+        if stage is not None:  # the commit that ends a stage lands, and its reply is lost
+            raise ConflictError("reply lost after commit")
+        return etags
 
-    monkeypatch.setattr(engine.store, "commit_task_end", commit_then_lose_reply)
+    monkeypatch.setattr(engine.store, "commit_rows", commit_then_lose_reply)
     driver = QueueDriver(engine)
     driver.run()
     assert engine.store.get_job(job_id).result_data == expected_hello(job_id, 4)

@@ -19,6 +19,7 @@ from postgres_proc import free_port
 from rasterio.transform import from_origin
 
 from errors import NotFoundError, TaskError, TransientError
+import services_stac
 from repository_pgstac import PgstacRepository, PgstacSettings
 from services_cog import create_cog
 from services_stac import build_collection, build_item, validate_item_offline
@@ -36,7 +37,7 @@ def pgstac(tmp_path_factory):
 @pytest.fixture
 def repo(pgstac):
     """A repository (its own small pool) over the module's server."""
-    with PgstacRepository(pgstac.settings) as repository:
+    with PgstacRepository(pgstac.settings, services_stac) as repository:
         yield repository
 
 
@@ -146,11 +147,12 @@ def test_connection_loss_is_transient_and_never_shows_the_password(pgstac):
     secret = pgstac.password
     down = PgstacSettings(host="127.0.0.1", port=free_port(), dbname="x", user="postgres", password=secret,
                           connect_timeout_s=2)
-    with PgstacRepository(down) as repository, pytest.raises(TransientError) as caught:
+    with PgstacRepository(down, services_stac) as repository, pytest.raises(TransientError) as caught:
         repository.count_items("anything")
     assert secret not in str(caught.value)
     wrong = PgstacSettings(**{**pgstac.settings.model_dump(), "password": "wrong", "connect_timeout_s": 2})
-    with PgstacRepository(wrong) as repository, pytest.raises(TransientError, match="pgstac unavailable"):
+    with PgstacRepository(wrong, services_stac) as repository, \
+            pytest.raises(TransientError, match="pgstac unavailable"):
         repository.count_items("anything")
 
 
@@ -175,7 +177,7 @@ def test_parallel_writers_into_a_new_collection_lose_nothing(pgstac, tmp_path):
         errors, barrier = [], threading.Barrier(len(items))
 
         def write(item):
-            with PgstacRepository(pgstac.settings) as own:  # one pool per "worker process"
+            with PgstacRepository(pgstac.settings, services_stac) as own:  # one pool per "worker process"
                 try:
                     barrier.wait()
                     own.ensure_collection(stored(build_collection(collection_id, [item])))
@@ -189,5 +191,5 @@ def test_parallel_writers_into_a_new_collection_lose_nothing(pgstac, tmp_path):
         for t in threads:
             t.join()
         assert errors == []
-        with PgstacRepository(pgstac.settings) as check:
+        with PgstacRepository(pgstac.settings, services_stac) as check:
             assert check.count_items(collection_id) == len(items)

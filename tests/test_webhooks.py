@@ -21,7 +21,7 @@ from conftest import fresh_settings
 from errors import BadRequestError, TransientError
 from queue_driver import QueueDriver
 from repositories import Repositories
-from services_webhook import SIGNATURE_HEADER, TargetRefused, check_addresses, check_url, sign, verify
+from repository_webhook_rules import SIGNATURE_HEADER, TargetRefused, check_addresses, check_url, sign, verify
 from task_manager import Engine
 
 SECRET = "s3cret with spaces"

@@ -1,4 +1,5 @@
-"""Webhook rules, pure: which targets may be called, and how a delivery is signed.
+"""Webhook rules, pure, kept beside the code that connects: which targets may be called, and how a
+delivery is signed.
 
 A target passes in three steps, and the delivery uses exactly what passed: the URL (https; its host
 encoded once to ASCII with IDNA/UTS46, ``check_url``), then every address that ASCII name resolves to

@@ -1,0 +1,116 @@
+"""Stage fan-out: plan once, write the counters, then task rows and their messages in bounded chunks.
+
+A stage of any size is fanned out by a chain of stage-message invocations, each doing at most
+``FANOUT_CHUNK`` tasks, so no invocation does unbounded work and any instance can continue:
+
+1. the first invocation plans the stage (a plan larger than one chunk, or one that reads storage, is
+   stored once as a blob: every chunk, and every redelivery, sees the same tasks), then creates the
+   stage row and its counter shards in one transaction, so counts are whole before any task runs;
+2. each invocation writes its chunk's task rows and sends their messages, batch by batch in parallel
+   (a batch's messages go out as soon as its rows exist, so rows and sends overlap), then moves the
+   stage's ``fanned_out`` cursor with a conditional write and sends the continuation message
+   (``from_task``); the last chunk marks the stage ``dispatched``.
+
+A duplicate or late continuation whose ``from_task`` is not the cursor does nothing; an interrupted
+chunk is redone by the redelivered message (existing row batches are skipped, duplicate task
+messages are harmless), and a chain whose message was lost is resumed by the sweeper.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import engine_faults
+from base_controller import JobController
+from controller_factory import get_handler
+from engine_counters import shard_count
+from errors import ConflictError, TransientError
+from logs import log_event
+from models import (
+    JobRecord, ShardRecord, StageMessage, StageRecord, TaskMessage, TaskRecord, make_task_id, utcnow,
+)
+from repository_rules import BATCH_MAX_OPERATIONS
+
+if TYPE_CHECKING:
+    from task_manager import Engine
+
+logger = logging.getLogger(__name__)
+
+
+def plan_name(job_id: str, stage: int) -> str:
+    """Blob (in the payload container) holding a stage's stored plan."""
+    return f"{job_id}/plans/stage-{stage:02d}.json"
+
+
+def new_stage(engine: "Engine", job: JobRecord, controller: JobController, number: int,
+              planned: list[dict[str, Any]]) -> tuple[StageRecord, list[dict[str, Any]]]:
+    """Create a stage's counters (plan stored first when it spans chunks); returns the stored row and
+    the plan every chunk must use."""
+    definition = controller.stage(number)
+    store_plan = definition.plan_uses_io or len(planned) > engine.settings.fanout_chunk
+    if store_plan:  # fixed the first time: a redelivery or a later chunk must plan the same tasks
+        planned = engine.repos.blobs.put_json_once(plan_name(job.job_id, number), planned)
+    shards = shard_count(len(planned), job.counter_shards or engine.shards_per_stage)
+    shard_rows = [ShardRecord(job_id=job.job_id, stage=number, shard=s, total=len(range(s, len(planned), shards)),
+                              remaining=len(range(s, len(planned), shards))) for s in range(shards)]
+    stage = StageRecord(job_id=job.job_id, stage=number, name=definition.name, task_type=definition.task_type,
+                        total=len(planned), shards=shards, shards_remaining=shards, plan_stored=store_plan,
+                        tolerated_failures=controller.tolerated_failures(len(planned)), fanout_at=utcnow())
+    return engine.store.create_counters(stage, shard_rows), planned
+
+
+def stored_plan(engine: "Engine", stage: StageRecord) -> list[dict[str, Any]]:
+    """The plan a stage was created with (only for stages whose plan is stored)."""
+    return engine.repos.blobs.get_named_json(plan_name(stage.job_id, stage.stage))
+
+
+def fan_out_chunk(engine: "Engine", job: JobRecord, stage: StageRecord, planned: list[dict[str, Any]]) -> None:
+    """Write the next chunk's task rows and send their messages; move the cursor; continue or finish."""
+    start = stage.fanned_out
+    end = min(stage.total, start + engine.settings.fanout_chunk)
+    if start >= end:  # every chunk went out; only the flag is missing
+        engine.store.mark_stage(job.job_id, stage.stage, dispatched=True)
+        return
+    shards = stage.shards
+    version = get_handler(stage.task_type).version
+    tasks = [TaskRecord(job_id=job.job_id, task_id=make_task_id(job.job_id, stage.stage, i), stage=stage.stage,
+                        index=i, shard=i % shards, task_type=stage.task_type, task_version=version,
+                        parameters=planned[i]) for i in range(start, end)]
+    began = time.perf_counter()
+    batches = [tasks[i:i + BATCH_MAX_OPERATIONS] for i in range(0, len(tasks), BATCH_MAX_OPERATIONS)]
+
+    def rows_then_messages(batch: list[TaskRecord]) -> None:
+        engine.store.create_tasks(batch)
+        for task in batch:
+            engine.repos.tasks_queue.send(TaskMessage(job_id=task.job_id, task_id=task.task_id))
+
+    with ThreadPoolExecutor(max_workers=min(engine.settings.fanout_threads, len(batches))) as pool:
+        for done in [pool.submit(rows_then_messages, b) for b in batches]:
+            done.result()
+    engine_faults.point("task_messages_sent")
+    if not _advance_cursor(engine, stage, end):
+        return
+    if end < stage.total:
+        engine.repos.jobs_queue.send(StageMessage(job_id=job.job_id, stage=stage.stage, from_task=end))
+    log_event(logger, "stage_dispatched" if end >= stage.total else "stage_chunk_dispatched", job_id=job.job_id,
+              stage=stage.stage, tasks=end - start, fanned_out=end, total=stage.total,
+              send_ms=round((time.perf_counter() - began) * 1000))
+
+
+def _advance_cursor(engine: "Engine", stage: StageRecord, end: int) -> bool:
+    """Move ``fanned_out`` forward to ``end`` (conditional); False if another invocation already did."""
+    current = stage
+    for _ in range(50):
+        if current.fanned_out >= end:
+            return False
+        try:
+            engine.store.replace_stage(current.model_copy(update={
+                "fanned_out": end, "dispatched": end >= current.total, "fanout_at": utcnow()}))
+            return True
+        except ConflictError:  # the counters moved (tasks ending): read and try again
+            current = engine.store.get_stage(stage.job_id, stage.stage)
+            if current is None:
+                return False
+    raise TransientError(f"stage {stage.stage} of job {stage.job_id}: its cursor stayed contended")

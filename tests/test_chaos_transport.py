@@ -1,0 +1,190 @@
+"""Transport faults at every storage request, against real host processes (issue #10's randomised test).
+
+Two local hosts (sweeper on, short grace) share a private Azurite; every storage request the app makes
+may lose its reply after being applied or fail before it (``GEOETL_TRANSPORT_FAULTS`` in the hosts'
+environment, seeded), optionally with a kill -9 at an engine fault point. A run ends ``exact`` only
+when the job completed with the exact ``result_data``, every stage advanced exactly once (counted from
+every host's ``stage_advanced`` events), and every queue (jobs, tasks, their -poison and -poison-poison
+queues) is empty, delayed messages included: a queue's approximate count includes invisible messages,
+so the run waits for deferred duplicates to be delivered and dropped by the still-running hosts.
+
+``run_transport`` is shared with tests/test_chaos_soak.py (slow) and benchmarks/chaos_report.py.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import requests
+
+from test_chaos_processes import Cluster, expected
+
+SEEDS = (11, 22, 33)
+TERMINAL = ("completed", "failed", "cancelled")
+# Sweeper every 2 s with 3 s grace; a queued task whose message is gone is re-driven after
+# grace + RETRY_MAX_DELAY_S, so the retry cap is short too (the default 120 s would look like a stall).
+TRANSPORT_RECOVERY = {"RETRY_MAX_DELAY_S": "2"}
+
+
+def fault_spec(seed: int | str, lose: float, fail: float) -> str:
+    """The hosts' ``GEOETL_TRANSPORT_FAULTS`` value."""
+    return f"lose={lose},fail={fail},seed={seed}"
+
+
+@dataclass
+class JobSpec:
+    """What to submit and how to check its result (``check(job_id, result_data)``)."""
+
+    job_type: str
+    params: dict[str, Any]
+    check: Callable[[str, Any], bool]
+    stages: int
+    tasks_per_stage: int
+
+
+def hello_job(n: int, message: str) -> JobSpec:
+    """hello_world n, checked against ``expected``."""
+    return JobSpec("hello_world", {"n": n, "message": message},
+                   lambda job_id, result: result == expected(job_id, n, message), 2, n)
+
+
+@dataclass
+class Outcome:
+    """One run: its verdict and what it took."""
+
+    seed: int | str
+    outcome: str = "stuck"
+    status: str | None = None
+    seconds: float | None = None  # submit accepted -> job terminal
+    advances: dict[int, int] = field(default_factory=dict)
+    leftover: dict[str, int] = field(default_factory=dict)
+    redrives: int = 0
+    injected: dict[str, int] = field(default_factory=dict)
+    hosts_started: int = 0
+    kill: str | None = None
+    job_id: str | None = None
+    error: str | None = None
+    logs: str | None = None
+
+    @property
+    def exact(self) -> bool:
+        """Completed with the exact result, one advance per stage, nothing left in any queue."""
+        return self.outcome == "completed"
+
+
+def queue_depths(cluster: Cluster) -> dict[str, int]:
+    """Approximate message count (invisible messages included) of every queue of the cluster."""
+    s = cluster.settings
+    names = [s.jobs_queue, s.tasks_queue, *(f"{q}-poison" for q in (s.jobs_queue, s.tasks_queue)),
+             *(f"{q}-poison-poison" for q in (s.jobs_queue, s.tasks_queue))]
+    service = cluster.repos.clients.queues
+    existing = {q.name for q in service.list_queues()}
+    return {name: service.get_queue_client(name).get_queue_properties().approximate_message_count
+            for name in names if name in existing}
+
+
+def submit_until_accepted(cluster: Cluster, spec: JobSpec, deadline: float) -> str:
+    """Submit over HTTP to a live host, again on a storage fault (a 5xx) or a dead host: submit is
+    idempotent (the job id is a hash of the parameters)."""
+    last = None
+    while time.monotonic() < deadline:
+        live = cluster.live()
+        if live:
+            try:
+                r = requests.post(f"{live[0].url}/jobs/submit/{spec.job_type}", json=spec.params, timeout=60)
+                if r.status_code in (200, 202):
+                    return r.json()["job_id"]
+                last = f"{r.status_code} {r.text[:300]}"
+            except (requests.RequestException, json.JSONDecodeError) as exc:
+                last = repr(exc)
+        time.sleep(0.5)
+    raise AssertionError(f"submit never accepted: {last}")
+
+
+def run_transport(azurite, tmp: Path, seed: int | str, *, lose: float = 0.02, fail: float = 0.02,
+                  spec: JobSpec | None = None, kill: str | None = None, hosts: int = 2, timeout: float = 240,
+                  drain_s: float = 45, extra_env: dict[str, str] | None = None) -> Outcome:
+    """One job under transport faults on ``hosts`` live hosts (a ``kill`` point such as
+    ``"task_claimed=kill#3"`` makes each first-generation host die there once; dead hosts are replaced
+    by hosts with the same transport faults and no kill point). Returns its outcome."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    spec = spec or hello_job(100, f"transport-{seed}")
+    env = {**TRANSPORT_RECOVERY, "GEOETL_TRANSPORT_FAULTS": fault_spec(seed, lose, fail), **(extra_env or {})}
+    cluster = Cluster(azurite, tmp, extra_env=env)
+    result = Outcome(seed=seed, kill=kill)
+    first = {"GEOETL_FAULTS": kill} if kill else {}
+    try:
+        for _ in range(hosts):
+            cluster.start_host(first)
+        deadline = time.monotonic() + timeout
+
+        def keep_alive() -> None:
+            while len(cluster.live()) < hosts:
+                cluster.start_host()
+
+        job_id = result.job_id = submit_until_accepted(cluster, spec, deadline)
+        started = time.monotonic()
+        status = None
+        while time.monotonic() < deadline:
+            keep_alive()
+            job = cluster.repos.store.get_job(job_id)
+            status = job.status.value if job else None
+            if status in TERMINAL:
+                result.seconds = round(time.monotonic() - started, 1)
+                break
+            time.sleep(0.25)
+        result.status = status
+        if status in TERMINAL:  # deferred duplicates drain while the hosts still run
+            drain_until = time.monotonic() + drain_s
+            while any(queue_depths(cluster).values()) and time.monotonic() < drain_until:
+                keep_alive()
+                time.sleep(0.5)
+            result.leftover = {k: v for k, v in queue_depths(cluster).items() if v}
+        events = cluster.events()
+        mine = [e for e in events if e.get("job_id") == job_id]
+        for e in mine:
+            if e["event"] == "stage_advanced":
+                result.advances[e["stage"]] = result.advances.get(e["stage"], 0) + 1
+        result.redrives = sum(e["event"] == "sweeper_redrive" for e in mine)
+        for e in events:
+            if e["event"] == "transport_fault":
+                result.injected[e["mode"]] = result.injected.get(e["mode"], 0) + 1
+        result.hosts_started = cluster.started
+        rows = {s: len(cluster.repos.store.list_tasks(job_id, s, resolve=False)) for s in range(1, spec.stages + 1)}
+        job = cluster.repos.store.get_job(job_id)
+        if any(v > 1 for v in result.advances.values()) or any(v > spec.tasks_per_stage for v in rows.values()):
+            result.outcome = "double advance"
+        elif status == "failed":
+            result.outcome, result.error = "failed", job.error_details
+        elif status != "completed":
+            result.outcome = "stuck"
+        elif not spec.check(job_id, job.result_data):
+            result.outcome = "wrong result"
+        elif result.advances != {s: 1 for s in range(1, spec.stages + 1)}:
+            result.outcome = "advance not logged"
+        elif result.leftover:
+            result.outcome = "messages left"
+        else:
+            result.outcome = "completed"
+        return result
+    finally:
+        cluster.stop()
+        result.logs = str(tmp)
+
+
+def describe(result: Outcome) -> str:
+    """A failure message naming the seed (to replay) and where the host logs are."""
+    return (f"seed {result.seed} ({result.kill or 'no kill'}): {result.outcome}, status {result.status}, "
+            f"advances {result.advances}, leftover {result.leftover}, redrives {result.redrives}, "
+            f"injected {result.injected}, error {result.error!r}; host logs in {result.logs}")
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_hello_world_100_under_2pct_lost_replies_and_2pct_failures(azurite, tmp_path, seed):
+    result = run_transport(azurite, tmp_path, seed, lose=0.02, fail=0.02, timeout=120)
+    assert sum(result.injected.values()) > 0, describe(result)  # the faults were really on
+    assert result.exact, describe(result)
