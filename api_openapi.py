@@ -29,6 +29,8 @@ from api_models import (
     WatchRequest,
     WatchView,
 )
+from api_dashboard import ItemFootprints
+from api_dashboard import files as dashboard_files
 from config import load_host_json
 from engine_jobs import job_types
 from models import Status
@@ -192,6 +194,29 @@ def _resource(kind: str, plural: str, model: str, what: str, conflict: bool = Fa
     }
 
 
+def _dashboard(prefix: str) -> dict[str, dict[str, Any]]:
+    """The dashboard's page and files, and the catalogue items its map draws (issue #13)."""
+    file = _param("file", "path", {"type": "string", "enum": sorted({"index.html", *dashboard_files()})},
+                  "a file of the dashboard; index.html is the page (also served at /api/dashboard/)")
+    text = {"schema": {"type": "string"}}
+    page = _operation(
+        "dashboard", "The dashboard: a web page (open /api/dashboard/?code=<function key>) and its files", {}, (),
+        (file,), tag="dashboard", description="The page inlines its script and style (one request behind a function "
+        "key); its script sends the key as x-functions-key. Every file has an ETag (If-None-Match: 304).",
+        responses={"200": {"description": "the page or the file", "content": {
+            "text/html": text, "text/javascript": text, "text/css": text, "text/plain": text,
+            JSON: {"schema": {"type": "object"}}}},
+            "404": _body("ErrorBody", "no such file of the dashboard")})
+    collection = _param("collection", "query", {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                                                "maxLength": 200}, "only this collection (default: every one)")
+    items = _operation("catalog_items", "Catalogued items' footprints, as GeoJSON (the dashboard's map)",
+                       {200: ("ItemFootprints", "a GeoJSON FeatureCollection")}, (400, 503),
+                       (collection, _limit(100, "(items)")), tag="dashboard")
+    items["responses"]["503"]["description"] = ("no STAC catalogue is configured ('not_configured': set PGSTAC_HOST), "
+                                                "or the database is unavailable")
+    return {f"{prefix}/dashboard/{{file}}": {"get": page}, f"{prefix}/catalog/items": {"get": items}}
+
+
 def _paths(prefix: str) -> dict[str, dict[str, Any]]:
     status_ok = {200: ("JobStatusResponse", "the job's status")}
     paths: dict[str, dict[str, Any]] = {
@@ -232,6 +257,7 @@ def _paths(prefix: str) -> dict[str, dict[str, Any]]:
             "openapi", "This document", {}, tag="system", responses={"200": {
                 "description": "the OpenAPI 3.1 document", "content": {JSON: {"schema": {"type": "object"}}}}})},
     })
+    paths.update(_dashboard(prefix))
     triggers = {**_resource("schedule", "schedules", "Schedule", "a job type, its parameters and an NCRONTAB "
                             "expression; each due slot starts one job"),
                 **_resource("watch", "watches", "Watch", "each new or changed raster blob under a container and "
@@ -245,7 +271,7 @@ def _schemas() -> dict[str, Any]:
     requests = sorted({c.parameters_model for c in job_types().values()}, key=lambda m: m.__name__)
     requests += [ScheduleRequest, WatchRequest]
     responses = (SubmitResponse, JobStatusResponse, JobPage, StuckJobs, TaskPage, TaskView, JobTypes, Health,
-                 Metrics, ErrorBody, ScheduleView, ScheduleList, WatchView, WatchList, Deleted)
+                 Metrics, ErrorBody, ScheduleView, ScheduleList, WatchView, WatchList, Deleted, ItemFootprints)
     _, top = models_json_schema([(m, "validation") for m in requests] + [(m, "serialization") for m in responses],
                                 ref_template=REF)
     return top["$defs"]
@@ -262,7 +288,7 @@ def document(base_url: str) -> dict[str, Any]:
             "({error, message, optional available, errors}). Function keys (x-functions-key header or ?code=) "
             "are required in Azure, not by the local hosts.")},
         "servers": [{"url": base_url}],
-        "tags": [{"name": "jobs"}, {"name": "tasks"}, {"name": "system"}, {"name": "triggers"}],
+        "tags": [{"name": "jobs"}, {"name": "tasks"}, {"name": "system"}, {"name": "triggers"}, {"name": "dashboard"}],
         "paths": _paths(f"/{prefix}" if prefix else ""),
         "components": {"schemas": _schemas(), "securitySchemes": {
             "functionKeyHeader": {"type": "apiKey", "in": "header", "name": "x-functions-key"},

@@ -106,6 +106,16 @@ class Settings(BaseSettings):
         description="Comma-separated containers jobs may read and write (default: INPUT_CONTAINER and "
                     "OUTPUT_CONTAINER). Never the payload container or the Functions host's own.")
 
+    @field_validator("webhook_secret", "pgstac_password", mode="before")
+    @classmethod
+    def _unresolved_key_vault_reference(cls, value: Any) -> Any:
+        """A Key Vault reference the platform has not resolved yet (first start, before the role assignment
+        lands) arrives as its literal text: treat it as unset rather than as the secret."""
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(text, str) and text.strip().startswith("@Microsoft.KeyVault("):
+            return ""
+        return value
+
     @field_validator("allowed_containers", mode="before")
     @classmethod
     def _split_containers(cls, value: Any) -> Any:
@@ -158,6 +168,24 @@ class Settings(BaseSettings):
     sweeper_grace_s: float = Field(
         default=60.0, ge=0, validation_alias=AliasChoices("SWEEPER_GRACE_S", "sweeper_grace_s"),
         description="How long a step may look unfinished before the sweeper re-drives it.")
+
+    # --- Tracing and metrics (issue #14, engine_tracing.py): OpenTelemetry, off (no SDK loaded) unless the
+    # connection string is set (Azure) or OTEL_TRACES_EXPORTER asks for the console or OTLP (locally).
+    applicationinsights_connection_string: str | None = Field(
+        default=None, validation_alias=AliasChoices("APPLICATIONINSIGHTS_CONNECTION_STRING",
+                                                    "applicationinsights_connection_string"),
+        description="Export traces and metrics to this Application Insights resource (Azure Monitor distro; "
+                    "APPLICATIONINSIGHTS_AUTHENTICATION_STRING=Authorization=AAD sends with the managed identity).")
+    otel_traces_exporter: str = Field(
+        default="none", pattern="^(none|console|otlp)$",
+        validation_alias=AliasChoices("OTEL_TRACES_EXPORTER", "otel_traces_exporter"),
+        description="Without a connection string: 'console' prints spans and metrics as JSON lines on stdout, "
+                    "'otlp' sends them over OTLP/HTTP; 'none' (default) traces nothing.")
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None, validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT", "otel_exporter_otlp_endpoint"),
+        description="Base URL of the OTLP/HTTP receiver (default http://localhost:4318; /v1/traces and "
+                    "/v1/metrics are appended).")
+    # --- end of tracing
 
     # --- Size limits on user rasters and on plans (checked from headers / plans before any work) ---
     max_raster_pixels: int = Field(

@@ -81,7 +81,12 @@ setup_postgres() {  # PostgreSQL + PostGIS from Debian; each run starts a privat
   fi
 }
 
-setup() { setup_python; setup_node; setup_postgres; }
+setup_browser() {  # Debian's Chromium + its driver: tests/test_dashboard.py drives the dashboard headless
+  command -v chromium >/dev/null && command -v chromedriver >/dev/null && return 0
+  ( apt_install chromium chromium-driver ) || log "chromium not installed: the browser test will be skipped"
+}
+
+setup() { setup_python; setup_node; setup_postgres; setup_browser; }
 
 stop_all() {
   for pid in "${PIDS[@]:-}"; do
@@ -159,6 +164,7 @@ PY
   cat <<MSG
 
 Local Functions host on http://localhost:$PORT (Ctrl-C stops it, Azurite and PostgreSQL). Try:
+  the dashboard: http://localhost:$PORT/api/dashboard/
   ./cli.py types
   ./cli.py submit hello_world n=50 --wait
   curl -s -X POST http://localhost:$PORT/api/jobs/submit/hello_world -H 'Content-Type: application/json' -d '{"n": 10}'

@@ -5,6 +5,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from itertools import groupby
 
+import engine_tracing
 from engine_jobs import next_message, require_job, update_job
 from errors import ConflictError
 from logs import log_event
@@ -17,6 +18,7 @@ from task_manager import Engine
 logger = logging.getLogger(__name__)
 
 
+@engine_tracing.traced("job.retry")
 def retry(engine: Engine, job_id: str) -> JobRecord:
     """Re-queue the failed tasks of a failed job's failed stage (fresh attempts) and resume from there.
 
@@ -25,6 +27,7 @@ def retry(engine: Engine, job_id: str) -> JobRecord:
     tasks already reopened and only resumes.
     """
     job = require_job(engine.store, job_id)
+    engine_tracing.follows(job)  # a trace of its own, linked to the job's first
     if job.status != Status.FAILED:
         raise ConflictError(f"job {job_id} is {job.status}; only a failed job can be retried")
     check_transition(job.status, Status.PROCESSING, retry=True)
@@ -75,18 +78,21 @@ def _resume(engine: Engine, job: JobRecord, reopened: list[TaskRecord]) -> None:
     """Send what carries the job on: the reopened tasks' messages, the message of its earliest
     unfinished stage, or what follows its last completed stage (``engine_jobs.next_message``)."""
     stages = sorted(engine.store.stage_rows(job.job_id)[0], key=lambda s: s.stage)
+    traceparent = engine_tracing.inject()
     open_stage = next((s for s in stages if s.status != Status.COMPLETED), None)
     if open_stage is not None and reopened and open_stage.stage == reopened[0].stage:
-        engine.repos.tasks_queue.send_many([TaskMessage(job_id=job.job_id, task_id=t.task_id) for t in reopened])
+        engine.repos.tasks_queue.send_many([TaskMessage(job_id=job.job_id, task_id=t.task_id, traceparent=traceparent)
+                                            for t in reopened])
         engine.store.mark_stage(job.job_id, open_stage.stage, dispatched=True)
     elif open_stage is not None:
-        engine.repos.jobs_queue.send(StageMessage(job_id=job.job_id, stage=open_stage.stage))
+        engine.repos.jobs_queue.send(StageMessage(job_id=job.job_id, stage=open_stage.stage, traceparent=traceparent))
     elif stages:
         engine.repos.jobs_queue.send(next_message(job, stages[-1].stage, Status.COMPLETED))
     else:
-        engine.repos.jobs_queue.send(StageMessage(job_id=job.job_id, stage=1))
+        engine.repos.jobs_queue.send(StageMessage(job_id=job.job_id, stage=1, traceparent=traceparent))
 
 
+@engine_tracing.traced("job.cancel")
 def cancel(engine: Engine, job_id: str) -> JobRecord:
     """Cancel a job: queued tasks never start, running ones finish but advance nothing.
 
@@ -94,6 +100,7 @@ def cancel(engine: Engine, job_id: str) -> JobRecord:
     job still flips whatever queued tasks a crash left behind, then answers 409 as before.
     """
     job = require_job(engine.store, job_id)
+    engine_tracing.follows(job)
 
     def mark(current: JobRecord) -> JobRecord | None:
         if current.status in TERMINAL:

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import engine_faults
+import engine_tracing
 from base_controller import JobController
 from controller_factory import get_handler
 from engine_counters import shard_count
@@ -80,20 +81,24 @@ def fan_out_chunk(engine: "Engine", job: JobRecord, stage: StageRecord, planned:
                         parameters=planned[i]) for i in range(start, end)]
     began = time.perf_counter()
     batches = [tasks[i:i + BATCH_MAX_OPERATIONS] for i in range(0, len(tasks), BATCH_MAX_OPERATIONS)]
+    traceparent = engine_tracing.inject()  # this chunk's span: the parent of its tasks (sent from other threads)
 
     def rows_then_messages(batch: list[TaskRecord]) -> None:
         engine.store.create_tasks(batch)
         for task in batch:
-            engine.repos.tasks_queue.send(TaskMessage(job_id=task.job_id, task_id=task.task_id))
+            engine.repos.tasks_queue.send(TaskMessage(job_id=task.job_id, task_id=task.task_id,
+                                                      traceparent=traceparent))
 
     with ThreadPoolExecutor(max_workers=min(engine.settings.fanout_threads, len(batches))) as pool:
         for done in [pool.submit(rows_then_messages, b) for b in batches]:
             done.result()
+    engine_tracing.fanned_out(stage.task_type, stage.name, end - start, end, time.perf_counter() - began)
     engine_faults.point("task_messages_sent")
     if not _advance_cursor(engine, stage, end):
         return
     if end < stage.total:
-        engine.repos.jobs_queue.send(StageMessage(job_id=job.job_id, stage=stage.stage, from_task=end))
+        engine.repos.jobs_queue.send(StageMessage(job_id=job.job_id, stage=stage.stage, from_task=end,
+                                                  traceparent=traceparent))
     log_event(logger, "stage_dispatched" if end >= stage.total else "stage_chunk_dispatched", job_id=job.job_id,
               stage=stage.stage, tasks=end - start, fanned_out=end, total=stage.total,
               send_ms=round((time.perf_counter() - began) * 1000))

@@ -29,7 +29,7 @@ from engine_counters import Change, apply_changes
 from errors import ConflictError, TransientError
 from logs import log_event
 from models import TERMINAL, ShardRecord, StageRecord, TaskRecord, new_write_id
-from repositories import JobStore
+from repositories import BatchTooLarge, JobStore
 
 logger = logging.getLogger(__name__)
 MAX_TASK_OPS = 60  # per transaction, leaving room for up to 32 shard rows and the stage row
@@ -167,12 +167,20 @@ class GroupCommit:
                         for r, w in zip(rows, pending, strict=True)]
                 try:
                     etags = self.store.commit_rows(rows, shard_rows, stage_row)
+                except BatchTooLarge:  # large rows: half of them wait for the next transaction
+                    with job.lock:
+                        job.writes[:0] = pending[len(pending) // 2:]
+                    del pending[len(pending) // 2:]
+                    continue
                 except ConflictError as exc:
                     op = exc.details.get("operation")
                     if isinstance(op, int) and op < len(pending):
                         pending.pop(op).settle(error=ConflictError(f"task {rows[op].task_id} changed meanwhile"))
                         continue
-                    if not isinstance(op, int) and self._recognise(job_id, job, stage_no, pending, rows, token):
+                    if isinstance(op, int):  # a counter row moved (another process): read the counters again
+                        job.counters[stage_no] = self.store.stage_counters(job_id, stage_no)
+                        continue
+                    if self._recognise(job_id, job, stage_no, pending, rows, token):
                         return  # no operation named: perhaps our own commit, whose reply was lost
                     if not self._refresh(job_id, job, stage_no, pending):
                         return

@@ -8,6 +8,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 import engine_faults
+import engine_tracing
 from base_controller import JobController, TaskHandler
 from controller_factory import JOB_TYPES, get_handler
 from errors import ConflictError, NotFoundError, TransientError
@@ -62,8 +63,8 @@ def update_job(store: JobStore, job_id: str, change: Callable[[JobRecord], JobRe
 def next_message(job: JobRecord, stage: int, stage_status: Status) -> StageMessage | CompletionMessage:
     """What follows stage ``stage`` that ended ``stage_status``: the next stage, or completion."""
     if stage_status == Status.FAILED or stage >= job.total_stages:
-        return CompletionMessage(job_id=job.job_id)
-    return StageMessage(job_id=job.job_id, stage=stage + 1)
+        return CompletionMessage(job_id=job.job_id, traceparent=engine_tracing.carry(job))
+    return StageMessage(job_id=job.job_id, stage=stage + 1, traceparent=engine_tracing.carry(job))
 
 
 def moves_forward(job: JobRecord, stage: int) -> bool:
@@ -88,13 +89,14 @@ def submit(store: JobStore, send_stage: Callable[[StageMessage], Any], controlle
     and the first message is sent; a crash before the send is the sweeper's to re-drive.
     """
     job_id = make_job_id(controller.job_type, parameters)
+    engine_tracing.annotate(job_id=job_id, job_type=controller.job_type)
     job = store.get_job(job_id)
     if job is not None:
         return Submitted(job, False)
     job = store.create_job(JobRecord(job_id=job_id, job_type=controller.job_type,
                                      total_stages=controller.total_stages, stage_name=controller.stage(1).name,
                                      parameters=parameters, callback_url=callback_url or None,
-                                     counter_shards=counter_shards))
+                                     counter_shards=counter_shards, traceparent=engine_tracing.inject()))
     if job is None:
         existing = store.get_job(job_id)
         if existing is None:  # created by a concurrent identical request and not readable yet
@@ -102,6 +104,6 @@ def submit(store: JobStore, send_stage: Callable[[StageMessage], Any], controlle
         return Submitted(existing, False)
     store.index_job(job)
     engine_faults.point("job_row_written")
-    send_stage(StageMessage(job_id=job_id, stage=1))
+    send_stage(StageMessage(job_id=job_id, stage=1, traceparent=job.traceparent))
     log_event(logger, "job_submitted", job_id=job_id, job_type=controller.job_type)
     return Submitted(job, True)

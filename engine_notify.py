@@ -11,6 +11,7 @@ import logging
 from datetime import timedelta
 
 import engine_status
+import engine_tracing
 import repository_webhooks
 from engine_jobs import update_job
 from errors import TransientError
@@ -22,6 +23,7 @@ from task_manager import Engine
 logger = logging.getLogger(__name__)
 
 
+@engine_tracing.consumer("webhook.deliver")
 def deliver(engine: Engine, msg: NotifyMessage) -> None:
     """One delivery attempt; schedules the next one or records the outcome.
 
@@ -64,15 +66,18 @@ def deliver(engine: Engine, msg: NotifyMessage) -> None:
         _record(engine, job.job_id, "failed", f"gave up after {msg.attempt} attempts: {error}")
     else:
         delay = engine.retry_delay_s(msg.attempt)
-        engine.repos.jobs_queue.send(NotifyMessage(job_id=job.job_id, attempt=msg.attempt + 1), delay_s=delay)
+        engine.repos.jobs_queue.send(NotifyMessage(job_id=job.job_id, attempt=msg.attempt + 1,
+                                                   traceparent=engine_tracing.carry(job)), delay_s=delay)
         log_event(logger, "webhook_retry_scheduled", job_id=job.job_id, attempt=msg.attempt, delay_s=delay,
                   error=error)
+        engine_tracing.annotate(webhook_state="retry", webhook_error=error)
 
 
 def _record(engine: Engine, job_id: str, state: str, error: str | None) -> None:
     def record(job: JobRecord) -> JobRecord | None:
         return job.model_copy(update={"webhook": state, "webhook_error": error}) if job.webhook == "pending" else None
 
+    engine_tracing.annotate(webhook_state=state, webhook_error=error)
     if update_job(engine.store, job_id, record) is not None:
         log_event(logger, f"webhook_{state}", logging.INFO if state == "delivered" else logging.WARNING,
                   job_id=job_id, error=error)

@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+import engine_tracing
 from models import TERMINAL, JobRecord, ShardRecord, StageRecord, Status, TaskRecord
 from task_manager import Engine
 
@@ -73,6 +74,8 @@ class JobStatusResponse(BaseModel):
     updated_at: datetime
     webhook: str | None = Field(None, description="callback delivery: pending, delivered, failed or refused")
     webhook_error: str | None = None
+    trace_id: str | None = Field(None, description="the job's trace (Application Insights operation_Id), when "
+                                 "tracing was on at submit")
     task_page: "TaskPage | None" = Field(None, description="with ?verbose=true: the job's tasks, paged")
 
 
@@ -177,7 +180,7 @@ def status_document(engine: Engine, job: JobRecord) -> JobStatusResponse:
         retries=job.retries, recent_errors=recent_errors(all_shards),
         result_data=job.result_data if job.status == Status.COMPLETED else None,
         error_details=job.error_details, created_at=job.created_at, updated_at=job.updated_at,
-        webhook=job.webhook, webhook_error=job.webhook_error)
+        webhook=job.webhook, webhook_error=job.webhook_error, trace_id=engine_tracing.trace_id(job.traceparent))
 
 
 def progress(job_status: Status, stages: list[StageStatus]) -> float:

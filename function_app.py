@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import azure.functions as func
 
+import api_dashboard
 import api_listing
 import api_schedules
 import api_system
@@ -191,6 +192,22 @@ def get_watch(req: func.HttpRequest) -> func.HttpResponse:
 def delete_watch(req: func.HttpRequest) -> func.HttpResponse:
     """Delete a watch; 409 for one defined in settings."""
     return _http(api_jobs.respond(lambda: api_schedules.delete_watch(engine(), req.route_params.get("watch_id", ""))))
+
+
+# ------------------------------------------------------------------ the dashboard (issue #13)
+@app.route(route="dashboard/{file?}", methods=["GET"])
+def dashboard(req: func.HttpRequest) -> func.HttpResponse:
+    """The dashboard page (open /api/dashboard/?code=<function key>) and the files it fetches."""
+    asset = api_dashboard.serve(req.route_params.get("file") or "", req.headers.get("If-None-Match"))
+    return func.HttpResponse(asset.body, status_code=asset.status, headers=asset.headers,
+                             mimetype=asset.content_type.split(";")[0])
+
+
+@app.route(route="catalog/items", methods=["GET"])
+def catalog_items(req: func.HttpRequest) -> func.HttpResponse:
+    """Catalogued items' footprints as GeoJSON: ?collection=&limit=; 503 without a catalogue."""
+    return _http(api_jobs.respond(lambda: api_dashboard.catalog_items(
+        engine(), req.params.get("collection"), req.params.get("limit"))))
 
 
 @app.event_grid_trigger(arg_name="event")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import threading
 import time
 import uuid
@@ -155,7 +156,7 @@ class BlobEventSource:
         With ``wait``, return only when those deliveries have ended."""
         if self.since is None:
             self.since = self._subscribe()
-        started = []
+        candidates = []
         for container in self._containers():
             known = self._known.get(container)
             if known is None:
@@ -165,15 +166,19 @@ class BlobEventSource:
             except ResourceNotFoundError:
                 continue
             for blob in listing:
-                key, etag = (container, blob.name), (blob.etag or "").strip('"')
+                etag = (blob.etag or "").strip('"')
                 seen = known.get(blob.name)
                 if blob.last_modified < self.since or (seen and seen[0] == etag and seen[1] in _DONE):
                     continue
-                with self._lock:
-                    if key in self._running:
-                        continue
-                    self._running.add(key)
-                started.append(self._pool.submit(self._deliver, container, blob))
+                candidates.append((container, blob, seen))
+        random.shuffle(candidates)  # hosts listing the same blobs then rarely race for the same one
+        started = []
+        for container, blob, seen in candidates:
+            with self._lock:
+                if (container, blob.name) in self._running:
+                    continue
+                self._running.add((container, blob.name))
+            started.append(self._pool.submit(self._deliver, container, blob, seen is None))
         if wait:
             for future in started:
                 future.result()
@@ -211,10 +216,10 @@ class BlobEventSource:
         return {r["name"]: (r["etag"], r["state"]) for r in rows}
 
     # ------------------------------------------------------------ one delivery
-    def _deliver(self, container: str, blob: BlobProperties) -> None:
+    def _deliver(self, container: str, blob: BlobProperties, unseen: bool) -> None:
         key = (container, blob.name)
         try:
-            claim = self._claim(container, blob)
+            claim = self._claim(container, blob, unseen)
             if claim is not None:
                 self._finish(container, blob, claim, self._invoke(container, blob, claim))
         except Exception as exc:  # noqa: BLE001 - the receipt stays as it was; the next poll retries
@@ -225,22 +230,26 @@ class BlobEventSource:
                 self._running.discard(key)
                 self._idle.notify_all()
 
-    def _claim(self, container: str, blob: BlobProperties) -> dict[str, Any] | None:
-        """Our receipt for this version (state running), or None when another host has it or it is done."""
+    def _claim(self, container: str, blob: BlobProperties, unseen: bool) -> dict[str, Any] | None:
+        """Our receipt for this version (state running), or None when another host has it or it is done.
+
+        A blob this host has no receipt for is claimed by an insert (one request: the usual case); an
+        insert that finds a receipt, or a blob seen before, is read and claimed If-Match.
+        """
         pk, rk, etag = self._partition(container), receipt_key(blob.name), (blob.etag or "").strip('"')
         now = datetime.now(UTC)
         mine = {"PartitionKey": pk, "RowKey": rk, "name": blob.name, "etag": etag, "state": "running",
                 "owner": self.owner, "attempts": 1, "lease_until": now + timedelta(seconds=self.options.lease_seconds)}
-        try:
-            current = self.receipts.get_entity(pk, rk)
-        except ResourceNotFoundError:
-            current = None
-        if current is None:
+        if unseen:
             try:
                 meta = self.receipts.create_entity(mine)
+                return {**mine, "_etag": meta["etag"]}
             except ResourceExistsError:
-                return None
-            return {**mine, "_etag": meta["etag"]}
+                pass
+        try:
+            current = self.receipts.get_entity(pk, rk)
+        except ResourceNotFoundError:  # deleted meanwhile: next poll
+            return None
         if current["etag"] == etag:
             live = current["state"] == "running" and current["lease_until"] > now
             if current["state"] in _DONE or live:

@@ -217,6 +217,7 @@ class JobRecord(Row):
     webhook_error: str | None = None
     webhook_attempt: int = 0  # the delivery attempt last claimed (one chain per terminal status)
     webhook_due: datetime | None = None  # past this (plus grace) with no outcome, the sweeper resends
+    traceparent: str | None = None  # W3C trace context of the submit span: the root of the job's (first) trace
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     schema_version: int = SCHEMA_VERSION
@@ -372,6 +373,8 @@ class Message(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     schema_version: int = SCHEMA_VERSION
+    traceparent: str | None = Field(default=None, max_length=256, exclude_if=lambda v: v is None,
+                                    description="W3C trace context of the span that sent it (left out when none)")
 
     def encode(self) -> str:
         """Text body of the message (the queue client applies host.json's encoding)."""

@@ -39,6 +39,10 @@ REOPEN_COUNTER_RESERVE = 16 * 1024  # wire bytes kept free for a shard or stage 
 _IF_MATCH = {"mode": UpdateMode.REPLACE, "match_condition": MatchConditions.IfNotModified}
 
 
+class BatchTooLarge(Exception):
+    """The rows given to one transaction are over its size limit (nothing was sent)."""
+
+
 class JobStore:
     """Job, stage, counter-shard and task rows, with transparent payload spilling."""
 
@@ -262,6 +266,8 @@ class JobStore:
         """
         rows: list[Row] = [*tasks, *shards, *([stage] if stage is not None else [])]
         ops = [("update", self.pack(row), {**_IF_MATCH, "etag": row.etag}) for row in rows]
+        if len(tasks) > 1 and len(chunk_for_transactions([op[1] for op in ops])) > 1:
+            raise BatchTooLarge(f"{len(tasks)} task rows are over one transaction's size; commit fewer")
         try:
             with translate_errors(f"commit {len(tasks)} task rows of job {tasks[0].job_id if tasks else '?'}"):
                 results = self.tasks.submit_transaction(ops)

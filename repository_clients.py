@@ -19,6 +19,8 @@ from azure.core.exceptions import (
 from azure.core.pipeline.transport import RequestsTransport
 from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient
+from azure.storage.blob import ExponentialRetry as BlobRetry
+from azure.storage.queue import ExponentialRetry as QueueRetry
 from azure.storage.queue import QueueServiceClient
 
 import repository_faults
@@ -74,6 +76,9 @@ class _CountingTransport(RequestsTransport):
         return super().send(request, **kwargs)
 
 
+RETRIES = {"queue": QueueRetry, "blob": BlobRetry}  # backoff 2 s, 2.75 s, 3.9 s, 5.6 s (+-0.5)
+
+
 class StorageClients:
     """The three storage service clients of one account, built lazily from settings."""
 
@@ -87,7 +92,11 @@ class StorageClients:
         if faults is not None and not faults.covers(service):
             faults = None
         transport = _CountingTransport(service, pool, faults, use_env_settings=False)
-        return {"transport": transport, "connection_timeout": 10, "read_timeout": 30}
+        kwargs = {"transport": transport, "connection_timeout": 10, "read_timeout": 30}
+        if service in RETRIES:  # the SDK's default first backoff is 15 s: a function would stall on one 503
+            kwargs["retry_policy"] = RETRIES[service](initial_backoff=0.5, increment_base=1.5, retry_total=4,
+                                                      random_jitter_range=0.5)
+        return kwargs
 
     @cached_property
     def _credential(self):

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 import engine_fanout
 import engine_faults
 import engine_jobs
+import engine_tracing
 from base_controller import JobController, TaskContext, TaskOutcome, validation_errors
 from config import Settings, max_dequeue_count
 from controller_factory import TASK_HANDLERS, get_controller, get_handler
@@ -57,13 +58,16 @@ class Engine:
     @classmethod
     def from_settings(cls, settings: Settings) -> "Engine":
         """An engine over the storage ``settings`` name (tables, queues, containers created once)."""
-        return cls(Repositories(settings).ensure())
+        repos = Repositories(settings).ensure()
+        engine_tracing.setup(settings, repos)  # once per process; nothing at all unless configured
+        return cls(repos)
 
     @staticmethod
     def controller(job_type: str) -> JobController:
         """The controller of a job type; UnknownNameError listing the known ones otherwise."""
         return get_controller(job_type)
 
+    @engine_tracing.traced("job.submit")
     def submit(self, job_type: str, body: dict[str, Any], callback_url: str | None = None) -> engine_jobs.Submitted:
         """Validate ``body`` as ``job_type``'s parameters, then create the job once and start it."""
         controller = get_controller(job_type)
@@ -76,6 +80,7 @@ class Engine:
                                   callback_url, self.shards_per_stage)
 
     # ------------------------------------------------------------------ stage fan-out
+    @engine_tracing.consumer("stage.run")
     def run_stage(self, msg: StageMessage) -> None:
         """Write stage ``msg.stage``'s rows (once), mark the job, queue the task messages."""
         job = self.store.get_job(msg.job_id)
@@ -140,6 +145,7 @@ class Engine:
             return None
 
     # ------------------------------------------------------------------ one task
+    @engine_tracing.consumer("task.run")
     def run_task(self, msg: TaskMessage, dequeue_count: int = 1) -> None:
         """Run one task once: claim it (lease), call its handler, record the outcome, advance if last."""
         _, stage_no, index = parse_task_id(msg.task_id)
@@ -193,6 +199,7 @@ class Engine:
         engine_faults.point("task_claimed")
         log_event(logger, "task_started", job_id=task.job_id, task_id=task.task_id, stage=stage_no,
                   task_type=task.task_type, attempt=task.attempts)
+        engine_tracing.task_started(task)
         started = time.perf_counter()
         reporter = ProgressReporter(self.commits, task, self.settings.progress_interval_s)
         status, result, error = self._call_handler(task, reporter)
@@ -202,6 +209,7 @@ class Engine:
                   job_id=task.job_id, task_id=task.task_id, stage=stage_no, task_type=task.task_type,
                   status=status, attempt=task.attempts, error=error,
                   duration_ms=round((time.perf_counter() - started) * 1000))
+        engine_tracing.task_ended(task, status, time.perf_counter() - started, error)
         if status == Status.QUEUED:
             self._retry_later(task, error or "transient error")
             return
@@ -244,7 +252,7 @@ class Engine:
         released = self._release(task, error)
         if released is None or self._cancelled(released):
             return
-        msg = TaskMessage(job_id=task.job_id, task_id=task.task_id)
+        msg = TaskMessage(job_id=task.job_id, task_id=task.task_id, traceparent=engine_tracing.inject())
         if released.attempts >= self.max_attempts:
             self.give_up(released, msg)
             return
@@ -310,6 +318,7 @@ class Engine:
             self.advance(write.finished)
 
     # ------------------------------------------------------------------ advance and complete
+    @engine_tracing.traced("stage.end")
     def advance(self, stage: StageRecord) -> None:
         """Send the one message that follows an ended stage: next stage, or completion."""
         job = self.store.get_job(stage.job_id)
@@ -322,7 +331,9 @@ class Engine:
         self.store.mark_stage(job.job_id, stage.stage, advance_sent=True)
         log_event(logger, "stage_advanced", job_id=job.job_id, stage=stage.stage, status=stage.status,
                   next=nxt, finisher=stage.finisher)
+        engine_tracing.annotate(stage_status=stage.status, stage_next=nxt)
 
+    @engine_tracing.consumer("job.complete")
     def complete(self, msg: CompletionMessage) -> None:
         """Write the job's final status: failed (naming the failed tasks) or completed with result_data."""
         job = self.store.get_job(msg.job_id)
@@ -337,11 +348,15 @@ class Engine:
         elif last is not None and last.status == Status.COMPLETED:
             outcomes: dict[int, list[TaskOutcome]] = {}
             tolerated = []
-            for o in self.outcomes(job.job_id):
-                if o.status == Status.COMPLETED:
-                    outcomes.setdefault(o.stage, []).append(o)
-                else:
-                    tolerated.append({"task_id": o.task_id, "error": o.error_details})
+            if controller.aggregates_outcomes:
+                for o in self.outcomes(job.job_id):
+                    if o.status == Status.COMPLETED:
+                        outcomes.setdefault(o.stage, []).append(o)
+                    else:
+                        tolerated.append({"task_id": o.task_id, "error": o.error_details})
+            elif any(s.failed for s in stages.values()):  # a narrow query for the failed ones only
+                tolerated = [{"task_id": t.task_id, "error": t.error_details} for number in stages
+                             for t in self.store.list_tasks(job.job_id, number, status=Status.FAILED, resolve=False)]
             try:
                 params = controller.parameters_model.model_validate(job.parameters)
                 result = controller.aggregate(params, outcomes)
@@ -385,13 +400,14 @@ class Engine:
         if written is None:
             return False
         log_event(logger, "job_finished", job_id=job_id, status=status, error=error)
+        engine_tracing.annotate(job_status=status)
         self.notify(written)
         return True
 
     def notify(self, job: JobRecord) -> None:
         """Queue the webhook delivery of a job that just ended (the sweeper re-sends a lost one)."""
         if job.callback_url:
-            self.repos.jobs_queue.send(NotifyMessage(job_id=job.job_id))
+            self.repos.jobs_queue.send(NotifyMessage(job_id=job.job_id, traceparent=engine_tracing.carry(job)))
 
     def _move_job(self, job: JobRecord, stage: int, stage_name: str) -> bool:
         """Bring the job row forward to ``stage`` / processing; False if the job is terminal or already

@@ -7,8 +7,8 @@ and the two queue functions, with ``LOCAL_HOST_BLOB_EVENTS`` on one input contai
 
 1. burst      ``--n`` blobs (the same tiny 16 x 16 GeoTIFF under n names) plus one ``.aux.xml`` sidecar per
               ten, uploaded by 16 threads as fast as Azurite takes them. Timed from the first upload to
-              the first job, to all n jobs submitted and to the last one completed (jobs counted from the
-              job listing, polled every 0.5 s; statuses checked on the job rows at the end).
+              the first job created, the last job created and the last job ended (the job rows'
+              ``created_at`` / ``updated_at``; the job listing is polled every 0.5 s to know when all ended).
 2. overwrite  ``--n // 20`` of those blobs uploaded again (new ETags): as many new jobs are expected.
 
 Duplicates are counted three ways: jobs per blob version (must be 1), ``arrival_submitted`` events that
@@ -79,22 +79,25 @@ def job_rows(engine: Engine) -> list[dict[str, Any]]:
             return rows
 
 
-def wait_for(engine: Engine, expected: int, started: float, timeout: float) -> dict[str, float | None]:
-    """Poll the job listing until ``expected`` jobs exist and all ended; times relative to ``started``."""
-    first = submitted = ended = None
-    while time.perf_counter() - started < timeout:
+def wait_for(engine: Engine, expected: int, timeout: float) -> bool:
+    """Poll the job listing until ``expected`` jobs exist and all ended; False on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         rows = job_rows(engine)
-        now = time.perf_counter() - started
-        if rows and first is None:
-            first = now
-        if len(rows) >= expected and submitted is None:
-            submitted = now
-        done = sum(1 for r in rows if r["status"] in ("completed", "failed", "cancelled"))
-        if submitted is not None and done >= expected:
-            ended = now
-            break
+        if len(rows) >= expected and all(r["status"] in ("completed", "failed", "cancelled") for r in rows):
+            return True
         time.sleep(POLL_S)
-    return {"first_job_s": first, "all_submitted_s": submitted, "last_completed_s": ended}
+    return False
+
+
+def timings(jobs: list, started: datetime) -> dict[str, float | None]:
+    """From the job rows: first job created, last job created, last job ended, in s after ``started``."""
+    if not jobs:
+        return {"first_job_s": None, "all_submitted_s": None, "last_completed_s": None}
+    ended = [j.updated_at for j in jobs if j.status.value in ("completed", "failed", "cancelled")]
+    return {"first_job_s": round((min(j.created_at for j in jobs) - started).total_seconds(), 2),
+            "all_submitted_s": round((max(j.created_at for j in jobs) - started).total_seconds(), 2),
+            "last_completed_s": round((max(ended) - started).total_seconds(), 2) if len(ended) == len(jobs) else None}
 
 
 def upload_all(client, names: list[str], data: bytes) -> float:
@@ -135,20 +138,21 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         sidecars = [f"{name}.aux.xml" for name in names[::10]]
 
         log(f"burst: uploading {len(names)} rasters and {len(sidecars)} sidecars")
-        started = time.perf_counter()
+        burst_start = datetime.now(UTC)
         upload_s = upload_all(client, names + sidecars, data)
-        burst = wait_for(engine, args.n, started, args.timeout)
-        burst["upload_s"] = round(upload_s, 2)
-        log(f"burst: {burst}")
+        log(f"burst: uploaded in {upload_s:.1f} s; all ended: {wait_for(engine, args.n, args.timeout)}")
+        first_versions = {j.job_id for j in (engine.store.get_job(r["job_id"]) for r in job_rows(engine))}
 
         again = names[::20]
         log(f"overwrite: uploading {len(again)} blobs again")
-        started = time.perf_counter()
+        overwrite_start = datetime.now(UTC)
         upload_all(client, again, data + b"\0")  # new content, new ETag
-        overwrite = wait_for(engine, args.n + len(again), started, args.timeout)
-        log(f"overwrite: {overwrite}")
+        log(f"overwrite: all ended: {wait_for(engine, args.n + len(again), args.timeout)}")
         time.sleep(3)  # a few more polls: anything submitted late would show now
         jobs = [engine.store.get_job(r["job_id"]) for r in job_rows(engine)]
+        burst = {**timings([j for j in jobs if j.job_id in first_versions], burst_start),
+                 "upload_s": round(upload_s, 2)}
+        overwrite = timings([j for j in jobs if j.job_id not in first_versions], overwrite_start)
     finally:
         for host in hosts:
             host.stop()
@@ -162,7 +166,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     versions = Counter((j.parameters["blob"], j.parameters["source_etag"]) for j in jobs)
     ignored = Counter(e.get("reason") for e in events if e.get("event") == "arrival_ignored")
     return {
-        "machine": machine_facts(args),
+        "machine": {**machine_facts(args), "loadavg_start": args.loadavg_start},
         "burst": {"rasters": args.n, "sidecars": len(sidecars), **{k: round(v, 2) if v is not None else None
                                                                    for k, v in burst.items()}},
         "overwrite": {"blobs": len(again), **{k: round(v, 2) if v is not None else None
@@ -183,8 +187,7 @@ def machine_facts(args: argparse.Namespace) -> dict[str, Any]:
     """What the numbers were measured on."""
     azurite = json.loads((ROOT / "node_modules" / "azurite" / "package.json").read_text()).get("version")
     return {"date": datetime.now(UTC).isoformat(timespec="seconds"), "n": args.n, "hosts": args.hosts,
-            "nproc": len(os.sched_getaffinity(0)), "python": platform.python_version(), "azurite": azurite,
-            "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
+            "nproc": len(os.sched_getaffinity(0)), "python": platform.python_version(), "azurite": azurite}
 
 
 def markdown(summary: dict[str, Any]) -> str:
@@ -212,8 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000, help="rasters in the burst (default 1000)")
     parser.add_argument("--hosts", type=int, default=2, help="local host processes (default 2)")
-    parser.add_argument("--timeout", type=float, default=900, help="give up waiting after this long (s)")
+    parser.add_argument("--timeout", type=float, default=1800, help="give up waiting for a phase after this long (s)")
     args = parser.parse_args(argv)
+    args.loadavg_start = [round(x, 2) for x in os.getloadavg()]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the hosts and Azurite
     logging.getLogger("azure").setLevel(logging.WARNING)
     started = time.perf_counter()

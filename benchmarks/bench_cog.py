@@ -29,30 +29,19 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from bench_common import machine_facts, progress_log, run_benchmark
 
-RESULTS = ROOT / "benchmarks" / "results"
 BLOCK = 512
 CACHE_64MB = 64 * 1024 * 1024
-
-
-def log(message: str) -> None:
-    """Progress on stderr (stdout carries the results)."""
-    print(f"[bench_cog {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+log = progress_log("bench_cog")
 
 
 # ------------------------------------------------------------------------------------------ input
@@ -259,13 +248,10 @@ def summarise_tiled(runs: list[dict[str, Any]], single: dict[str, Any]) -> dict[
 
 # ----------------------------------------------------------------------------------------- report
 def machine(size: int, repeat: int) -> dict[str, Any]:
-    """What the numbers were measured on."""
-    packages = {name: metadata.version(name) for name in ("rasterio", "rio-cogeo", "numpy")}
+    """What the numbers were measured on (GDAL asked in a child: this process imports no rasterio)."""
     gdal = subprocess.run([sys.executable, "-c", "import rasterio; print(rasterio.__gdal_version__)"],
                           capture_output=True, text=True, check=False).stdout.strip()
-    return {"date": datetime.now(UTC).isoformat(timespec="seconds"), "size": size, "repeat": repeat,
-            "nproc": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-            "gdal": gdal, "packages": packages, "loadavg_start": [round(v, 2) for v in os.getloadavg()]}
+    return machine_facts(("rasterio", "rio-cogeo", "numpy"), stack=False, size=size, repeat=repeat, gdal=gdal)
 
 
 def markdown(summary: dict[str, Any]) -> str:
@@ -305,26 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         child_main(args.child)
         return 0
-    summary: dict[str, Any] = {"machine": machine(args.size, args.repeat)}
-    started = time.perf_counter()
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-cog-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        summary.update(measure(args.size, args.repeat, workdir))
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
-    summary["machine"].update(loadavg_end=[round(v, 2) for v in os.getloadavg()],
-                              wall_s=round(time.perf_counter() - started, 1))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    suffix = "" if args.size == 8000 else f"-{args.size}"
-    path = RESULTS / f"bench_cog-{datetime.now(UTC):%Y-%m-%d}{suffix}.json"
-    path.write_text(json.dumps(summary, indent=2) + "\n")
-    print(markdown(summary))
-    print()
-    print(json.dumps({k: summary[k] for k in ("ratios",)}, indent=2))
-    log(f"results written to {path.relative_to(ROOT)}")
-    return 0
+    def run(workdir: Path) -> dict[str, Any]:
+        return {"machine": machine(args.size, args.repeat), **measure(args.size, args.repeat, workdir)}
+
+    return run_benchmark("bench_cog", run, markdown, suffix="" if args.size == 8000 else f"-{args.size}",
+                         workdir=args.workdir, json_keys=("ratios",))
 
 
 if __name__ == "__main__":

@@ -34,49 +34,36 @@ non-default sizes).
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import os
-import platform
 import re
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-for _path in (ROOT, ROOT / "tests"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-
+import bench_common
 import rasterio
 import requests
 from azurite_proc import Azurite
-from bench_engine import markdown_table, read_host_log, wait_for_job
+from bench_common import markdown_table, progress_log, read_host_log, run_benchmark, stats_ms, wait_for_job
 from conftest import fresh_settings, settings_env
 from conftest_geo import smooth_image, write_raster
 from host_proc import HostProcess
 from postgres_proc import Postgres, pg_bin
 from rasterio.transform import from_origin
 
-from config import Settings, load_host_json
+from config import Settings
 from repositories import Repositories
 import services_stac
 from repository_pgstac import PgstacRepository
 from services_raster import validate_raster
 from services_stac import build_collection, build_item
 
-RESULTS = ROOT / "benchmarks" / "results"
 POLL_SECONDS = 0.25  # status polling interval of "ours"
 SIZE_PX = 128  # side of each synthetic raster
 PIXEL_M = 30.0
@@ -85,27 +72,7 @@ GRID_COLUMNS = 20
 UPLOAD_THREADS = 8
 CATALOG_TASK = "stac_catalog"
 GOAL = 0.5  # the issue's goal: ours >= 0.5 of the Loader's items/s
-
-
-def log(text: str) -> None:
-    """Progress on stderr (stdout carries only the results)."""
-    print(f"[bench_sync {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
-
-
-def stats_ms(values: list[float]) -> dict[str, Any]:
-    """count, mean, min, p50, p90, p95, p99, max of durations in ms (None when empty)."""
-    if not values:
-        return {"count": 0}
-    ordered = sorted(values)
-
-    def pct(p: int) -> float:
-        if len(ordered) == 1:
-            return float(ordered[0])
-        return round(statistics.quantiles(ordered, n=100, method="inclusive")[p - 1], 1)
-
-    return {"count": len(ordered), "mean": round(statistics.fmean(ordered), 1), "min": round(ordered[0], 1),
-            "p50": pct(50), "p90": pct(90), "p95": pct(95), "p99": pct(99), "max": round(ordered[-1], 1),
-            "sum_s": round(sum(ordered) / 1000, 2)}
+log = progress_log("bench_sync")
 
 
 # ---------------------------------------------------------------------------------------------- CPU
@@ -399,26 +366,10 @@ def measure_catalog_writes(catalogue: PgstacRepository, items: list[dict], colle
 # ---------------------------------------------------------------------------------------------- report
 def machine_facts(args: argparse.Namespace) -> dict[str, Any]:
     """What the numbers were measured on."""
-    def version(package: str) -> str | None:
-        with suppress(metadata.PackageNotFoundError):
-            return metadata.version(package)
-        return None
-
-    def command(*cmd: str) -> str | None:
-        with suppress(OSError):
-            return subprocess.run(cmd, capture_output=True, text=True, check=False).stdout.strip() or None
-        return None
-
-    azurite = json.loads((ROOT / "node_modules" / "azurite" / "package.json").read_text()).get("version")
-    return {"date": datetime.now(UTC).isoformat(timespec="seconds"), "n": args.n, "hosts": args.hosts,
-            "nproc": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(),
-            "python": platform.python_version(), "platform": platform.platform(),
-            "node": command("node", "--version"), "azurite": azurite,
-            "postgres": command(str(pg_bin() / "postgres"), "--version"), "gdal": rasterio.__gdal_version__,
-            "loadavg_start": [round(x, 2) for x in os.getloadavg()],
-            "packages": {p: version(p) for p in ("pypgstac", "psycopg", "psycopg-pool", "rasterio", "pystac",
-                                                 "azure-storage-blob", "azure-data-tables", "azure-storage-queue")},
-            "host_json_queues": load_host_json().get("extensions", {}).get("queues", {})}
+    return bench_common.machine_facts(
+        ("pypgstac", "psycopg", "psycopg-pool", "rasterio", "pystac", "azure-storage-blob", "azure-data-tables",
+         "azure-storage-queue"), n=args.n, hosts=args.hosts,
+        postgres=bench_common.command_output(str(pg_bin() / "postgres"), "--version"), gdal=rasterio.__gdal_version__)
 
 
 def pgstac_version(catalogue: PgstacRepository) -> str | None:
@@ -516,15 +467,6 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def write_json(summary: dict[str, Any], n: int, hosts: int) -> Path:
-    """benchmarks/results/bench_sync-<date>[-n<n>][-h<hosts>].json."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    suffix = (f"-n{n}" if n != 200 else "") + (f"-h{hosts}" if hosts != 2 else "")
-    path = RESULTS / f"bench_sync-{datetime.now(UTC):%Y-%m-%d}{suffix}.json"
-    path.write_text(json.dumps(summary, indent=2) + "\n")
-    return path
-
-
 # ---------------------------------------------------------------------------------------------- main
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Start Azurite and pgstac, measure ours then the baseline, stop everything (by PID, whatever happens)."""
@@ -595,7 +537,6 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             log("pgstac stopped")
         azurite.stop()
         log("Azurite stopped")
-    summary["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     return summary
 
 
@@ -611,21 +552,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; print Markdown and JSON; write the JSON file."""
+    """Run the benchmark; print Markdown and JSON; write the JSON file (results/bench_sync-<date>[-n<n>][-h<h>])."""
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the hosts, pgstac and Azurite
-    logging.getLogger("azure").setLevel(logging.WARNING)
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="bench-sync-") as tmp:
-        summary = run(args, Path(tmp))
-    summary["machine"]["wall_s"] = round(time.perf_counter() - started, 1)
-    path = write_json(summary, args.n, args.hosts)
-    print(markdown(summary))
-    print("```json")
-    print(json.dumps(summary, indent=2))
-    print("```")
-    log(f"wrote {path.relative_to(ROOT)} ({summary['machine']['wall_s']} s)")
-    return 0
+    suffix = (f"-n{args.n}" if args.n != 200 else "") + (f"-h{args.hosts}" if args.hosts != 2 else "")
+    return run_benchmark("bench_sync", lambda workdir: run(args, workdir), markdown, suffix=suffix)
 
 
 if __name__ == "__main__":

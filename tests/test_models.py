@@ -156,3 +156,11 @@ def test_logs_and_errors_never_carry_secrets():
     assert "c2VjcmV0a2V5" not in redact(conn) and "AccountName=acct" in redact(conn)
     assert "hunter2" not in redact("host=db password=hunter2 dbname=postgis")
     assert redact("nothing secret here: stage 1 failed") == "nothing secret here: stage 1 failed"
+
+
+def test_an_unresolved_key_vault_reference_is_not_taken_as_the_secret():
+    from config import Settings
+
+    s = Settings(webhook_secret="@Microsoft.KeyVault(SecretUri=https://v.vault.azure.net/secrets/w)",
+                 pgstac_password="real")
+    assert s.webhook_secret.get_secret_value() == "" and s.pgstac_password.get_secret_value() == "real"

@@ -1,16 +1,17 @@
 """Hostile rasters and parameters (issue #8, items 1-3): no local file read, no request to any address
 but the blob's own, no CRS fetched, no raster too large to handle.
 
-A loopback HTTP listener (a thread) counts every request that reaches it; hostile files point at it
+A loopback HTTP listener (its own small process) counts every request that reaches it; hostile files point at it
 or at a temporary file holding a known secret. Limits are shown with tiny files that declare huge
 rasters or huge blocks, with the peak RSS of the call sampled by psutil.
 """
 from __future__ import annotations
 
-import http.server
 import json
 import math
 import struct
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -41,35 +42,60 @@ MIB = 1024 * 1024
 
 
 # ------------------------------------------------------------------------------------ the listener
-class _Counting(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 (http.server's naming)
-        self.server.hits.append(self.path)
-        body = self.server.routes.get(self.path.split("?", 1)[0], b"")
+# In its own process: GDAL can hold the GIL while it waits for an answer, and a listener thread in this
+# process could then never answer (a test without the fix would hang instead of failing).
+LISTENER = r"""
+import http.server, pathlib, sys
+root, log = pathlib.Path(sys.argv[1]), open(sys.argv[2], "a", buffering=1)
+class Counting(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        log.write(self.path + "\n")
+        name = self.path.split("?", 1)[0].strip("/")
+        body = (root / name).read_bytes() if name and (root / name).is_file() else b""
         self.send_response(200 if body else 404)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.command == "GET":
             self.wfile.write(body)
-
     do_HEAD = do_GET
-
     def log_message(self, *args):
         pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Counting)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+class Listener:
+    """A loopback HTTP server (``url``) serving files put in ``root``; ``hits`` are the paths requested."""
+
+    def __init__(self, folder: Path) -> None:
+        self.root, self.log = folder / "www", folder / "requests.log"
+        self.root.mkdir()
+        self.log.touch()
+        self.proc = subprocess.Popen([sys.executable, "-c", LISTENER, str(self.root), str(self.log)],
+                                     stdout=subprocess.PIPE, text=True)
+        self.url = f"http://127.0.0.1:{int(self.proc.stdout.readline())}"
+
+    @property
+    def hits(self) -> list[str]:
+        time.sleep(0.2)  # let a request in flight reach the log
+        return self.log.read_text().splitlines()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        self.proc.stdout.close()
 
 
 @pytest.fixture
-def listener():
-    """A loopback HTTP server in a thread; ``.hits`` lists the paths requested, ``.routes`` what it serves."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Counting)
-    server.hits, server.routes = [], {}
-    server.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+def listener(tmp_path_factory):
+    """A loopback listener, stopped (by its pid) after the test."""
+    server = Listener(tmp_path_factory.mktemp("listener"))
     try:
         yield server
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
 
 
 # ------------------------------------------------------------------------------------ hostile files
@@ -173,7 +199,6 @@ def test_vrt_pointing_at_a_loopback_listener_is_refused_without_a_request(tmp_pa
         validate_raster(scene)
     with pytest.raises(TaskError, match=r"^not a raster: "):
         create_cog(scene, tmp_path / "out.tif")
-    time.sleep(0.2)
     assert listener.hits == []
 
 
@@ -204,7 +229,7 @@ def test_an_aux_xml_that_redirects_the_overviews_is_not_honoured(tmp_path, liste
     if target == "local":  # what GDAL does by default, even restricted to GTiff: the sidecar wins
         with rasterio.open(scene, driver="GTiff") as src:
             assert src.overviews(1) == [2]
-    listener.hits.clear()
+    seen = len(listener.hits)
     info = validate_raster(scene)
     assert info.overviews == []
     with open_user_raster(scene) as src:
@@ -215,13 +240,12 @@ def test_an_aux_xml_that_redirects_the_overviews_is_not_honoured(tmp_path, liste
         for level in range(len(out.overviews(1))):
             with rasterio.open(result.dst_path, overview_level=level) as ovr:
                 assert SECRET.encode()[:20] not in ovr.read().tobytes()
-    time.sleep(0.2)
-    assert listener.hits == []
+    assert listener.hits[seen:] == []
 
 
 def test_remote_reads_reach_only_the_blob_url_and_only_as_a_geotiff(tmp_path, listener):
     url = f"{listener.url}/scene.tif"
-    listener.routes["/scene.tif"] = remote_vrt(f"{listener.url}/inner.tif").encode()
+    (listener.root / "scene.tif").write_text(remote_vrt(f"{listener.url}/inner.tif"))
     tile = TileWindow(index=0, col_off=0, row_off=0, width=8, height=4)
     other = f"{listener.url}/other.tif"
     refused = [dict(path=f"/vsicurl/{other}?sig=1", remote_url=url, head=b"II*\0"),  # not the allowed blob
@@ -280,7 +304,6 @@ def test_hostile_vrt_blobs_fail_process_raster_end_to_end(geo_engine, tmp_path, 
     assert status["stages"][0]["tasks"]["failed"] == 1 and status["stages"][0]["attempts"] == 1
     assert no_secret_in(json.dumps(status))
     assert blobs_in(geo_engine, geo_engine.settings.output_container) == []
-    time.sleep(0.2)
     assert listener.hits == []
 
 
@@ -304,7 +327,6 @@ def test_crs_parameters_naming_a_path_or_url_are_400_and_never_fetched(engine, l
         with pytest.raises(ValidationError):
             CogOptions(target_crs=value)
     assert time.perf_counter() - started < 5  # no 10 s HTTP timeouts
-    time.sleep(0.2)
     assert listener.hits == []
 
 

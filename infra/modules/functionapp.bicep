@@ -90,9 +90,10 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
       ftpsState: 'Disabled'
       http20Enabled: true
       cors: { allowedOrigins: [] }
-      // Every setting config.py reads (tests/test_infra.py checks this list against config.Settings). Two it
+      // Every setting config.py reads (tests/test_infra.py checks this list against config.Settings). Three it
       // can read are deliberately absent: AzureWebJobsStorage (a connection string: the identity-based
-      // settings below replace it) and AzureWebJobsStorage__clientId (only for a user-assigned identity).
+      // settings below replace it), AzureWebJobsStorage__clientId (only for a user-assigned identity) and
+      // OTEL_EXPORTER_OTLP_ENDPOINT (local tracing only; here the Application Insights connection string exports).
       appSettings: [
         // storage, identity-based (the host and the app read the same connection)
         { name: 'AzureWebJobsStorage__accountName', value: storageAccountName }
@@ -111,6 +112,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'ALLOWED_CONTAINERS', value: '${storageNames.inputContainer},${storageNames.outputContainer}' }
         // engine
         { name: 'COUNTER_SHARDS', value: '32' }
+        { name: 'PROGRESS_INTERVAL_S', value: '5' }
         { name: 'FANOUT_CHUNK', value: '2000' }
         { name: 'FANOUT_THREADS', value: '16' }
         { name: 'MAX_REQUEST_BYTES', value: '1048576' }
@@ -147,6 +149,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         // telemetry: ingestion with the app's identity (local auth is off on the component)
         { name: 'APPLICATIONINSIGHTS_CONNECTION_STRING', value: appInsightsConnectionString }
         { name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING', value: 'Authorization=AAD' }
+        { name: 'OTEL_TRACES_EXPORTER', value: 'none' }
       ]
     }
     functionAppConfig: {

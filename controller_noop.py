@@ -1,0 +1,73 @@
+"""noop: one stage of n tasks that do nothing, to measure what the engine and its storage cost.
+
+Each ``noop`` task returns ``{"i": index}``; the job's result is only their count, so a job of
+100,000 tasks has a small result. Use it to see how fast a deployment fans out, runs and finishes
+tasks (``benchmarks/bench_engine.py --scale`` does). ``n`` goes up to MAX_TASKS_PER_STAGE (999,999);
+a submit over the deployment's ``MAX_TASKS_PER_STAGE`` setting is refused, naming the setting.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from base_controller import JobController, JobParameters, Stage, TaskContext, TaskHandler, TaskOutcome
+from config import get_settings
+from errors import ParameterValidationError
+from models import MAX_TASKS_PER_STAGE
+
+
+class NoopParameters(JobParameters):
+    """Parameters of a noop job."""
+
+    model_config = ConfigDict(extra="forbid")
+    n: int = Field(default=100, ge=1, le=MAX_TASKS_PER_STAGE,
+                   description="Tasks in the stage (at most the MAX_TASKS_PER_STAGE setting, 100,000 by default).")
+
+
+class NoopTaskParameters(BaseModel):
+    """A noop task takes nothing (its index is in its id)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def plan_noops(p: NoopParameters, previous: list[TaskOutcome]) -> list[dict[str, Any]]:
+    """n empty task parameter sets."""
+    return [{} for _ in range(p.n)]
+
+
+def noop(p: NoopTaskParameters, ctx: TaskContext) -> dict[str, int]:
+    """Does nothing; returns its index."""
+    return {"i": ctx.index}
+
+
+def aggregate(p: NoopParameters, outcomes: dict[int, list[TaskOutcome]]) -> dict[str, int]:
+    """Only how many tasks completed (a result that stays small at any n)."""
+    return {"task_count": len(outcomes.get(1, []))}
+
+
+class NoopController(JobController):
+    """noop's controller: ``n`` is also checked against the MAX_TASKS_PER_STAGE setting at submit."""
+
+    def validate(self, raw: Any, settings: Any = None) -> BaseModel:
+        """As ``JobController.validate``; an ``n`` over the deployment's stage limit is refused now, not at
+        planning (where the job would fail)."""
+        settings = settings or get_settings()
+        params = super().validate(raw, settings)
+        if params.n > settings.max_tasks_per_stage:
+            message = (f"n: {params.n:,} tasks exceed this deployment's limit of {settings.max_tasks_per_stage:,} "
+                       f"per stage (MAX_TASKS_PER_STAGE)")
+            raise ParameterValidationError(f"invalid parameters for {self.job_type}: {message}",
+                                           errors=[{"field": "n", "message": message, "type": "too_many_tasks"}])
+        return params
+
+
+NOOP = NoopController(
+    job_type="noop",
+    description="One stage of n tasks that do nothing: measures the engine and its storage.",
+    parameters_model=NoopParameters,
+    stages=(Stage("noops", "noop", plan_noops, "Each task returns its index.", parallelism="n tasks"),),
+    aggregate=aggregate,
+)
+
+HANDLERS = (TaskHandler("noop", NoopTaskParameters, noop, "Does nothing; returns its index."),)
