@@ -2,8 +2,8 @@
 items its map draws.
 
 Behind function keys (``AuthLevel.FUNCTION``) every request needs the key, and a browser sends none for
-the files a page links to. So the page is ONE response: ``serve("")`` inlines app.css and app.js into
-index.html, and a Content-Security-Policy allows exactly those two inline blocks (by hash) and calls to
+the files a page links to. So the page is ONE response: ``serve("")`` inlines the style sheet and scripts
+index.html links, and a Content-Security-Policy allows exactly those inline blocks (by hash) and calls to
 this origin only. The page's script sends the key it was opened with (``?code=``) as ``x-functions-key``
 on every API call and on the world outline it fetches; the Referrer-Policy keeps the key out of Referer.
 """
@@ -38,8 +38,8 @@ PAGE_CACHE = "no-cache"  # the page is revalidated each time (ETag): a deploymen
 FILE_CACHE = "private, max-age=3600"
 SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)+")  # one segment, no "..", no hidden file
-_INLINED = (('<link rel="stylesheet" href="app.css">', "app.css", "style"),
-            ('<script src="app.js"></script>', "app.js", "script"))
+_LINKED = re.compile(r'<script src="(?P<script>[a-z0-9-]+\.js)"></script>'
+                     r'|<link rel="stylesheet" href="(?P<style>[a-z0-9-]+\.css)">')  # inlined by page()
 COLLECTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 Response = tuple[int, dict[str, Any]]
 
@@ -70,16 +70,20 @@ def _sha256(text: str) -> str:
 
 
 def page() -> tuple[bytes, str]:
-    """index.html with app.css and app.js inlined, and the Content-Security-Policy that allows them."""
-    html = (DASHBOARD_DIR / INDEX).read_text(encoding="utf-8")
-    hashes = {}
-    for tag, name, element in _INLINED:
-        content = (DASHBOARD_DIR / name).read_text(encoding="utf-8")
-        if f"</{element}" in content.lower() or tag not in html:
-            raise RuntimeError(f"dashboard/{name} cannot be inlined into {INDEX}")
-        html = html.replace(tag, f"<{element}>{content}</{element}>")
-        hashes[element] = f"'sha256-{_sha256(content)}'"
-    csp = (f"default-src 'none'; script-src {hashes['script']}; style-src {hashes['style']}; "
+    """index.html with the scripts and style sheets it links inlined, and the Content-Security-Policy that
+    allows exactly those (by hash)."""
+    hashes: dict[str, list[str]] = {"script": [], "style": []}
+
+    def inline(found: re.Match[str]) -> str:
+        element = found.lastgroup or ""
+        content = (DASHBOARD_DIR / found.group(element)).read_text(encoding="utf-8")
+        if f"</{element}" in content.lower():
+            raise RuntimeError(f"dashboard/{found.group(element)} cannot be inlined: it holds </{element}")
+        hashes[element].append(f"'sha256-{_sha256(content)}'")
+        return f"<{element}>{content}</{element}>"
+
+    html = _LINKED.sub(inline, (DASHBOARD_DIR / INDEX).read_text(encoding="utf-8"))
+    csp = (f"default-src 'none'; script-src {' '.join(hashes['script'])}; style-src {' '.join(hashes['style'])}; "
            "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
     return html.encode(), csp
 

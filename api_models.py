@@ -65,7 +65,8 @@ class StageInfo(BaseModel):
     task_type: str
     task_version: int = Field(1, description="bumped when the task's meaning or output changes")
     time_limit_s: int = Field(description="a task's lease: past it, another attempt takes over")
-    parallelism: Literal["one task", "one task per input", "one task per tile", "n tasks"]
+    parallelism: Literal["one task", "one task per input", "one task per tile", "one task per chunk of items",
+                         "n tasks"]
     description: str = ""
 
 

@@ -31,11 +31,12 @@ from api_models import (
 )
 from api_dashboard import ItemFootprints
 from api_dashboard import files as dashboard_files
-from config import load_host_json
+from config import APP_VERSION, load_host_json
 from engine_jobs import job_types
+from errors import ErrorCode
 from models import Status
 
-VERSION = "1.0.0"
+VERSION = APP_VERSION
 REF = "#/components/schemas/{model}"
 JSON = "application/json"
 SECURITY = [{"functionKeyHeader": []}, {"functionKeyQuery": []}]
@@ -75,6 +76,7 @@ class TaskTypeMetrics(BaseModel):
     completed: int
     failed: int
     failure_rate: float = Field(ge=0, le=1)
+    failures_by_code: dict[ErrorCode, int] = Field(default_factory=dict, description="failed tasks by error_code")
     duration_s: Percentiles
 
 
@@ -92,6 +94,8 @@ class Metrics(BaseModel):
     jobs_in_window: int
     jobs: JobCounts
     task_types: dict[str, TaskTypeMetrics]
+    failures_by_code: dict[ErrorCode, int] = Field(default_factory=dict, description="failed tasks of every type "
+                                                   "in the window, by error_code")
     queues: dict[str, int]
 
 

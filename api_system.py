@@ -9,7 +9,8 @@ from importlib import metadata
 from typing import Any
 
 from api_listing import number
-from errors import OrchestratorError
+from engine_status import known_code
+from errors import ErrorCode, OrchestratorError
 from logs import log_event
 from models import Status, utcnow
 from task_manager import Engine
@@ -67,7 +68,7 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 def metrics(engine: Engine, window_s: str | None = None) -> Response:
     """GET /api/metrics: jobs by status and type; per task type over recent jobs: count, failure rate,
-    duration p50/p95/p99; queue depths."""
+    failures by error code, duration p50/p95/p99; failures by code over all task types; queue depths."""
     window = number(window_s, "window_s", 3600.0, 1, 30 * 86400)
     since = utcnow() - timedelta(seconds=window)
     by_status: Counter[str] = Counter()
@@ -85,9 +86,12 @@ def metrics(engine: Engine, window_s: str | None = None) -> Response:
             break
     durations: dict[str, list[float]] = defaultdict(list)
     counts: dict[str, Counter[str]] = defaultdict(Counter)
+    codes: dict[str, Counter[str]] = defaultdict(Counter)
     for job_id in recent:
         for t in engine.store.task_timings(job_id):
             counts[t["task_type"]][t["status"]] += 1
+            if t["status"] == Status.FAILED.value:
+                codes[t["task_type"]][known_code(t.get("error_code")) or ErrorCode.TASK_FAILED] += 1
             if t.get("started_at") and t.get("ended_at") and t["status"] == Status.COMPLETED.value:
                 durations[t["task_type"]].append((t["ended_at"] - t["started_at"]).total_seconds())
     task_types = {}
@@ -96,9 +100,11 @@ def metrics(engine: Engine, window_s: str | None = None) -> Response:
         d = durations[task_type]
         task_types[task_type] = {"count": sum(c.values()), "completed": c["completed"], "failed": c["failed"],
                                  "failure_rate": round(c["failed"] / ended, 4) if ended else 0.0,
+                                 "failures_by_code": dict(sorted(codes[task_type].items())),
                                  "duration_s": {"p50": _percentile(d, 50), "p95": _percentile(d, 95),
                                                 "p99": _percentile(d, 99)}}
     queues = engine.repos.probe().get("queues", {}).get("depths", {})
     return 200, {"window_s": window, "jobs_in_window": len(recent),
                  "jobs": {"by_status": dict(by_status), "by_type": dict(by_type)},
-                 "task_types": task_types, "queues": queues}
+                 "task_types": task_types, "failures_by_code": dict(sorted(sum(codes.values(), Counter()).items())),
+                 "queues": queues}

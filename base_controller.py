@@ -99,6 +99,9 @@ class Catalogue(Protocol):
     def bulk_load(self, items: Iterable[dict], mode: str = "upsert") -> int:
         """Load many items at once."""
 
+    def stored_ids(self, collection_id: str, ids: Iterable[str]) -> set[str]:
+        """Which of ``ids`` the collection holds."""
+
     def get_item(self, collection_id: str, item_id: str) -> dict | None:
         """One item, or None."""
 
@@ -153,7 +156,9 @@ class Stage:
     plan: Planner
     description: str = ""
     plan_uses_io: bool = False
-    parallelism: str = "n tasks"  # for people: "one task", "one task per input", "one task per tile", "n tasks"
+    parallelism: str = "n tasks"  # for people: "one task", "one task per input", "one task per tile",
+    # "one task per chunk of items", "n tasks" (api_models.StageInfo lists them)
+    tolerates_failures: bool = True  # False: any failed task fails the job, whatever the job type tolerates
 
 
 @dataclass(frozen=True)
@@ -196,8 +201,11 @@ class JobController:
         if not 0.0 <= self.tolerated_failure_fraction < 1.0:
             raise ValueError(f"job type {self.job_type!r}: tolerated_failure_fraction must be in [0, 1)")
 
-    def tolerated_failures(self, total: int) -> int:
-        """How many of a stage's ``total`` tasks may fail with the job still completing."""
+    def tolerated_failures(self, total: int, stage: int | None = None) -> int:
+        """How many of a stage's ``total`` tasks may fail with the job still completing (none in a stage
+        that ``tolerates_failures=False``)."""
+        if stage is not None and not self.stage(stage).tolerates_failures:
+            return 0
         return int(self.tolerated_failure_fraction * total)
 
     @property

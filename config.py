@@ -20,6 +20,8 @@ HOST_JSON = ROOT / "host.json"
 STORAGE_CONNECTION = "AzureWebJobsStorage"
 JOBS_QUEUE_SETTING = "JOBS_QUEUE"
 TASKS_QUEUE_SETTING = "TASKS_QUEUE"
+# The app's version: the OpenAPI document's and the one STAC items name in processing:software (issue #12).
+APP_VERSION = "1.0.0"
 
 
 def _conn(suffix: str) -> Any:

@@ -1,4 +1,8 @@
-"""Container job types: inventory a container, catalogue one file, sync a container into STAC."""
+"""Container job types: inventory a container, catalogue one file, sync a container into STAC.
+
+Sidecars (``scene.tif.msk``, ``.ovr``, ``.aux.xml``, world files, ``.prj``) are companions of their raster:
+the inventory lists them under it, and sync never catalogues one as an item of its own (a ``.msk`` or
+``.ovr`` is a TIFF, so "by content" alone would)."""
 from __future__ import annotations
 
 from collections import Counter
@@ -8,8 +12,12 @@ from typing import Any, ClassVar
 from pydantic import ConfigDict, Field, field_validator
 
 from base_controller import JobController, Stage, TaskContext, TaskHandler, TaskOutcome, outcomes_in_order, succeeded
-from controller_geo_common import RASTER_SUFFIXES, CatalogOptions, CatalogTask, JobContainer, SettingsDefaults
-from errors import NotFoundError, TaskError
+from controller_geo_common import (
+    LOAD_ITEMS, RASTER_SUFFIXES, CatalogOptions, CatalogRun, CatalogTask, JobContainer, LoadItemsTask, SettingsDefaults,
+    build_item_task, item_reports, load_items_task,
+)
+from errors import InputNotFoundError, NotFoundError, TaskError
+from services_sidecars import companions, is_sidecar_name
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 TIFF_CONTENT_TYPES = ("image/tiff", "image/geotiff")
@@ -48,22 +56,31 @@ def _listing(io: Any, container: str, prefix: str | None) -> list:
     try:
         return list(io.rasters.list(container, prefix))
     except NotFoundError as exc:
-        raise TaskError(exc.message) from None
+        raise InputNotFoundError(exc.message) from None
 
 
 def inventory_task(p: ListParameters, ctx: TaskContext) -> dict[str, Any]:
-    """Count, size and list the container's blobs (large results are spilled to a blob by the engine)."""
-    blobs = [b for b in _listing(ctx.io, p.container, p.prefix)
-             if not p.suffixes or b.name.lower().endswith(tuple(p.suffixes))]
+    """Count, size and list the container's blobs (large results are spilled to a blob by the engine).
+
+    Every blob is counted; a raster's sidecars are listed under it (``sidecars``), not as entries of their
+    own (``sidecar_count`` says how many there were)."""
+    listed = _listing(ctx.io, p.container, p.prefix)
+    grouped = companions([b.name for b in listed])
+    attached = {name for names in grouped.values() for name in names}
+    blobs = [b for b in listed if not p.suffixes or b.name.lower().endswith(tuple(p.suffixes))]
     by_ext = Counter(PurePosixPath(b.name).suffix.lower() or "(none)" for b in blobs)
+    entries = [{"name": b.name, "size": b.size, "last_modified": b.last_modified.isoformat(),
+                "content_type": b.content_type, **({"sidecars": grouped[b.name]} if b.name in grouped else {})}
+               for b in blobs if b.name not in attached]
     return {"container": p.container, "prefix": p.prefix, "count": len(blobs),
             "total_bytes": sum(b.size for b in blobs), "by_extension": dict(sorted(by_ext.items())),
-            "blobs": [{"name": b.name, "size": b.size, "last_modified": b.last_modified.isoformat(),
-                       "content_type": b.content_type} for b in blobs]}
+            "sidecar_count": sum(1 for b in blobs if b.name in attached), "blobs": entries}
 
 
 def _is_geospatial(io: Any, blob) -> bool:
-    """A GeoTIFF/COG by extension, by content type, or by its first bytes (TIFF signature)."""
+    """A GeoTIFF/COG by extension, by content type, or by its first bytes (TIFF signature); never a sidecar."""
+    if is_sidecar_name(blob.name):
+        return False
     if blob.name.lower().endswith(RASTER_SUFFIXES):
         return True
     if (blob.content_type or "").lower().startswith(TIFF_CONTENT_TYPES):
@@ -80,6 +97,8 @@ def list_geospatial_task(p: SyncParameters, ctx: TaskContext) -> dict[str, Any]:
 HANDLERS = (
     TaskHandler("container_inventory", ListParameters, inventory_task, "List a container's blobs."),
     TaskHandler("container_list_geospatial", SyncParameters, list_geospatial_task, "Find a container's GeoTIFFs."),
+    TaskHandler("stac_build_item", CatalogRun, build_item_task, "Build a raster blob's STAC item (no write)."),
+    TaskHandler("stac_load_items", LoadItemsTask, load_items_task, "Upsert a chunk of STAC items in bulk (pypgstac)."),
 )
 
 
@@ -87,17 +106,19 @@ def _catalog_listed(p: SyncParameters, previous: list[TaskOutcome]) -> list[dict
     (listing,) = succeeded(previous)
     if not listing.result["blobs"]:
         raise TaskError(f"no GeoTIFFs in {p.container}/{p.prefix or ''}")
-    return [{"container": p.container, "blob": name, "collection_id": p.collection_id,
+    return [{"container": p.container, "blob": name, "collection_id": p.collection_id, "job_type": "sync_container",
              "datetime": p.datetime.isoformat() if p.datetime else None} for name in listing.result["blobs"]]
 
 
 def _synced(p: SyncParameters, outcomes: dict[int, list[TaskOutcome]]) -> dict[str, Any]:
     (listing,) = outcomes.get(1, [])
-    items = [o.result for o in outcomes_in_order(outcomes.get(2, []))]
-    actions = Counter(i["action"] for i in items)
+    built = [o.result for o in outcomes_in_order(outcomes.get(2, []))]
+    loads = [o.result for o in outcomes_in_order(outcomes.get(3, []))]
+    actions = Counter(i["action"] for i in item_reports(built, loads))
     return {"container": p.container, "collection_id": p.collection_id, "listed": listing.result["count"],
             "created": actions.get("created", 0), "updated": actions.get("updated", 0),
-            "failed": listing.result["count"] - len(items), "items": [i["item_id"] for i in items]}
+            "failed": listing.result["count"] - len(built), "loaded": sum(load["loaded"] for load in loads),
+            "items": [i["item_id"] for i in built]}
 
 
 JOB_TYPES = (
@@ -107,13 +128,16 @@ JOB_TYPES = (
                          parallelism="one task"),),
                   lambda p, o: o[1][0].result),
     JobController("catalog_file", "Catalogue one raster blob as a STAC item.", CatalogFileParameters,
-                  (Stage("catalog", "stac_catalog", lambda p, prev: [p.model_dump(mode="json")],
+                  (Stage("catalog", "stac_catalog", lambda p, prev: [{**p.model_dump(mode="json"),
+                                                                      "job_type": "catalog_file"}],
                          "Catalogue the blob.", parallelism="one task"),),
                   lambda p, o: {"item": o[1][0].result}),
-    JobController("sync_container", "Catalogue every GeoTIFF of a container, one task each.", SyncParameters,
+    JobController("sync_container", "Catalogue every GeoTIFF of a container: one task per file builds its item, "
+                  "then the items are upserted in bulk.", SyncParameters,
                   (Stage("list", "container_list_geospatial", lambda p, prev: [p.model_dump(mode="json")],
                          "Find the GeoTIFFs.", parallelism="one task"),
-                   Stage("catalog", "stac_catalog", _catalog_listed, "Catalogue each GeoTIFF.",
-                         parallelism="one task per input")),
+                   Stage("build_items", "stac_build_item", _catalog_listed, "Build each GeoTIFF's STAC item.",
+                         parallelism="one task per input"),
+                   LOAD_ITEMS),
                   _synced, tolerated_failure_fraction=0.999),
 )

@@ -1,4 +1,9 @@
-"""Pieces the raster and container job types share: blob references, fetching inputs, cataloguing."""
+"""Pieces the raster and container job types share: blob references, fetching inputs, cataloguing.
+
+Items carry their provenance (``services_stac.Provenance``): planners name the job type and, for an
+output, the raster it was made from (``CatalogRun``); the handler adds the job id. The blob is read over
+the network with its sidecars (``controller_sources.open_blob``), not downloaded.
+"""
 from __future__ import annotations
 
 from datetime import datetime as DateTime
@@ -6,17 +11,20 @@ from pathlib import Path
 from contextlib import contextmanager
 from typing import Annotated, Any, ClassVar, Iterator
 
-from pydantic import AfterValidator, ConfigDict, Field, ValidationInfo
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
 from pydantic_core import PydanticCustomError
 
-from base_controller import CONTAINER_NOT_ALLOWED, CONTAINERS_CONTEXT, JobParameters
+from base_controller import (
+    CONTAINER_NOT_ALLOWED, CONTAINERS_CONTEXT, JobParameters, Stage, TaskContext, TaskOutcome, succeeded,
+)
 from config import Settings
-from errors import NotFoundError, TaskError
+from controller_sources import open_blob
+from errors import InputNotFoundError, NotFoundError, TaskError
 from models import BlobName, ContainerName
 from services_gdal import RasterLimits, user_crs
 from services_raster import crs_string, validate_raster
 import services_stac
-from services_stac import build_collection, build_item
+from services_stac import Provenance, build_collection, build_item
 
 RASTER_SUFFIXES = (".tif", ".tiff")
 STAC_EXTENTS = services_stac  # the extent rules the engine hands the catalogue (item_extent, union_extent)
@@ -103,6 +111,15 @@ class CatalogTask(BlobRef, CatalogOptions):
     SETTINGS_DEFAULTS: ClassVar[dict[str, str]] = {**BlobRef.SETTINGS_DEFAULTS, **CatalogOptions.SETTINGS_DEFAULTS}
 
 
+class CatalogRun(CatalogTask):
+    """What a planner gives a catalog/build-item task besides the blob: for the item's provenance."""
+
+    job_type: str | None = Field(None, max_length=100, description="the job type that catalogues it")
+    source_container: str | None = Field(None, description="for an output: the container of its source")
+    source_blob: BlobName | None = Field(None, description="for an output: the raster it was derived from")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="the blob's SHA-256, when known")
+
+
 @contextmanager
 def named_as_blob(path: Path | str, container: str, blob: str) -> Iterator[None]:
     """Errors about a local copy name the blob instead (users know blobs, not our scratch folders)."""
@@ -120,7 +137,7 @@ def fetch(io: Any, container: str, blob: str, folder: Path, name: str = "input")
     try:
         info = io.rasters.download(container, blob, path)
     except NotFoundError as exc:
-        raise TaskError(exc.message) from None
+        raise InputNotFoundError(exc.message) from None
     return path, info
 
 
@@ -129,30 +146,118 @@ def links(io: Any, container: str, blob: str) -> dict[str, str | None]:
     return {"url": io.rasters.url(container, blob), "sas_url": io.rasters.read_sas_url(container, blob)}
 
 
-def catalog_blob(io: Any, p: CatalogTask, folder: Path) -> dict[str, Any]:
-    """Build the blob's STAC item, create its collection if missing, upsert the item (idempotent)."""
-    path, blob = fetch(io, p.container, p.blob, folder)
-    with named_as_blob(path, p.container, p.blob):
-        info = validate_raster(path, raster_limits(io))
+def build_blob_item(io: Any, p: CatalogTask, folder: Path,
+                    job_id: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Build the blob's STAC item, writing nothing: (the item as a dict, what a task reports about it).
+
+    The blob is read over the network with its sidecars (nothing is downloaded unless SAS is off); the
+    item lists the sidecars GDAL used as assets, and, with ``job_id``, its provenance."""
+    found = open_blob(io, p.container, p.blob, folder)
+    info = validate_raster(found.source, raster_limits(io), sidecars=found.sidecars)
+    used = {kind: url for kind, url in found.sidecar_urls.items()
+            if getattr(found.sidecars, kind) is not None and getattr(found.sidecars, kind).name in info.sidecars}
+    provenance = None
+    if job_id:
+        source = (getattr(p, "source_container", None), getattr(p, "source_blob", None))
+        provenance = Provenance(job_id=job_id, job_type=getattr(p, "job_type", None) or "unknown",
+                                source_href=io.rasters.url(*source) if all(source) else None,
+                                source_name="/".join(source) if all(source) else None,
+                                step="converted to a COG" if all(source) else "catalogued")
     item = build_item(info, container=p.container, blob=p.blob, href=io.rasters.url(p.container, p.blob),
-                      file_size=blob.size, datetime=p.datetime, last_modified=blob.last_modified,
-                      collection_id=p.collection_id)
+                      file_size=found.info.size, sha256=getattr(p, "sha256", None), datetime=p.datetime,
+                      last_modified=found.info.last_modified, collection_id=p.collection_id,
+                      provenance=provenance, sidecars=used)
+    return item.to_dict(include_self_link=False, transform_hrefs=False), {
+        "item_id": item.id, "collection_id": p.collection_id, "bbox": item.bbox,
+        "datetime": item.datetime.isoformat() if item.datetime else None, "container": p.container,
+        "blob": p.blob, "media_type": item.assets["data"].media_type, "sidecars": sorted(used.values())}
+
+
+def catalog_blob(io: Any, p: CatalogTask, folder: Path, job_id: str | None = None) -> dict[str, Any]:
+    """Build the blob's STAC item, create its collection if missing, upsert the item (idempotent)."""
+    item, summary = build_blob_item(io, p, folder, job_id)
+    return {**summary, "action": upsert_catalog_item(io, p.collection_id, item)}
+
+
+# ------------------------------------------------------------------ catalogue writes
+def _collection_of(collection_id: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+    return build_collection(collection_id, items).to_dict(include_self_link=False, transform_hrefs=False)
+
+
+def upsert_catalog_item(io: Any, collection_id: str, item: dict[str, Any]) -> str:
+    """One item into pgstac: its collection ensured once per process (``upsert_item`` then widens the
+    extent), then upserted; 'created' or 'updated'."""
     catalogue = io.pgstac()
-    item_dict = item.to_dict(include_self_link=False, transform_hrefs=False)
 
     def ensure() -> None:
-        catalogue.ensure_collection(build_collection(p.collection_id, [item]).to_dict(
-            include_self_link=False, transform_hrefs=False))
-        io.known_collections.add(p.collection_id)
+        catalogue.ensure_collection(_collection_of(collection_id, [item]))
+        io.known_collections.add(collection_id)
 
-    if p.collection_id not in io.known_collections:  # once per process: upsert_item widens the extent
+    if collection_id not in io.known_collections:
         ensure()
     try:
-        action = catalogue.upsert_item(item_dict)
+        return catalogue.upsert_item(item)
     except NotFoundError:  # the collection was removed since this process ensured it
-        io.known_collections.discard(p.collection_id)
+        io.known_collections.discard(collection_id)
         ensure()
-        action = catalogue.upsert_item(item_dict)
-    return {"item_id": item.id, "collection_id": p.collection_id, "action": action, "bbox": item.bbox,
-            "datetime": item.datetime.isoformat() if item.datetime else None, "container": p.container,
-            "blob": p.blob, "media_type": item.assets["data"].media_type}
+        return catalogue.upsert_item(item)
+
+
+LOAD_CHUNK_ITEMS = 500  # items per load task: one pypgstac Loader run (~2 MB of parameters, spilled to a blob)
+
+
+class LoadItemsTask(BaseModel):
+    """Parameters of one load task: a chunk of built items of one collection."""
+
+    collection_id: str = Field(min_length=1, max_length=200)
+    items: list[dict[str, Any]] = Field(min_length=1, max_length=LOAD_CHUNK_ITEMS)
+
+
+def build_item_task(p: CatalogRun, ctx: TaskContext) -> dict[str, Any]:
+    """Build one blob's STAC item; the result carries it (``item``) to the load stage."""
+    with ctx.io.scratch("catalog") as tmp, ctx.io.measure(tmp) as meter:
+        item, summary = build_blob_item(ctx.io, p, tmp, ctx.job_id)
+    return {**summary, "item": item, "resources": meter.report()}
+
+
+def plan_item_loads(collection_id: str, previous: list[TaskOutcome]) -> list[dict[str, Any]]:
+    """One load task per ``LOAD_CHUNK_ITEMS`` built items, in task order; of several items with one id
+    (``a.tif`` and ``a.tiff``), the last built wins, once."""
+    items: dict[str, dict[str, Any]] = {}
+    for outcome in succeeded(previous):
+        item = outcome.result["item"]
+        items.pop(item["id"], None)
+        items[item["id"]] = item
+    ordered = list(items.values())
+    return [{"collection_id": collection_id, "items": ordered[i:i + LOAD_CHUNK_ITEMS]}
+            for i in range(0, len(ordered), LOAD_CHUNK_ITEMS)]
+
+
+def load_items_task(p: LoadItemsTask, ctx: TaskContext) -> dict[str, Any]:
+    """Upsert a chunk of items with pypgstac's Loader: the collection ensured from the chunk's extent,
+    then one bulk load. Safe to repeat (upsert: a repeated chunk rewrites nothing); a failure fails or
+    retries the whole chunk, whose items stay in this task's parameters."""
+    strays = sorted({i.get("collection") for i in p.items} - {p.collection_id}, key=str)
+    if strays:
+        raise TaskError(f"load task for collection {p.collection_id!r} holds items of {strays}")
+    catalogue = ctx.io.pgstac()
+    ids = [i["id"] for i in p.items]
+    stored = catalogue.stored_ids(p.collection_id, ids)  # before: what this load creates
+    catalogue.ensure_collection(_collection_of(p.collection_id, p.items))
+    ctx.io.known_collections.add(p.collection_id)
+    loaded = catalogue.bulk_load(p.items, "upsert")
+    created = [i for i in dict.fromkeys(ids) if i not in stored]
+    return {"collection_id": p.collection_id, "loaded": loaded, "created": len(created),
+            "updated": loaded - len(created), "created_ids": created}
+
+
+LOAD_ITEMS = Stage("load_items", "stac_load_items", lambda p, prev: plan_item_loads(p.collection_id, prev),
+                   "Upsert the items into pgstac in bulk (pypgstac Loader).",
+                   parallelism="one task per chunk of items", tolerates_failures=False)
+
+
+def item_reports(built: list[dict[str, Any]], loads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What each build task reported, without the item itself, with the action its load took."""
+    created = {i for load in loads for i in load["created_ids"]}
+    return [{**{k: v for k, v in b.items() if k != "item"},
+             "action": b.get("action") or ("created" if b["item_id"] in created else "updated")} for b in built]

@@ -1,5 +1,9 @@
 """Raster job types: validate, process (validate -> COG -> catalog) for one, a batch, or one huge
-raster cut into tiles. One raster = one task per stage; N rasters = N tasks; a huge raster = N tiles."""
+raster cut into tiles. One raster = one task per stage; N rasters = N tasks; a huge raster = N tiles.
+
+Validate, COG and catalog read the input over the network with its sidecars (``controller_sources``):
+only the COG is written to scratch. Each reports the peak memory and scratch disk it used
+(``resources``); a batch never takes a sidecar (``.msk``, ``.aux.xml``, ...) as an input of its own."""
 from __future__ import annotations
 
 from pathlib import PurePosixPath
@@ -9,14 +13,17 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from base_controller import JobController, Stage, TaskContext, TaskHandler, TaskOutcome, outcomes_in_order, succeeded
 from controller_geo_common import (
-    RASTER_SUFFIXES, BlobRef, CatalogOptions, CatalogTask, CrsParameter, JobContainer, catalog_blob, fetch, links,
-    named_as_blob, raster_limits,
+    LOAD_ITEMS, RASTER_SUFFIXES, BlobRef, CatalogOptions, CatalogRun, CrsParameter, JobContainer, catalog_blob, fetch,
+    item_reports, links, named_as_blob, raster_limits,
 )
+from controller_sources import open_blob
 from errors import TaskError
 from models import BlobName
 from pystac import MediaType
 from services_cog import CogOptions, CogProfile, cog_output_name, create_cog
 from services_raster import validate_raster
+from services_sidecars import is_sidecar_name
+from services_stac import file_sha256
 from services_tiles import TileWindow, assemble_tiles, plan_tiles, process_tile
 
 MAX_BATCH = 10_000
@@ -102,35 +109,40 @@ class PlanTilesTask(BlobRef):
 
 # ------------------------------------------------------------------ handlers
 def validate_task(p: BlobRef, ctx: TaskContext) -> dict[str, Any]:
-    """Download, validate, describe."""
-    with ctx.io.scratch("validate") as tmp:
-        path, blob = fetch(ctx.io, p.container, p.blob, tmp)
-        with named_as_blob(path, p.container, p.blob):
-            info = validate_raster(path, raster_limits(ctx.io))
-    return {"container": p.container, "blob": p.blob, "size": blob.size,
-            "last_modified": blob.last_modified.isoformat(), **links(ctx.io, p.container, p.blob),
-            **info.model_dump(mode="json", include={"crs", "epsg", "bounds", "bounds_wgs84", "width", "height",
-                                                    "count", "dtypes", "nodata", "is_cog", "warnings"})}
+    """Validate and describe the blob, read in place (header and a few blocks) with its sidecars."""
+    with ctx.io.scratch("validate") as tmp, ctx.io.measure(tmp) as meter:
+        found = open_blob(ctx.io, p.container, p.blob, tmp)
+        info = validate_raster(found.source, raster_limits(ctx.io), sidecars=found.sidecars)
+    described = info.model_dump(mode="json", include={"crs", "epsg", "bounds", "bounds_wgs84", "width", "height",
+                                                      "count", "dtypes", "nodata", "is_cog", "sidecars"})
+    return {"container": p.container, "blob": p.blob, "size": found.info.size,
+            "last_modified": found.info.last_modified.isoformat(), **links(ctx.io, p.container, p.blob),
+            **described, "validity": info.validity, "warnings": found.notes + info.warnings,
+            "input": found.describe(), "resources": meter.report()}
 
 
 def cog_task(p: CogTask, ctx: TaskContext) -> dict[str, Any]:
-    """Download, convert to a validated COG, upload under its deterministic name."""
-    with ctx.io.scratch("cog") as tmp:
-        src, _ = fetch(ctx.io, p.container, p.blob, tmp)
+    """Convert the blob (read block by block over the network, with its sidecars) to a validated COG in
+    scratch, upload it under its deterministic name."""
+    with ctx.io.scratch("cog") as tmp, ctx.io.measure(tmp) as meter:
+        found = open_blob(ctx.io, p.container, p.blob, tmp)
         options = CogOptions(cog_profile=p.cog_profile, target_crs=p.target_crs, tmp_dir=str(tmp))
-        with named_as_blob(src, p.container, p.blob):
-            result = create_cog(src, tmp / "output.tif", options, raster_limits(ctx.io))
+        result = create_cog(found.source, tmp / "output.tif", options, raster_limits(ctx.io), sidecars=found.sidecars)
+        sha256 = file_sha256(tmp / "output.tif")
         ctx.io.rasters.ensure_container(p.output_container)
         uploaded = ctx.io.rasters.upload(p.output_container, p.output_blob, tmp / "output.tif", MediaType.COG)
-    return {"source": f"{p.container}/{p.blob}", "output_container": p.output_container,
-            "output_blob": p.output_blob, "size": uploaded.size, **links(ctx.io, p.output_container, p.output_blob),
-            **result.model_dump(mode="json", exclude={"dst_path", "in_memory", "gdal_cachemax_mb", "elapsed_s"})}
+    return {"source": f"{p.container}/{p.blob}", "source_container": p.container, "source_blob": p.blob,
+            "output_container": p.output_container, "output_blob": p.output_blob, "size": uploaded.size,
+            "sha256": sha256, **links(ctx.io, p.output_container, p.output_blob),
+            **result.model_dump(mode="json", exclude={"dst_path", "in_memory", "gdal_cachemax_mb", "elapsed_s"}),
+            "input": found.describe(), "resources": meter.report()}
 
 
-def catalog_task(p: CatalogTask, ctx: TaskContext) -> dict[str, Any]:
-    """Catalogue one blob in pgstac."""
-    with ctx.io.scratch("catalog") as tmp:
-        return catalog_blob(ctx.io, p, tmp)
+def catalog_task(p: CatalogRun, ctx: TaskContext) -> dict[str, Any]:
+    """Catalogue one blob in pgstac (read in place; its item names the job that made it)."""
+    with ctx.io.scratch("catalog") as tmp, ctx.io.measure(tmp) as meter:
+        summary = catalog_blob(ctx.io, p, tmp, ctx.job_id)
+    return {**summary, "resources": meter.report()}
 
 
 def plan_tiles_task(p: PlanTilesTask, ctx: TaskContext) -> dict[str, Any]:
@@ -180,7 +192,7 @@ def assemble_task(p: AssembleTask, ctx: TaskContext) -> dict[str, Any]:
 HANDLERS = (
     TaskHandler("raster_validate", BlobRef, validate_task, "Validate a raster blob."),
     TaskHandler("raster_create_cog", CogTask, cog_task, "Convert a raster blob to a COG.", time_limit_s=1800),
-    TaskHandler("stac_catalog", CatalogTask, catalog_task, "Catalogue a raster blob in pgstac."),
+    TaskHandler("stac_catalog", CatalogRun, catalog_task, "Catalogue a raster blob in pgstac."),
     TaskHandler("raster_plan_tiles", PlanTilesTask, plan_tiles_task, "Cut a raster into tile windows."),
     TaskHandler("raster_tile", TileTask, tile_task, "Copy one window of a raster to a tile.", time_limit_s=1800),
     TaskHandler("raster_assemble", AssembleTask, assemble_task, "Stitch tiles into one COG.", time_limit_s=3600),
@@ -200,16 +212,28 @@ def _cogs_for(p: CogJobOptions, previous: list[TaskOutcome]) -> list[dict[str, A
 
 
 def _catalog_outputs(p: CatalogOptions, previous: list[TaskOutcome]) -> list[dict[str, Any]]:
-    """One catalog task per COG written."""
+    """One catalog task per COG written, naming the job type and the COG's source (its provenance)."""
     return [{"container": o.result["output_container"], "blob": o.result["output_blob"],
-             "collection_id": p.collection_id, "datetime": p.datetime.isoformat() if p.datetime else None}
+             "collection_id": p.collection_id, "datetime": p.datetime.isoformat() if p.datetime else None,
+             "job_type": _job_type(p), "sha256": o.result.get("sha256"),
+             "source_container": o.result.get("source_container", getattr(p, "container", None)),
+             "source_blob": o.result.get("source_blob", getattr(p, "blob", None))}
             for o in succeeded(previous)]
 
 
+def _job_type(p: Any) -> str:
+    """The job type whose parameters ``p`` are (each raster job type has its own parameters model)."""
+    return next((c.job_type for c in JOB_TYPES if type(p) is c.parameters_model), "unknown")
+
+
 def _batch_inputs(p: BatchParameters, previous: list[TaskOutcome], io: Any) -> list[dict[str, Any]]:
-    """The batch's blobs: the list given, or every raster under the prefix (listed once, then fixed)."""
+    """The batch's blobs: the list given, or every raster under the prefix (listed once, then fixed).
+    Sidecars (``scene.tif.msk``, ``scene.tif.aux.xml``, ...) go with their raster, never as inputs."""
     if p.blobs is not None:
-        names = list(dict.fromkeys(p.blobs))
+        names = [n for n in dict.fromkeys(p.blobs) if not is_sidecar_name(n)]
+        if not names:
+            raise TaskError("'blobs' names only sidecar files (.msk, .ovr, .aux.xml, world files, .prj): give "
+                            "their rasters")
     else:
         names = [b.name for b in io.rasters.list(p.container, p.prefix) if b.name.lower().endswith(RASTER_SUFFIXES)]
         if not names:
@@ -247,7 +271,8 @@ def _validated(p: Any, outcomes: dict[int, list[TaskOutcome]]) -> dict[str, Any]
 
 
 def _processed(p: Any, outcomes: dict[int, list[TaskOutcome]]) -> dict[str, Any]:
-    validated, cogs, items = (_by_stage(outcomes, s) for s in (1, 2, 3))
+    validated, cogs, built, loads = (_by_stage(outcomes, s) for s in (1, 2, 3, 4))
+    items = item_reports(built, loads)  # process_raster catalogues in stage 3; a batch loads in stage 4
     rasters = [{"input": v, "cog": c, "item": i} for v, c, i in zip(validated, cogs, items, strict=True)]
     return {"count": len(cogs), "rasters": rasters,
             "outputs": [{"container": c["output_container"], "blob": c["output_blob"], "url": c["url"],
@@ -267,16 +292,19 @@ CREATE_COG = Stage("create_cog", "raster_create_cog", _cogs_for, "Write a Cloud-
                    parallelism=PER_INPUT)
 CATALOG_OUTPUTS = Stage("catalog", "stac_catalog", _catalog_outputs, "Catalogue each COG in pgstac.",
                         parallelism=PER_INPUT)
+BUILD_ITEMS = Stage("build_items", "stac_build_item", _catalog_outputs, "Build each COG's STAC item.",
+                    parallelism=PER_INPUT)
 
 JOB_TYPES = (
     JobController("validate_raster", "Validate one raster: CRS, bounds, size, bands, COG or not.", BlobRef,
                   (VALIDATE,), _validated),
     JobController("process_raster", "One raster: validate, convert to COG, catalogue in STAC.",
                   ProcessRasterParameters, (VALIDATE, CREATE_COG, CATALOG_OUTPUTS), _processed),
-    JobController("process_raster_batch", "N rasters (a list or a prefix): N tasks per stage.", BatchParameters,
+    JobController("process_raster_batch", "N rasters (a list or a prefix): N tasks per stage, items upserted in bulk.",
+                  BatchParameters,
                   (Stage("validate", "raster_validate", _batch_inputs, "Validate every raster.", plan_uses_io=True,
                           parallelism=PER_INPUT),
-                   CREATE_COG, CATALOG_OUTPUTS), _processed),
+                   CREATE_COG, BUILD_ITEMS, LOAD_ITEMS), _processed),
     JobController("process_large_raster", "One huge raster: plan tiles, process tiles in parallel (windowed "
                   "reads), assemble one COG, catalogue it.", LargeRasterParameters,
                   (Stage("plan_tiles", "raster_plan_tiles",

@@ -31,6 +31,7 @@ class Change:
     ended: Status | None = None  # completed / failed
     task_id: str = ""
     error: str | None = None  # a failure, or the transient error a task was handed back with
+    error_code: str | None = None  # the failure's code (errors.ErrorCode)
     attempt: int = 0
     progress: int = 0  # change of the task's reported percentage (minus its last one when it ends)
 
@@ -61,6 +62,8 @@ def apply_changes(stage: StageRecord, shards: dict[int, ShardRecord], changes: l
         if change.error and change.ended != Status.COMPLETED:
             entry = {"task_id": change.task_id, "error": change.error[:MAX_ERROR_CHARS], "at": now.isoformat(),
                      "status": (change.ended or Status.QUEUED).value, "attempts": change.attempt}
+            if change.error_code:
+                entry["error_code"] = change.error_code
             shard.errors = ([entry] + [e for e in shard.errors if e.get("task_id") != change.task_id])
             shard.errors = shard.errors[:MAX_SHARD_ERRORS]
         after[change.shard] = shard

@@ -6,8 +6,8 @@ A stage of any size is fanned out by a chain of stage-message invocations, each 
 1. the first invocation plans the stage (a plan larger than one chunk, or one that reads storage, is
    stored once as a blob: every chunk, and every redelivery, sees the same tasks), then creates the
    stage row and its counter shards in one transaction, so counts are whole before any task runs;
-2. each invocation writes its chunk's task rows and sends their messages, batch by batch in parallel
-   (a batch's messages go out as soon as its rows exist, so rows and sends overlap), then moves the
+2. each invocation writes its chunk's task rows (batches in parallel), then sends their messages in
+   index order on every sending thread (neighbouring tasks reach a host together), then moves the
    stage's ``fanned_out`` cursor with a conditional write and sends the continuation message
    (``from_task``); the last chunk marks the stage ``dispatched``.
 
@@ -27,10 +27,10 @@ import engine_tracing
 from base_controller import JobController
 from controller_factory import get_handler
 from engine_counters import shard_count
-from errors import ConflictError, TransientError
+from errors import ConflictError, OrchestratorError, TooLargeError, TransientError
 from logs import log_event
 from models import (
-    JobRecord, ShardRecord, StageMessage, StageRecord, TaskMessage, TaskRecord, make_task_id, utcnow,
+    JobRecord, ShardRecord, StageMessage, StageRecord, Status, TaskMessage, TaskRecord, make_task_id, utcnow,
 )
 from repository_rules import BATCH_MAX_OPERATIONS
 
@@ -43,6 +43,31 @@ logger = logging.getLogger(__name__)
 def plan_name(job_id: str, stage: int) -> str:
     """Blob (in the payload container) holding a stage's stored plan."""
     return f"{job_id}/plans/stage-{stage:02d}.json"
+
+
+def plan(engine: "Engine", job: JobRecord, controller: JobController, number: int) -> list[dict[str, Any]] | None:
+    """Each task's parameters for stage ``number``; None after failing the job (planning is deterministic:
+    a retry would fail the same way)."""
+    definition = controller.stage(number)
+    previous = engine.outcomes(job.job_id, number - 1) if number > 1 else []
+    try:
+        params = controller.parameters_model.model_validate(job.parameters)
+        if definition.plan_uses_io:
+            planned = controller.plan_stage(number, params, previous, engine.io)
+        else:
+            planned = controller.plan_stage(number, params, previous)
+        if not planned:
+            raise ValueError(f"stage {number} ({definition.name}) has no tasks to run")
+        if len(planned) > engine.settings.max_tasks_per_stage:
+            raise TooLargeError(f"too_large: stage {number} ({definition.name}) planned {len(planned):,} "
+                                f"tasks; the limit is {engine.settings.max_tasks_per_stage:,} (MAX_TASKS_PER_STAGE)")
+        return planned
+    except TransientError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        engine.finish_job(job.job_id, Status.FAILED, error=f"planning stage {number} ({definition.name}) "
+                                                         f"failed: {describe(exc)}")
+        return None
 
 
 def new_stage(engine: "Engine", job: JobRecord, controller: JobController, number: int,
@@ -58,7 +83,8 @@ def new_stage(engine: "Engine", job: JobRecord, controller: JobController, numbe
                               remaining=len(range(s, len(planned), shards))) for s in range(shards)]
     stage = StageRecord(job_id=job.job_id, stage=number, name=definition.name, task_type=definition.task_type,
                         total=len(planned), shards=shards, shards_remaining=shards, plan_stored=store_plan,
-                        tolerated_failures=controller.tolerated_failures(len(planned)), fanout_at=utcnow())
+                        tolerated_failures=controller.tolerated_failures(len(planned), number),
+                        fanout_at=utcnow())
     return engine.store.create_counters(stage, shard_rows), planned
 
 
@@ -82,16 +108,14 @@ def fan_out_chunk(engine: "Engine", job: JobRecord, stage: StageRecord, planned:
     began = time.perf_counter()
     batches = [tasks[i:i + BATCH_MAX_OPERATIONS] for i in range(0, len(tasks), BATCH_MAX_OPERATIONS)]
     traceparent = engine_tracing.inject()  # this chunk's span: the parent of its tasks (sent from other threads)
-
-    def rows_then_messages(batch: list[TaskRecord]) -> None:
-        engine.store.create_tasks(batch)
-        for task in batch:
-            engine.repos.tasks_queue.send(TaskMessage(job_id=task.job_id, task_id=task.task_id,
-                                                      traceparent=traceparent))
-
     with ThreadPoolExecutor(max_workers=min(engine.settings.fanout_threads, len(batches))) as pool:
-        for done in [pool.submit(rows_then_messages, b) for b in batches]:
+        for done in [pool.submit(engine.store.create_tasks, b) for b in batches]:
             done.result()
+    # Then the messages, in index order on every sending thread: a host then receives neighbouring
+    # tasks together, and group commit reads them in one range query. (The rows are a few percent of
+    # the chunk's time; the sends are the rest.)
+    engine.repos.tasks_queue.send_many([TaskMessage(job_id=t.job_id, task_id=t.task_id, traceparent=traceparent)
+                                        for t in tasks])
     engine_tracing.fanned_out(stage.task_type, stage.name, end - start, end, time.perf_counter() - began)
     engine_faults.point("task_messages_sent")
     if not _advance_cursor(engine, stage, end):
@@ -119,3 +143,8 @@ def _advance_cursor(engine: "Engine", stage: StageRecord, end: int) -> bool:
             if current is None:
                 return False
     raise TransientError(f"stage {stage.stage} of job {stage.job_id}: its cursor stayed contended")
+
+
+def describe(exc: Exception) -> str:
+    """An exception as a user reads it: our own message, or its type and text."""
+    return exc.message if isinstance(exc, OrchestratorError) else f"{type(exc).__name__}: {exc}"

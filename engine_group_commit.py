@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 MAX_TASK_OPS = 60  # per transaction, leaving room for up to 32 shard rows and the stage row
 MAX_FLUSH_TRIES = 30
 MAX_TRANSIENT_TRIES = 3  # then the callers see the storage fault (tasks are handed back)
-READ_GAP = 64  # rows between two requested rows before they are read in separate ranges
+READ_GAP = 128  # rows between two requested rows before they are read in separate ranges
 
 
 @dataclass(eq=False)

@@ -14,8 +14,9 @@ from models import (
     TERMINAL, CompletionMessage, JobRecord, Message, NotifyMessage, StageMessage, Status, TaskMessage,
     decode_job_message, decode_task_message, parse_task_id, utcnow,
 )
+import engine_tracing
 from engine_jobs import next_message
-from task_manager import Engine
+from task_manager import Engine, gave_up_code
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def on_task_poison(engine: Engine, body: str | bytes) -> None:
             return
         reason = task.last_error or "no error was recorded (the worker stopped every time)"
         error = f"gave up after {task.attempts} attempts: {reason}"
-        engine.end_task(task, Status.FAILED, None, error)
+        engine.end_task(task, Status.FAILED, None, error, gave_up_code(task))
         log_event(logger, "task_gave_up", logging.WARNING, job_id=msg.job_id, task_id=msg.task_id,
                   attempt=task.attempts, error=error)
     except Exception as exc:  # noqa: BLE001 - the poison path must not poison itself
@@ -100,7 +101,8 @@ def sweep(engine: Engine, now: datetime | None = None) -> dict[str, int]:
             log_event(logger, "sweep_failed", logging.ERROR, job_id=job.job_id, error=exc.message)
     for job in engine.store.pending_webhooks(now - timedelta(seconds=engine.settings.sweeper_grace_s)):
         # a delivery chain whose next message was lost: resend its next attempt (claimed once)
-        engine.repos.jobs_queue.send(NotifyMessage(job_id=job.job_id, attempt=job.webhook_attempt + 1))
+        engine.repos.jobs_queue.send(NotifyMessage(job_id=job.job_id, attempt=job.webhook_attempt + 1,
+                                                   traceparent=engine_tracing.carry(job)))
         actions["resent_webhook"] = actions.get("resent_webhook", 0) + 1
     log_event(logger, "sweep_done", **actions)
     return actions
@@ -116,7 +118,7 @@ def sweep_job(engine: Engine, job: JobRecord, now: datetime) -> list[str]:
     done: list[str] = []
     if not stages:
         if job.created_at < cutoff:  # crash between the job row and its first message
-            send_job(StageMessage(job_id=job.job_id, stage=1))
+            send_job(StageMessage(job_id=job.job_id, stage=1, traceparent=engine_tracing.carry(job)))
             done.append("resent_first_stage")
         return _logged(job, done)
     current = stages[max(stages)]
@@ -127,7 +129,7 @@ def sweep_job(engine: Engine, job: JobRecord, now: datetime) -> list[str]:
             done.append("resent_completion" if isinstance(message, CompletionMessage) else "resent_advance")
     elif not current.dispatched:
         if (current.fanout_at or current.created_at) < cutoff:  # a fan-out chain that stopped
-            send_job(StageMessage(job_id=job.job_id, stage=current.stage))
+            send_job(StageMessage(job_id=job.job_id, stage=current.stage, traceparent=engine_tracing.carry(job)))
             done.append("resent_stage")
     else:
         # Task rows are scanned only when the stage made no progress (no claim or end moved its counters)
@@ -139,7 +141,9 @@ def sweep_job(engine: Engine, job: JobRecord, now: datetime) -> list[str]:
             queued_cutoff = cutoff - timedelta(seconds=engine.settings.retry_max_delay_s)
             if last < queued_cutoff:  # nothing moved for longer than any retry delay: a message may be lost
                 stale += engine.store.stale_queued_tasks(job.job_id, current.stage, queued_cutoff)
-            engine.repos.tasks_queue.send_many([TaskMessage(job_id=job.job_id, task_id=t.task_id) for t in stale])
+            carried = engine_tracing.carry(job)
+            engine.repos.tasks_queue.send_many([TaskMessage(job_id=job.job_id, task_id=t.task_id, traceparent=carried)
+                                                for t in stale])
             done.extend("resent_stale_task" for _ in stale)
     return _logged(job, done)
 

@@ -6,8 +6,9 @@ Schedules. A tick claims a slot by moving the schedule row's ``last_slot`` forwa
 number of instances ticking at once, one write wins. The winner submits the job with ``scheduled_for`` =
 the slot, so the job id names the slot, then records the job on the row. A claimed slot with no job
 recorded 30 s after its claim (the claimer died between claim and submit, or storage failed) is submitted
-again by the next tick; the same id finds the same job. Missed slots (downtime, a tick that did not run) follow one policy:
-**only the latest due slot runs**; the ones before it are skipped and counted in ``skipped_slots``.
+again by the next tick; the same id finds the same job. Missed slots (downtime, a tick that did not run)
+follow one policy: **only the latest due slot runs**; the ones before it are skipped and counted in
+``skipped_slots``.
 
 Watches. An arrival is submitted once per covering watch with ``source_etag`` = the blob's ETag, so a
 redelivered event, a second instance or a second watcher finds the same job, and an overwritten blob

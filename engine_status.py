@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 import engine_tracing
+from errors import ErrorCode
 from models import TERMINAL, JobRecord, ShardRecord, StageRecord, Status, TaskRecord
 from task_manager import Engine
 
@@ -50,6 +51,8 @@ class TaskErrorSummary(BaseModel):
     status: Status
     attempts: int
     error: str
+    error_code: ErrorCode | None = Field(None, description="why it failed, for machines (null while it is "
+                                         "only waiting to retry)")
 
 
 class JobStatusResponse(BaseModel):
@@ -93,6 +96,7 @@ class TaskView(BaseModel):
     progress: int | None = None
     last_error: str | None = None
     error_details: str | None = None
+    error_code: ErrorCode | None = Field(None, description="why the task failed, for machines")
     time_limit_s: int | None = None
     created_at: datetime
     started_at: datetime | None = None
@@ -113,8 +117,19 @@ class TaskPage(BaseModel):
 def task_view(task: TaskRecord) -> TaskView:
     """One task as the API shows it (large parameters and results by reference)."""
     duration = (task.ended_at - task.started_at).total_seconds() if task.ended_at and task.started_at else None
-    data = task.model_dump(include=set(TaskView.model_fields) - {"duration_s"})
-    return TaskView(**data, duration_s=round(duration, 3) if duration is not None else None)
+    data = task.model_dump(include=set(TaskView.model_fields) - {"duration_s", "error_code"})
+    return TaskView(**data, error_code=known_code(task.error_code),
+                    duration_s=round(duration, 3) if duration is not None else None)
+
+
+def known_code(code: str | None) -> ErrorCode | None:
+    """A stored error code as the API shows it (one this version does not know: ``task_failed``)."""
+    if code is None:
+        return None
+    try:
+        return ErrorCode(code)
+    except ValueError:
+        return ErrorCode.TASK_FAILED
 
 
 def stage_counts(row: StageRecord | None, shards: list[ShardRecord]) -> tuple[TaskCounts, int]:
@@ -146,7 +161,8 @@ def recent_errors(shards: list[ShardRecord]) -> list[TaskErrorSummary]:
     """The latest task errors of the job, from the bounded record each counter shard keeps."""
     entries = sorted((e for s in shards for e in s.errors), key=lambda e: e.get("at", ""), reverse=True)
     return [TaskErrorSummary(task_id=e["task_id"], status=e.get("status", Status.FAILED.value),
-                             attempts=e.get("attempts", 0), error=e.get("error", ""))
+                             attempts=e.get("attempts", 0), error=e.get("error", ""),
+                             error_code=known_code(e.get("error_code")))
             for e in entries[:RECENT_ERRORS]]
 
 

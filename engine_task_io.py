@@ -1,8 +1,10 @@
 """What task handlers and I/O planners may touch, handed to them by the engine (never imported by
 controllers): raster blobs (only in the containers jobs may use), the app's own intermediate blobs, the
-STAC catalogue, settings, and scratch folders that always get removed."""
+STAC catalogue, settings, scratch folders that always get removed, and a meter of the peak memory and
+scratch disk a task used (reported in its result)."""
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import threading
@@ -11,11 +13,64 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import psutil
+
 from config import Settings
-from errors import NotFoundError, TaskError
+from errors import CatalogueError, InputNotFoundError, NotFoundError, TaskError
 from repository_rasters import BlobInfo, RasterStore
 
 INTERMEDIATE_PREFIX = "tiles/"  # controller_raster names its tiles tiles/<container>/<output stem>/...
+MIB = 1024 * 1024
+METER_INTERVAL_S = 0.05
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the files under ``folder`` (0 once it is gone)."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                continue
+    return total
+
+
+class ResourceMeter:
+    """Samples, every ``interval`` seconds on a small thread, this process's resident memory and the size
+    of one scratch folder, and keeps the peaks. RSS is the whole worker process's (tasks running at the
+    same time in one host share it): an upper bound for the task."""
+
+    def __init__(self, folder: Path, interval: float = METER_INTERVAL_S) -> None:
+        self.folder, self.interval = folder, interval
+        self._process = psutil.Process()
+        self.peak_rss = self.start_rss = self._process.memory_info().rss
+        self.peak_scratch = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="resource-meter", daemon=True)
+
+    def _sample(self) -> None:
+        self.peak_rss = max(self.peak_rss, self._process.memory_info().rss)
+        self.peak_scratch = max(self.peak_scratch, folder_bytes(self.folder))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> "ResourceMeter":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def report(self) -> dict[str, float]:
+        """Peaks so far, in MiB: process RSS, its rise during the task, and the scratch folder."""
+        return {"peak_rss_mib": round(self.peak_rss / MIB, 1),
+                "rss_increase_mib": round((self.peak_rss - self.start_rss) / MIB, 1),
+                "peak_scratch_mib": round(self.peak_scratch / MIB, 3)}
 
 
 @dataclass(frozen=True)
@@ -43,7 +98,7 @@ class Intermediates:
         try:
             return self.store.download(self.container, self._name(blob), path)
         except NotFoundError as exc:
-            raise TaskError(exc.message) from None
+            raise InputNotFoundError(exc.message) from None
 
 
 @dataclass
@@ -73,7 +128,8 @@ class TaskIO:
             with self._lock:
                 if self._pgstac is None:
                     if not self.settings.pgstac_host:
-                        raise TaskError("no STAC catalogue is configured: set PGSTAC_HOST (and PGSTAC_* settings)")
+                        raise CatalogueError("no STAC catalogue is configured: set PGSTAC_HOST (and PGSTAC_* "
+                                             "settings)")
                     from repository_pgstac import PgstacRepository, PgstacSettings
 
                     s = self.settings
@@ -81,6 +137,11 @@ class TaskIO:
                         host=s.pgstac_host, port=s.pgstac_port, dbname=s.pgstac_dbname, user=s.pgstac_user,
                         password=s.pgstac_password, sslmode=s.pgstac_sslmode), self.extents)
         return self._pgstac
+
+    def measure(self, folder: Path) -> ResourceMeter:
+        """A meter of peak memory and of ``folder``'s size; use it as a context manager around the work,
+        then put ``report()`` in the task's result (``resources``)."""
+        return ResourceMeter(folder)
 
     @contextmanager
     def scratch(self, label: str = "task") -> Iterator[Path]:

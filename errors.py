@@ -5,6 +5,7 @@ Queue handlers split errors in two: *permanent* ones are recorded on the task an
 """
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 
@@ -106,6 +107,56 @@ class TooLargeError(TaskError):
     code = "too_large"
 
 
+# --- why a task failed, for machines (issue #12): every permanent raster failure raises one of these, and the
+# engine records ``code`` beside the message (TaskRecord.error_code, recent_errors, /api/metrics).
+class InputNotFoundError(TaskError):
+    """A blob (or container) a task reads does not exist."""
+
+    code = "not_found"
+
+
+class NotARasterError(TaskError):
+    """The input is not a GeoTIFF/COG (wrong signature, another format, empty)."""
+
+    code = "not_a_raster"
+
+
+class CorruptRasterError(TaskError):
+    """A GeoTIFF GDAL cannot open or decode (truncated, damaged blocks)."""
+
+    code = "corrupt_raster"
+
+
+class NoCrsError(TaskError):
+    """The raster has a geotransform but no coordinate reference system."""
+
+    code = "no_crs"
+
+
+class NoGeotransformError(TaskError):
+    """The raster has neither a geotransform nor ground control points."""
+
+    code = "no_geotransform"
+
+
+class OffGlobeError(TaskError):
+    """No pixel of the raster lies on the Earth (none transforms to longitude/latitude)."""
+
+    code = "off_globe"
+
+
+class UnsupportedDtypeError(TaskError):
+    """The data type (or band layout) cannot be written with the requested profile."""
+
+    code = "unsupported_dtype"
+
+
+class CatalogueError(TaskError):
+    """The STAC catalogue refused or cannot take the item (e.g. none configured)."""
+
+    code = "catalogue"
+
+
 class TransientError(OrchestratorError):
     """Worth retrying: storage timeouts and 5xx, throttling, lost connections."""
 
@@ -120,6 +171,38 @@ class NotConfiguredError(TransientError):
     settings to set."""
 
     code = "not_configured"
+
+
+class ErrorCode(StrEnum):
+    """Machine-readable reasons a task failed (``TaskRecord.error_code``): the ``code`` of the error it
+    raised, or what the engine saw (``timeout``: its lease kept expiring; ``storage``: transient storage or
+    network faults until its attempts ran out)."""
+
+    NOT_FOUND = "not_found"
+    NOT_A_RASTER = "not_a_raster"
+    CORRUPT_RASTER = "corrupt_raster"
+    NO_CRS = "no_crs"
+    NO_GEOTRANSFORM = "no_geotransform"
+    OFF_GLOBE = "off_globe"
+    TOO_LARGE = "too_large"
+    UNSUPPORTED_DTYPE = "unsupported_dtype"
+    TIMEOUT = "timeout"
+    STORAGE = "storage"
+    CATALOGUE = "catalogue"
+    INVALID_PARAMETERS = "invalid_parameters"
+    TASK_FAILED = "task_failed"  # a TaskError with no more specific class
+    INTERNAL_ERROR = "internal_error"  # a bug in a handler (an unexpected exception)
+
+
+def error_code(error: BaseException) -> ErrorCode:
+    """The code a task failure with ``error`` is recorded under (``task_failed`` for codes not listed)."""
+    code = getattr(error, "code", None) if isinstance(error, OrchestratorError) else ErrorCode.INTERNAL_ERROR
+    if isinstance(error, TransientError):
+        return ErrorCode.STORAGE
+    try:
+        return ErrorCode(code)
+    except ValueError:
+        return ErrorCode.TASK_FAILED
 
 
 HTTP_STATUS_BY_ERROR: dict[type[OrchestratorError], int] = {

@@ -303,6 +303,7 @@ class TaskRecord(Row):
     parameters: dict[str, Any] = Field(default_factory=dict)
     result: Any = None
     error_details: str | None = None
+    error_code: str | None = None  # why it failed, for machines (errors.ErrorCode), beside error_details
     attempts: int = 0
     last_error: str | None = None
     time_limit_s: int | None = None

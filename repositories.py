@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import datetime
 from typing import Any, Iterable, TypeVar
 
 from azure.core import MatchConditions
@@ -19,7 +18,7 @@ from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 from config import Settings
 from errors import ConflictError, NotFoundError, OrchestratorError, TransientError
 from models import (
-    INDEX_PARTITION, JobRecord, PayloadRef, Row, ShardRecord, StageRecord, Status, TaskRecord, from_entity,
+    INDEX_PARTITION, JobRecord, PayloadRef, Row, ShardRecord, StageRecord, TaskRecord, from_entity,
     new_write_id, shard_row_key, stage_row_key, task_row_key, to_entity,
 )
 from repository_rules import (
@@ -27,6 +26,7 @@ from repository_rules import (
 )
 from repository_blobs import PayloadBlobs
 from repository_clients import StorageClients, translate_errors
+from repository_queries import JobQueries
 from repository_queues import QueueProducer
 from repository_rasters import RasterStore
 from repository_schedules import ScheduleStore
@@ -43,7 +43,7 @@ class BatchTooLarge(Exception):
     """The rows given to one transaction are over its size limit (nothing was sent)."""
 
 
-class JobStore:
+class JobStore(JobQueries):
     """Job, stage, counter-shard and task rows, with transparent payload spilling."""
 
     def __init__(self, tables: TableServiceClient, jobs_table: str, tasks_table: str,
@@ -163,36 +163,6 @@ class JobStore:
         except OrchestratorError as exc:
             logger.warning('{"event": "index_write_failed", "job_id": "%s", "error": "%s"}', job.job_id, exc.message)
 
-    def list_jobs(self, status: Status | None, job_type: str | None, limit: int,
-                  token: dict[str, str] | None) -> tuple[list[dict[str, Any]], dict[str, str] | None]:
-        """A page of listing rows, newest first, filtered server-side."""
-        flt, params = "PartitionKey eq @pk", {"pk": INDEX_PARTITION}
-        if status is not None:
-            flt, params["status"] = flt + " and status eq @status", status.value
-        if job_type is not None:
-            flt, params["job_type"] = flt + " and job_type eq @job_type", job_type
-        return self._page(self.index, flt, params, limit, token)
-
-    def page_tasks(self, job_id: str, stage: int | None, status: Status | None, limit: int,
-                   token: dict[str, str] | None) -> tuple[list[TaskRecord], dict[str, str] | None]:
-        """A page of a job's tasks (payloads by reference: large ones are not loaded)."""
-        lo, hi = ("task-", "task.") if stage is None else (f"task-{stage:02d}-", f"task-{stage:02d}.")
-        flt = "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi"
-        params: dict[str, Any] = {"pk": job_id, "lo": lo, "hi": hi}
-        if status is not None:
-            flt, params["status"] = flt + " and status eq @status", status.value
-        entities, nxt = self._page(self.tasks, flt, params, limit, token)
-        return [self.unpack(TaskRecord, e, resolve=False) for e in entities], nxt
-
-    def _page(self, table: TableClient, flt: str, params: dict[str, Any], limit: int,
-              token: dict[str, str] | None) -> tuple[list[Any], dict[str, str] | None]:
-        pager = table.query_entities(flt, parameters=params, results_per_page=limit).by_page(
-            continuation_token=token)
-        with translate_errors(f"query {table.table_name}"):
-            entities = list(next(pager, []))
-        return entities, pager.continuation_token or None
-
-    # ------------------------------------------------------------ stages and counters
     def create_counters(self, stage: StageRecord, shards: list[ShardRecord]) -> StageRecord:
         """Create a stage row and its counter shards in one transaction (atomic, so either all exist);
         safe to repeat, and a lost reply is recognised by finding the rows. Returns the stored stage row."""
@@ -307,14 +277,6 @@ class JobStore:
         with translate_errors(f"reopen shard {shard.shard} of stage {shard.stage} of {shard.job_id}"):
             self.tasks.submit_transaction(ops)
 
-    def last_progress(self, job_id: str) -> datetime | None:
-        """When any stage or counter row of the job last changed (a task ended, a stage began)."""
-        flt = "PartitionKey eq @pk and RowKey ge 'stage-' and RowKey lt 'stage.'"
-        with translate_errors(f"query progress of {job_id}"):
-            stamps = [e.metadata.get("timestamp") for e in self.tasks.query_entities(
-                flt, parameters={"pk": job_id}, select=["RowKey", "Timestamp"])]
-        return max((t for t in stamps if t is not None), default=None)
-
     def get_shard(self, job_id: str, stage: int, shard: int) -> ShardRecord | None:
         """One counter shard, or None."""
         return self._get(self.tasks, ShardRecord, job_id, shard_row_key(stage, shard))
@@ -327,65 +289,6 @@ class JobStore:
     def replace_task(self, task: TaskRecord) -> TaskRecord:
         """Conditional update of a task row."""
         return self._replace(self.tasks, task)
-
-    def list_tasks(self, job_id: str, stage: int | None = None, status: Status | None = None,
-                   resolve: bool = True) -> list[TaskRecord]:
-        """Task rows of a job (or of one stage), in stage then index order."""
-        lo, hi = ("task-", "task.") if stage is None else (f"task-{stage:02d}-", f"task-{stage:02d}.")
-        flt = "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi"
-        params: dict[str, Any] = {"pk": job_id, "lo": lo, "hi": hi}
-        if status is not None:
-            flt += " and status eq @status"
-            params["status"] = status.value
-        return self._query(self.tasks, TaskRecord, flt, params, resolve=resolve)
-
-    def task_summaries(self, job_id: str) -> list[dict[str, Any]]:
-        """Narrow view of every task of a job (ids, status, attempts, errors): one query, no payloads."""
-        flt = "PartitionKey eq @pk and RowKey ge 'task-' and RowKey lt 'task.'"
-        select = ["task_id", "stage", "status", "attempts", "last_error", "error_details", "ended_at"]
-        with translate_errors(f"summarise tasks of {job_id}"):
-            return [dict(e) for e in self.tasks.query_entities(flt, parameters={"pk": job_id}, select=select,
-                                                               results_per_page=1000)]
-
-    def task_timings(self, job_id: str) -> list[dict[str, Any]]:
-        """task_type, status, started_at, ended_at of every task of a job (one narrow query)."""
-        flt = "PartitionKey eq @pk and RowKey ge 'task-' and RowKey lt 'task.'"
-        with translate_errors(f"read task timings of {job_id}"):
-            return [dict(e) for e in self.tasks.query_entities(
-                flt, parameters={"pk": job_id}, select=["task_type", "status", "started_at", "ended_at"],
-                results_per_page=1000)]
-
-    def stale_tasks(self, job_id: str, stage: int, before: datetime) -> list[TaskRecord]:
-        """Tasks of a stage still processing with a lease that ended before ``before``."""
-        flt = ("PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi and status eq 'processing' "
-               "and lease_until lt @before")
-        params = {"pk": job_id, "lo": f"task-{stage:02d}-", "hi": f"task-{stage:02d}.", "before": before}
-        return self._query(self.tasks, TaskRecord, flt, params, resolve=False)
-
-    def count_tasks(self, job_id: str, stage: int, status: Status) -> int:
-        """How many tasks of a stage have ``status`` (a narrow partition query: operator paths only)."""
-        flt = "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi and status eq @status"
-        params = {"pk": job_id, "lo": f"task-{stage:02d}-", "hi": f"task-{stage:02d}.", "status": status.value}
-        with translate_errors(f"count tasks of {job_id}"):
-            return sum(1 for _ in self.tasks.query_entities(flt, parameters=params, select=["RowKey"],
-                                                           results_per_page=1000))
-
-    def stale_queued_tasks(self, job_id: str, stage: int, before: datetime) -> list[TaskRecord]:
-        """Tasks of a stage queued and unchanged since before ``before`` (their message may be lost)."""
-        flt = ("PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi and status eq 'queued' "
-               "and Timestamp lt @before")
-        params = {"pk": job_id, "lo": f"task-{stage:02d}-", "hi": f"task-{stage:02d}.", "before": before}
-        return self._query(self.tasks, TaskRecord, flt, params, resolve=False)
-
-    def pending_webhooks(self, before: datetime) -> list[JobRecord]:
-        """Ended jobs whose pending webhook was due before ``before``."""
-        flt = "webhook eq 'pending' and webhook_due lt @before"
-        return self._query(self.jobs, JobRecord, flt, {"before": before}, resolve=False)
-
-    def active_jobs(self) -> list[JobRecord]:
-        """Jobs that are queued or processing (the sweeper's work list)."""
-        flt = "status eq 'queued' or status eq 'processing'"
-        return self._query(self.jobs, JobRecord, flt, {}, resolve=False)
 
 
 class Repositories:

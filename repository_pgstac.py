@@ -21,6 +21,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from pydantic import BaseModel, Field, SecretStr
 
 from errors import (
+    CatalogueError,
     ConflictError,
     NotFoundError,
     OrchestratorError,
@@ -95,7 +96,7 @@ def translate_errors(action: str) -> Iterator[None]:
     except psycopg.errors.ForeignKeyViolation as exc:
         raise NotFoundError(f"pgstac: {action}: {_reason(exc)}") from exc
     except (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.RaiseException) as exc:
-        raise TaskError(f"pgstac rejected the data while {action}: {_reason(exc)}") from exc
+        raise CatalogueError(f"pgstac rejected the data while {action}: {_reason(exc)}") from exc
     except psycopg.Error as exc:
         raise OrchestratorError(f"pgstac error while {action}: {type(exc).__name__}: {_reason(exc)}") from exc
 
@@ -263,43 +264,68 @@ class PgstacRepository:
             cur.execute("SELECT count(*) FROM items WHERE collection = %s", [collection_id])
             return int(cur.fetchone()[0])
 
+    def stored_ids(self, collection_id: str, ids: Iterable[str]) -> set[str]:
+        """Which of ``ids`` the collection holds now (an empty set if it does not exist)."""
+        ids = list(ids)
+        if not ids:
+            return set()
+        with self._cursor(f"reading item ids of {collection_id!r}") as cur:
+            cur.execute("SELECT id FROM items WHERE collection = %s AND id = ANY(%s)", [collection_id, ids])
+            return {row[0] for row in cur.fetchall()}
+
     def bulk_load(self, items: Iterable[dict], mode: Literal["upsert", "insert", "ignore"] = "upsert") -> int:
-        """Load many items with pypgstac's ``Loader`` (COPY into partitions), then widen each
-        collection's extent once. Returns the number of items given."""
+        """Load many items with pypgstac's ``Loader`` (COPY into partitions); returns how many distinct
+        items were loaded (of several items with one id, the last wins: one COPY cannot hold both).
+
+        Each collection's advisory lock (the one every writer takes first, ``_serialise``) is held for
+        the whole load, so bulk loads and single upserts of a collection never interleave. Each
+        collection's extent is widened (and committed) before its items land, so the stored extent
+        covers every item a reader can see. In upsert mode, loading the same items again rewrites no
+        row (pypgstac skips rows identical to the stored ones). A missing collection is NotFoundError.
+        """
         from pypgstac.db import (
             PgstacDB,  # imported here: it changes psycopg's global JSON dumper
         )
         from pypgstac.load import Loader, Methods
 
-        items = list(items)
-        if not items:
+        unique: dict[tuple[str, str], dict] = {}
+        for item in items:
+            key = self._keys(item)
+            unique.pop(key, None)  # the last one wins, at its own position
+            unique[key] = item
+        if not unique:
             return 0
         by_collection: dict[str, list[dict]] = {}
-        for item in items:
-            by_collection.setdefault(self._keys(item)[0], []).append(item)
-        with translate_errors(f"bulk loading {len(items)} items"):
+        for (collection_id, _), item in unique.items():
+            by_collection.setdefault(collection_id, []).append(item)
+        loaded = list(unique.values())
+        with translate_errors(f"bulk loading {len(loaded)} items"):
             self._ensure_open()
-            for collection_id in by_collection:
-                if self.get_collection(collection_id) is None:
-                    raise NotFoundError(f"collection {collection_id!r} does not exist in pgstac: "
-                                        f"ensure_collection first")
-            db = PgstacDB(dsn="", pool=self._pool)
-            try:
-                Loader(db).load_items(iter(items), insert_mode=Methods(mode))
-            except psycopg.Error:
-                raise
-            except Exception as exc:  # pypgstac raises bare Exception for invalid items
-                raise TaskError(f"pgstac bulk load rejected the items: {exc}") from exc
-            finally:
-                db.disconnect()
-            with self._cursor("widening collection extents", write=True) as cur:
-                for collection_id, group in by_collection.items():
-                    extent = self.extents.item_extent(group[0])
-                    for item in group[1:]:
-                        extent = self.extents.union_extent(extent, self.extents.item_extent(item))
-                    self._widen_extent(cur, collection_id, self._lock_collection(cur, collection_id), extent)
-        log_event(logger, "pgstac_bulk_load", items=len(items), collections=sorted(by_collection))
-        return len(items)
+            with self._pool.connection() as conn:  # autocommit: the Loader commits partition by partition
+                try:
+                    for collection_id in sorted(by_collection):  # one order: two loads cannot deadlock
+                        conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))",
+                                     [f"pgstac-collection:{collection_id}"])
+                    with conn.transaction(), conn.cursor() as cur:
+                        for collection_id, group in by_collection.items():
+                            self._widen_extent(cur, collection_id, self._lock_collection(cur, collection_id),
+                                               self._extent_of(group))
+                    try:
+                        Loader(PgstacDB(connection=conn)).load_items(iter(loaded), insert_mode=Methods(mode))
+                    except psycopg.Error:
+                        raise
+                    except Exception as exc:  # pypgstac raises bare Exception for invalid items
+                        raise CatalogueError(f"pgstac bulk load rejected the items: {exc}") from exc
+                finally:
+                    conn.execute("SELECT pg_advisory_unlock_all()")
+        log_event(logger, "pgstac_bulk_load", items=len(loaded), collections=sorted(by_collection))
+        return len(loaded)
+
+    def _extent_of(self, items: list[dict]) -> dict:
+        extent = self.extents.item_extent(items[0])
+        for item in items[1:]:
+            extent = self.extents.union_extent(extent, self.extents.item_extent(item))
+        return extent
 
     @staticmethod
     def _keys(item: dict) -> tuple[str, str]:

@@ -103,6 +103,13 @@ class RasterStore:
             except ResourceNotFoundError:
                 raise NotFoundError(f"container not found: {container}") from None
 
+    def siblings(self, container: str, prefix: str, names: Iterable[str]) -> dict[str, BlobInfo]:
+        """Which of ``names`` exist, found with one listing under ``prefix`` (the part of the names they all
+        share: a raster's name up to its extension finds the raster and every sidecar GDAL would look for).
+        NotFoundError if the container does not exist."""
+        wanted = set(names)
+        return {b.name: b for b in self.list(container, prefix) if b.name in wanted}
+
     def head_bytes(self, container: str, blob: str, length: int) -> bytes:
         """The first ``length`` bytes of a blob (one ranged read)."""
         with translate_errors(f"read the start of {container}/{blob}"):

@@ -1,7 +1,9 @@
 """Cloud Optimized GeoTIFFs: ``create_cog`` (one task) and the deterministic ``cog_output_name``.
 
-Pure: reads a local path, writes a local path, returns a ``CogResult``. Inputs that cannot become the
-requested COG raise ``TaskError`` with the reason; a full disk raises ``TransientError``.
+Pure: reads a local path or a ``RasterSource`` (a blob's URL with a read SAS, read block by block over
+the network) with the sidecars the caller allows, writes a local path, returns a ``CogResult``. Inputs
+that cannot become the requested COG raise a ``TaskError`` subclass with the reason; a full disk raises
+``TransientError``.
 
 Decisions worth knowing:
 - jpeg and webp are lossy and 8-bit: non-uint8 data is refused (no silent rescaling). A lossy codec
@@ -10,6 +12,10 @@ Decisions worth knowing:
   real alpha band (it stores RGBA natively). jpeg needs 1 or 3 data bands, webp 3 (+ alpha).
 - ``target_crs`` reprojects through a ``WarpedVRT``; pixels outside the source become nodata (if the
   source has one), transparent (alpha), or masked (otherwise: an internal mask is added).
+- Sidecars (``services_source.open_raster``) end up inside the COG: georeferencing and nodata from an
+  ``.aux.xml``, a world file or a ``.prj`` (through a ``WarpedVRT`` that overrides the file's own, on the
+  same grid when not reprojecting), metadata from an ``.aux.xml`` as tags, and a ``.msk`` as the COG's
+  internal mask (written by ``_masked_cog``: the output's mask equals the source's).
 - Internal masks survive for every data type: rio-cogeo carries a mask through a WarpedVRT alpha band,
   which GDAL treats as a mask for Byte/UInt16 only, so masked rasters of other types (and reprojected
   ones without nodata) are written by ``_masked_cog`` with the same layout. Pixels under alpha = 0 or
@@ -30,7 +36,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
@@ -46,13 +52,15 @@ from rasterio.io import MemoryFile
 from rasterio.rio.overview import get_maximum_overview_level
 from rasterio.shutil import copy as rio_copy
 from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
 from rio_cogeo import cog_translate
 from rio_cogeo.errors import RioCogeoError
 from rio_cogeo.profiles import cog_profiles
 
-from errors import TaskError, TransientError
-from services_gdal import RASTER_ERRORS, RasterLimits, check_limits, gdal_message, open_user_raster, user_crs
+from errors import CorruptRasterError, TaskError, TransientError, UnsupportedDtypeError
+from services_gdal import RASTER_ERRORS, RasterLimits, check_limits, gdal_message, user_crs
 from services_raster import RasterInfo, crs_string, validate_raster
+from services_source import RasterSource, Sidecars, UserRaster, as_source, open_raster
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +86,14 @@ READ_FAILURE_MARKERS = ("Decoding error", "IReadBlock failed", "TIFFRead", "Read
                         "TIFFFillStrip")
 # GDAL reads an alpha band as a mask only for these types (rio-cogeo relies on it for masks).
 ALPHA_MASK_DTYPES = frozenset({"uint8", "uint16"})
+# Lossless codecs store differences between neighbours (PREDICTOR): 2 (horizontal) for integers, 3
+# (floating point) for floats; complex data gets none.
+LOSSLESS_PREDICTED = frozenset({"DEFLATE", "LZW", "ZSTD"})
+INTEGER_DTYPES = frozenset({"uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64"})
+FLOAT_DTYPES = frozenset({"float16", "float32", "float64"})
+# Compression level per codec (creation option, value). With a predictor, DEFLATE's higher levels cost
+# several times the time for a few per cent of size (measured in benchmarks/bench_cog.py).
+CODEC_LEVELS = {"DEFLATE": ("ZLEVEL", 1)}
 
 
 class CogOptions(BaseModel):
@@ -97,6 +113,8 @@ class CogOptions(BaseModel):
                                       description="above this many pixels: temp file + GDAL_CACHEMAX")
     gdal_cachemax_mb: int = Field(64, ge=8, description="GDAL block cache for inputs above the threshold")
     tmp_dir: str | None = Field(None, description="folder for temporary files (default: dst's folder)")
+    threads: str = Field("ALL_CPUS", pattern=r"^(ALL_CPUS|[1-9][0-9]{0,2})$",
+                         description="threads GDAL compresses and builds overviews with (NUM_THREADS)")
 
     @field_validator("target_crs")
     @classmethod
@@ -153,19 +171,24 @@ def cog_output_name(input_blob: str, options: CogOptions | None = None) -> str:
     return str(blob.with_name(f"{stem}_cog_{options.cog_profile.value}{crs_tag}_{digest}.tif"))
 
 
-def create_cog(src_path: str | Path, dst_path: str | Path, options: CogOptions | None = None,
-               limits: RasterLimits | None = None) -> CogResult:
-    """Write ``src_path`` as a validated COG at ``dst_path`` (512 px tiles, overviews, nodata/alpha/mask
-    and dtype preserved; see the module docstring for the lossy profiles and reprojection). The source
-    (and the reprojected grid) must be within ``limits`` (TooLargeError)."""
-    return translate_to_cog(src_path, dst_path, options or CogOptions(), validate_raster(src_path, limits), limits)
+def create_cog(src_path: str | Path | RasterSource, dst_path: str | Path, options: CogOptions | None = None,
+               limits: RasterLimits | None = None, *, sidecars: Sidecars | None = None) -> CogResult:
+    """Write ``src_path`` (a local path or a ``RasterSource``) as a validated COG at ``dst_path`` (512 px
+    tiles, overviews, nodata/alpha/mask and dtype preserved, the allowed ``sidecars`` applied; see the
+    module docstring for the lossy profiles and reprojection). The source (and the reprojected grid) must
+    be within ``limits`` (TooLargeError)."""
+    info = validate_raster(src_path, limits, sidecars=sidecars)
+    return translate_to_cog(src_path, dst_path, options or CogOptions(), info, limits, sidecars=sidecars)
 
 
-def translate_to_cog(src_path: str | Path, dst_path: str | Path, options: CogOptions, info: RasterInfo,
-                     limits: RasterLimits | None = None, *, app_vrt: bool = False) -> CogResult:
+def translate_to_cog(src_path: str | Path | RasterSource, dst_path: str | Path, options: CogOptions,
+                     info: RasterInfo, limits: RasterLimits | None = None, *, app_vrt: bool = False,
+                     sidecars: Sidecars | None = None) -> CogResult:
     """``create_cog`` for an already validated source (``services_tiles.assemble_tiles`` passes its own
     mosaic VRT, with ``app_vrt=True``)."""
     limits = limits or RasterLimits()
+    source = as_source(src_path)
+    src_path = source.name  # what messages name: never a SAS
     started = time.perf_counter()
     dst_kwargs, add_mask, notes = _profile_plan(info, options)
     dst_path = Path(dst_path)
@@ -175,9 +198,10 @@ def translate_to_cog(src_path: str | Path, dst_path: str | Path, options: CogOpt
     work = Path(tempfile.mkdtemp(prefix=".cog-", dir=work_parent))
     try:
         tmp_out = work / dst_path.name
-        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True, GDAL_TIFF_OVR_BLOCKSIZE=str(options.blocksize)):
-            in_memory, cachemax, caught = _translate(str(src_path), tmp_out, info, options, dst_kwargs,
-                                                     add_mask, limits, app_vrt)
+        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True, GDAL_TIFF_OVR_BLOCKSIZE=str(options.blocksize),
+                          GDAL_NUM_THREADS=options.threads):
+            in_memory, cachemax, caught = _translate(source, tmp_out, info, options, dst_kwargs,
+                                                     add_mask, limits, app_vrt, sidecars)
             result = _describe_output(tmp_out, dst_path, options, in_memory, cachemax, limits)
         _move_into_place(tmp_out, dst_path)
     except RASTER_ERRORS + (RioCogeoError, OSError) as exc:
@@ -187,8 +211,8 @@ def translate_to_cog(src_path: str | Path, dst_path: str | Path, options: CogOpt
         if isinstance(exc, OSError) and not isinstance(exc, RasterioIOError):
             raise
         if any(marker in message for marker in READ_FAILURE_MARKERS):
-            raise TaskError(f"corrupt raster: {src_path}: {message} (a damaged block, found while "
-                            f"converting)") from exc
+            raise CorruptRasterError(f"corrupt raster: {src_path}: {message} (a damaged block, found while "
+                                     f"converting)") from exc
         raise TaskError(f"COG creation failed for {src_path}: {message}") from exc
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -203,12 +227,13 @@ def _profile_plan(info: RasterInfo, options: CogOptions) -> tuple[dict, bool, li
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "non-standard compression" for zstd/webp: chosen on purpose
         dst_kwargs = dict(cog_profiles.get(profile.value))
-    dst_kwargs.update(blockxsize=options.blocksize, blockysize=options.blocksize, BIGTIFF="IF_SAFER")
+    dst_kwargs.update(blockxsize=options.blocksize, blockysize=options.blocksize, BIGTIFF="IF_SAFER",
+                      NUM_THREADS=options.threads, **codec_options(dst_kwargs["compress"], info.dtypes))
     notes: list[str] = []
     if profile not in LOSSY_8BIT:
         return dst_kwargs, False, notes
     if any(dt != "uint8" for dt in info.dtypes):
-        raise TaskError(f"cog_profile {profile.value!r} stores 8-bit data only and this raster is "
+        raise UnsupportedDtypeError(f"cog_profile {profile.value!r} stores 8-bit data only and this raster is "
                         f"{'/'.join(sorted(set(info.dtypes)))}: use deflate, lzw or zstd (lossless, any "
                         f"data type), or rescale to uint8 first")
     data_bands = info.count - (1 if info.has_alpha else 0)
@@ -217,7 +242,7 @@ def _profile_plan(info: RasterInfo, options: CogOptions) -> tuple[dict, bool, li
     add_mask = False
     if profile is CogProfile.JPEG:
         if data_bands not in (1, 3):
-            raise TaskError(f"cog_profile 'jpeg' needs 1 or 3 data bands (gray or RGB); this raster has "
+            raise UnsupportedDtypeError(f"cog_profile 'jpeg' needs 1 or 3 data bands (gray or RGB); this raster has "
                             f"{data_bands}: use deflate, lzw or zstd")
         if data_bands != 3:
             dst_kwargs.pop("photometric", None)
@@ -227,7 +252,7 @@ def _profile_plan(info: RasterInfo, options: CogOptions) -> tuple[dict, bool, li
                          f"is kept as an internal mask band")
     else:
         if data_bands != 3:
-            raise TaskError(f"cog_profile 'webp' needs 3 bands (RGB) or 4 (RGBA); this raster has "
+            raise UnsupportedDtypeError(f"cog_profile 'webp' needs 3 bands (RGB) or 4 (RGBA); this raster has "
                             f"{info.count}{' including alpha' if info.has_alpha else ''}: use deflate, "
                             f"lzw or zstd")
         if info.nodata is not None:
@@ -236,37 +261,96 @@ def _profile_plan(info: RasterInfo, options: CogOptions) -> tuple[dict, bool, li
     return dst_kwargs, add_mask, notes
 
 
-def _translate(src_path: str, tmp_out: Path, info: RasterInfo, options: CogOptions, dst_kwargs: dict,
-               add_mask: bool, limits: RasterLimits, app_vrt: bool) -> tuple[bool, int | None, list[str]]:
+def codec_options(compress: str, dtypes: list[str]) -> dict[str, int]:
+    """Predictor and level for a codec and the raster's data types (creation options)."""
+    compress = compress.upper()
+    extra: dict[str, int] = {}
+    if compress in LOSSLESS_PREDICTED:
+        if set(dtypes) <= INTEGER_DTYPES:
+            extra["predictor"] = 2
+        elif set(dtypes) <= FLOAT_DTYPES:
+            extra["predictor"] = 3
+    if compress in CODEC_LEVELS:
+        name, level = CODEC_LEVELS[compress]
+        extra[name] = level
+    return extra
+
+
+def creation_options(info: RasterInfo, options: CogOptions) -> tuple[dict, bool, list[str]]:
+    """(GDAL creation options, add an internal mask, notes) of the COG ``options`` make from ``info``;
+    TaskError when the profile cannot hold this raster. ``services_tiles`` writes tiles with them."""
+    return _profile_plan(info, options)
+
+
+def _translate(source: RasterSource, tmp_out: Path, info: RasterInfo, options: CogOptions, dst_kwargs: dict,
+               add_mask: bool, limits: RasterLimits, app_vrt: bool,
+               sidecars: Sidecars | None = None) -> tuple[bool, int | None, list[str]]:
     """Write the COG into ``tmp_out``; returns (in_memory, GDAL_CACHEMAX used, warnings raised)."""
     with ExitStack() as stack:
-        src = stack.enter_context(open_user_raster(src_path, limits=limits, app_vrt=app_vrt))
-        source = src
+        raster = stack.enter_context(open_raster(source, limits=limits, sidecars=sidecars, app_vrt=app_vrt))
+        src = raster.src
+        view = src
         data_indexes = list(src.indexes)
         alpha_added = False
+        override = raster.warp_source_kwargs()  # georeferencing/nodata from sidecars
         if options.target_crs:
-            vrt_kwargs: dict = {"crs": options.target_crs, "resampling": Resampling[options.resampling]}
+            vrt_kwargs: dict = {"crs": options.target_crs, "resampling": Resampling[options.resampling], **override}
             if info.nodata is not None:
                 vrt_kwargs.update(src_nodata=info.nodata, nodata=info.nodata)
             elif not info.has_alpha:
                 vrt_kwargs["add_alpha"] = alpha_added = True  # outside the source: stored as a mask
                 add_mask = True
-            source = stack.enter_context(WarpedVRT(src, **vrt_kwargs))
-            check_limits(source, limits, f"{src_path} reprojected to {options.target_crs}")
-        pixels = source.width * source.height
+            view = stack.enter_context(WarpedVRT(src, **vrt_kwargs))
+            crs_label = options.target_crs if len(options.target_crs) <= 40 else "the target CRS"
+            check_limits(view, limits, f"{source.name} reprojected to {crs_label}")
+        elif override:  # the same grid, with the sidecars' georeferencing and nodata
+            grid = {"crs": raster.crs, "transform": raster.transform, "width": src.width, "height": src.height}
+            if raster.nodata is not None:
+                grid["nodata"] = raster.nodata
+            view = stack.enter_context(WarpedVRT(src, **override, **grid, resampling=Resampling.nearest))
+        pixels = view.width * view.height
         in_memory = pixels <= options.in_memory_max_pixels
         cachemax = None if in_memory else options.gdal_cachemax_mb
+        tags = raster.tags() if view is not src else raster.extra_tags
+        masked = (raster.mask is not None or (info.validity == "mask" and bool(override))
+                  or (info.dtypes[0] not in ALPHA_MASK_DTYPES and (alpha_added or info.validity == "mask")))
         with gdal_cache_limit(cachemax), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            if info.dtypes[0] not in ALPHA_MASK_DTYPES and (alpha_added or info.validity == "mask"):
-                alpha_index = source.count if alpha_added else None
-                _masked_cog(source, data_indexes, alpha_index, tmp_out, dst_kwargs, options, in_memory)
+            if masked:
+                mask_of = _mask_reader(raster, view, stack, alpha_added, bool(options.target_crs))
+                _masked_cog(view, data_indexes, mask_of, tmp_out, dst_kwargs, options, in_memory, raster.tags())
             else:
-                cog_translate(source, str(tmp_out), dst_kwargs, add_mask=add_mask,
+                cog_translate(view, str(tmp_out), dst_kwargs, add_mask=add_mask,
                               overview_resampling=options.overview_resampling,
-                              resampling=options.resampling, in_memory=in_memory, quiet=True)
+                              resampling=options.resampling, in_memory=in_memory, quiet=True,
+                              additional_cog_metadata=tags or None)
     ignored = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
     return in_memory, cachemax, [str(w.message) for w in caught if not issubclass(w.category, ignored)]
+
+
+def _mask_reader(raster: UserRaster, view, stack: ExitStack, alpha_added: bool,
+                 reprojected: bool) -> Callable[[Window], np.ndarray]:
+    """How ``_masked_cog`` reads the mask of a window of ``view``: the source's own (file or ``.msk``) on
+    the same grid; reprojected, the warper's alpha (outside the source, and the file's own mask) and the
+    ``.msk`` warped onto the same grid (nearest)."""
+    if not reprojected:
+        return raster.read_mask
+    alpha_index = view.count if alpha_added else None
+    warped_mask = None
+    if raster.mask is not None:
+        warped_mask = stack.enter_context(WarpedVRT(
+            raster.mask, src_crs=raster.crs, src_transform=raster.transform, crs=view.crs, transform=view.transform,
+            width=view.width, height=view.height, nodata=0, resampling=Resampling.nearest))
+
+    def read(window: Window) -> np.ndarray:
+        valid = np.ones((int(window.height), int(window.width)), dtype=bool)
+        if alpha_index is not None:
+            valid &= view.read(alpha_index, window=window) > 0
+        if warped_mask is not None:
+            valid &= warped_mask.read(1, window=window) > 0
+        return np.where(valid, 255, 0).astype("uint8")
+
+    return read
 
 
 @contextmanager
@@ -288,16 +372,17 @@ def gdal_cache_limit(megabytes: int | None) -> Iterator[None]:
         set_gdal_config("GDAL_CACHEMAX", previous)
 
 
-def _masked_cog(source, data_indexes: list[int], alpha_index: int | None, tmp_out: Path, dst_kwargs: dict,
-                options: CogOptions, in_memory: bool) -> None:
-    """rio-cogeo's layout (tiled stage + internal mask, overviews, ``copy_src_overviews``) for masked
-    data of types GDAL does not accept as alpha-as-mask (only Byte/UInt16 do): through cog_translate's
-    WarpedVRT such a mask would be silently dropped. The mask is the source's dataset mask, or
-    ``alpha_index`` > 0 for a WarpedVRT that added an alpha band."""
+def _masked_cog(source, data_indexes: list[int], mask_of: Callable[[Window], np.ndarray], tmp_out: Path,
+                dst_kwargs: dict, options: CogOptions, in_memory: bool, tags: dict[str, str]) -> None:
+    """rio-cogeo's layout (tiled stage + internal mask, overviews, ``copy_src_overviews``) for a mask that
+    cog_translate would lose: masked data of types GDAL does not accept as alpha-as-mask (only Byte/UInt16
+    do: through cog_translate's WarpedVRT such a mask would be silently dropped), a ``.msk`` sidecar GDAL
+    does not know, or a mask under sidecar georeferencing. ``mask_of(window)`` gives the mask (0/255)."""
     size = options.blocksize
     meta = {"driver": "GTiff", "width": source.width, "height": source.height, "count": len(data_indexes),
             "dtype": source.dtypes[0], "crs": source.crs, "transform": source.transform, "tiled": True,
-            "blockxsize": size, "blockysize": size, "interleave": "pixel", "BIGTIFF": "IF_SAFER"}
+            "blockxsize": size, "blockysize": size, "interleave": "pixel", "BIGTIFF": "IF_SAFER",
+            "nodata": source.nodata}
     with ExitStack() as stack:
         if in_memory:
             stage = stack.enter_context(stack.enter_context(MemoryFile()).open(**meta))
@@ -310,16 +395,12 @@ def _masked_cog(source, data_indexes: list[int], alpha_index: int | None, tmp_ou
         stage.offsets = [source.offsets[i - 1] for i in data_indexes]
         for _, window in stage.block_windows(1):
             stage.write(source.read(indexes=data_indexes, window=window), window=window)
-            if alpha_index is None:
-                mask = source.dataset_mask(window=window)
-            else:
-                mask = np.where(source.read(alpha_index, window=window) > 0, 255, 0).astype("uint8")
-            stage.write_mask(mask, window=window)
+            stage.write_mask(mask_of(window), window=window)
         levels = get_maximum_overview_level(stage.width, stage.height, minsize=size)
         if levels:
             factors = [2**j for j in range(1, levels + 1)]
             stage.build_overviews(factors, Resampling[options.overview_resampling])
-        stage.update_tags(**source.tags(), OVERVIEW_RESAMPLING=options.overview_resampling.upper())
+        stage.update_tags(**tags, OVERVIEW_RESAMPLING=options.overview_resampling.upper())
         rio_copy(stage, str(tmp_out), copy_src_overviews=True, **dst_kwargs)
 
 

@@ -10,11 +10,19 @@ make the worker read ``/etc/passwd`` or call any address. ``open_user_raster`` c
 - **Paths**: a local file, or ``/vsicurl/`` of exactly the one URL the caller allows (``remote_url``:
   the blob's own URL on the storage account; the caller also passes the blob's first bytes). Any other
   ``/vsi...`` path is refused.
-- **Sidecars**: none. ``GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR`` makes GDAL see no sibling files
-  (``.aux.xml``, ``.ovr``, ``.msk``, world files, ``.imd``/``.rpb``), ``GDAL_PAM_ENABLED=NO`` never
-  reads (or writes) ``.aux.xml``, ``GDAL_GEOREF_SOURCES=INTERNAL`` takes georeferencing from the file
-  only. Allowing sidecars later means an explicit allow-list: download only the listed ones next to
-  the raster in its private scratch folder and relax these options for that open.
+- **Sidecars are never discovered by GDAL.** ``GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR`` makes GDAL see
+  no sibling files (``.aux.xml``, ``.ovr``, ``.msk``, world files, ``.imd``/``.rpb``), ``GDAL_PAM_ENABLED=NO``
+  never reads (or writes) ``.aux.xml``, ``GDAL_GEOREF_SOURCES=INTERNAL`` takes georeferencing from the
+  file only. A raster's companions are used only through ``open_raster``'s explicit allow-list
+  (``Sidecars``, built by the caller from a listing of the blob's siblings): a ``.msk``/``.ovr`` is opened
+  as its own dataset through this same gate (TIFF signature, GTiff only, exactly its own URL), and text
+  sidecars are parsed by ``services_sidecars`` (safe XML, known elements only; world files are six
+  numbers; a ``.prj`` is WKT checked by ``user_crs``), then applied by the app (``UserRaster``).
+  Why not let GDAL find them: over ``/vsicurl/`` a sibling is another URL (``CPL_VSIL_CURL_ALLOWED_FILENAME``
+  takes one; ``CPL_VSIL_CURL_ALLOWED_EXTENSIONS`` would allow any host), GDAL does not look for sidecars
+  of a URL with a query string (the SAS) at all, and a sidecar GDAL reads itself is read unchecked (an
+  ``.aux.xml`` can name an ``OVERVIEW_FILE`` anywhere, a ``.msk`` can be a VRT). Reading each one on its
+  own keeps every guarantee above, for local files and URLs alike.
 - **Network**: ``CPL_VSIL_CURL_ALLOWED_FILENAME`` is the one allowed URL (or a name no URL has, for
   local reads), so GDAL's curl-based readers open nothing else; ``GDAL_HTTP_*`` bound retries and time.
 - **Limits** (``RasterLimits``): pixels, bands and bytes per block, checked from the header right after
@@ -42,7 +50,7 @@ from rasterio.errors import CRSError, NotGeoreferencedWarning, RasterioError
 from rasterio.io import DatasetReader
 
 from config import Settings
-from errors import TaskError, TooLargeError
+from errors import CorruptRasterError, NotARasterError, TooLargeError
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 VRT_MAGIC = b"<VRTDataset"
@@ -126,12 +134,12 @@ def what_it_is(head: bytes) -> str:
 
 
 def check_signature(head: bytes, label: str, app_vrt: bool = False) -> None:
-    """TaskError ``not a raster`` unless ``head`` starts with a TIFF signature (or, for the app's own
-    mosaics, with ``<VRTDataset``)."""
+    """NotARasterError (``not a raster``) unless ``head`` starts with a TIFF signature (or, for the app's
+    own mosaics, with ``<VRTDataset``)."""
     if head[:4] in TIFF_MAGIC or (app_vrt and head.lstrip().startswith(VRT_MAGIC)):
         return
-    raise TaskError(f"not a raster: {label}: only GeoTIFF/COG files are accepted and this is "
-                    f"{what_it_is(head)}")
+    raise NotARasterError(f"not a raster: {label}: only GeoTIFF/COG files are accepted and this is "
+                          f"{what_it_is(head)}")
 
 
 def check_limits(src: DatasetReader, limits: RasterLimits, label: str) -> None:
@@ -163,47 +171,51 @@ def user_data_env(allowed_url_path: str | None = None) -> rasterio.Env:
     return rasterio.Env(**USER_DATA_ENV, CPL_VSIL_CURL_ALLOWED_FILENAME=allowed_url_path or NO_NETWORK)
 
 
-def _source_driver(path: str, app_vrt: bool, remote_url: str | None, head: bytes | None) -> str:
+def _source_driver(path: str, app_vrt: bool, remote_url: str | None, head: bytes | None, label: str) -> str:
     """Check where ``path`` points and what it starts with; the one driver GDAL may use for it."""
     if path.startswith("/vsi"):
         target = path[len(VSICURL):] if path.startswith(VSICURL) else None
         if target is None or not remote_url or not (target == remote_url or target.startswith(remote_url + "?")):
-            raise TaskError(f"not a raster: refused to read {path.split('?', 1)[0]}: only local files and "
-                            f"the blob's own URL may be read")
+            raise NotARasterError(f"not a raster: refused to read {path.split('?', 1)[0]}: only local files and "
+                                  f"the blob's own URL may be read")
         if app_vrt or head is None:
             raise ValueError("a remote read needs the blob's first bytes (head=) and is never a VRT")
     elif not os.path.isfile(path):
-        raise TaskError(f"not a raster: {path}: no such file")
+        raise NotARasterError(f"not a raster: {label}: no such file")
     else:
         head = read_head(path)
-    check_signature(head, path, app_vrt)
+    check_signature(head, label, app_vrt)
     return APP_VRT_DRIVER if app_vrt else USER_DRIVER
 
 
 @contextmanager
 def open_user_raster(path: str | Path, *, limits: RasterLimits | None = None, app_vrt: bool = False,
-                     remote_url: str | None = None, head: bytes | None = None,
+                     remote_url: str | None = None, head: bytes | None = None, label: str | None = None,
                      **kwargs: Any) -> Iterator[DatasetReader]:
     """Open a user raster for reading, safely (see the module docstring); close it on exit.
 
     ``app_vrt``: the file is a mosaic VRT this app wrote (its sources are files the app checked).
     ``remote_url``/``head``: for ``/vsicurl/<remote_url>?<sas>``, the blob URL allowed and the blob's
-    first bytes. ``kwargs`` go to ``rasterio.open`` (e.g. ``overview_level``). Raises TaskError: "not a
-    raster" (wrong signature, no such file, not openable) or "corrupt raster" (a TIFF GDAL cannot
-    open), and TooLargeError over ``limits``. GDAL's configuration stays in force while it is open.
+    first bytes. ``label``: how messages name the file (default ``path``; give one for URLs, so no SAS
+    reaches a message). ``kwargs`` go to ``rasterio.open`` (e.g. ``overview_level``). Raises
+    NotARasterError ("not a raster": wrong signature, no such file, not openable), CorruptRasterError
+    ("corrupt raster": a TIFF GDAL cannot open), TooLargeError over ``limits``. GDAL's configuration
+    stays in force while it is open. Sidecars: see ``open_raster``.
     """
     path = str(path)
-    driver = _source_driver(path, app_vrt, remote_url, head)
+    label = label or path
+    driver = _source_driver(path, app_vrt, remote_url, head, label)
     with user_data_env(path if remote_url else None):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 src = rasterio.open(path, driver=driver, **kwargs)
         except RASTER_ERRORS as exc:
-            kind = "corrupt raster" if remote_url or looks_like_tiff(path) else "not a raster"
-            raise TaskError(f"{kind}: {path}: {gdal_message(exc)}") from exc
+            corrupt = remote_url or looks_like_tiff(path)
+            kind, error = ("corrupt raster", CorruptRasterError) if corrupt else ("not a raster", NotARasterError)
+            raise error(f"{kind}: {label}: {gdal_message(exc)}") from exc
         try:
-            check_limits(src, limits or RasterLimits(), path)
+            check_limits(src, limits or RasterLimits(), label)
             yield src
         finally:
             src.close()

@@ -1,34 +1,36 @@
 """What a raster file is, where it lies, and whether it can be read: ``validate_raster``.
 
-Pure: takes a local path, returns a ``RasterInfo``. Inputs no retry can fix raise ``TaskError`` with a
+Pure: takes a local path or a ``RasterSource`` (a blob's URL with a read SAS: GDAL reads only the
+header and the blocks it probes, never the whole file) and the sidecars the caller allows, returns a
+``RasterInfo``. Inputs no retry can fix raise a ``TaskError`` subclass whose ``code`` says why, with a
 message a user can act on ("not a raster", "corrupt raster", "no coordinate reference system",
-"no geotransform", "too_large"). Every open goes through ``services_gdal.open_user_raster`` (GeoTIFF
-only, no sidecars, no network, size limits). COG creation lives in ``services_cog``, tiling in
-``services_tiles``.
+"no geotransform", "off_globe", "too_large"). Every open goes through ``services_gdal.open_user_raster``
+(GeoTIFF only, sidecars only from the allow-list, no other network, size limits). COG creation lives in
+``services_cog``, tiling in ``services_tiles``.
 """
 from __future__ import annotations
 
 import logging
 import math
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 
 from affine import Affine
 from pydantic import BaseModel, Field
 from rasterio.crs import CRS
-from rasterio.enums import ColorInterp, MaskFlags
+from rasterio.enums import ColorInterp
 from rasterio.io import DatasetReader
 from rasterio.transform import from_gcps
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from errors import TaskError
+from errors import CorruptRasterError, NoCrsError, NoGeotransformError
+from services_footprint import DENSIFY_POINTS, bounds_finite, edge_ring, outline_wgs84
 from services_gdal import RASTER_ERRORS, RasterLimits, gdal_message, open_user_raster
+from services_source import RasterSource, Sidecars, UserRaster, as_source, open_raster
 
 logger = logging.getLogger(__name__)
 
-DENSIFY_POINTS = 21
 WGS84 = CRS.from_epsg(4326)
 PROBE_PX = 256  # corruption probes read windows of at most this many pixels a side
 COG_SCAN_BLOCKS = 4096  # most block offsets the COG check inspects per level to find the first block
@@ -65,6 +67,8 @@ class RasterInfo(BaseModel):
     georeferenced_by_gcps: bool = False
     tiff_datetime: datetime | None = Field(None, description="TIFFTAG_DATETIME, read as UTC")
     warnings: list[str] = Field(default_factory=list)
+    remote: bool = Field(False, description="read over the network: ``path`` is the blob's name, not a file")
+    sidecars: list[str] = Field(default_factory=list, description="sidecar files that changed what GDAL reads")
 
     @property
     def validity(self) -> str:
@@ -76,54 +80,71 @@ class RasterInfo(BaseModel):
         return "mask" if self.has_mask else "none"
 
 
-def validate_raster(path: str | Path, limits: RasterLimits | None = None, *, app_vrt: bool = False) -> RasterInfo:
-    """Open ``path``, check it is a readable, georeferenced GeoTIFF within ``limits``, and describe it.
+def validate_raster(source: str | Path | RasterSource, limits: RasterLimits | None = None, *, app_vrt: bool = False,
+                    sidecars: Sidecars | None = None) -> RasterInfo:
+    """Open ``source``, check it is a readable, georeferenced GeoTIFF within ``limits``, and describe it,
+    with what its allowed ``sidecars`` say applied (``services_source.open_raster``).
 
-    Raises ``TaskError`` ("not a raster: ...", "corrupt raster: ...", "no geotransform: ...",
-    "no coordinate reference system: ...") for inputs no retry can fix, ``TooLargeError``
-    ("too_large: ...") over the limits (checked from the header first). The corruption check reads a
-    small window at the start of the first block and at the end of the last block of every resolution
-    level (full resolution and each overview): a truncated file loses its tail, and that is where
-    writers put the last blocks and the overviews they add later. It decodes a few blocks, each within
-    ``limits.max_block_bytes``. ``app_vrt``: ``path`` is a mosaic VRT this app wrote.
+    Raises NotARasterError ("not a raster: ..."), CorruptRasterError ("corrupt raster: ..."),
+    NoGeotransformError ("no geotransform: ..."), NoCrsError ("no coordinate reference system: ..."),
+    OffGlobeError ("off_globe: ...": no pixel transforms to longitude/latitude) for inputs no retry can
+    fix, TooLargeError ("too_large: ...") over the limits (checked from the header first). The corruption
+    check reads a small window at the start of the first block and at the end of the last block of every
+    resolution level (full resolution, each overview, a sidecar mask and overviews): a truncated file loses
+    its tail, and that is where writers put the last blocks and the overviews they add later. It decodes
+    a few blocks, each within ``limits.max_block_bytes``. ``app_vrt``: ``source`` is a mosaic VRT this app
+    wrote.
     """
-    path = str(path)
+    source = as_source(source)
+    label = source.name
     limits = limits or RasterLimits()
-    with open_user_raster(path, limits=limits, app_vrt=app_vrt) as src:
-        transform, crs, gcp_warnings = _georeferencing(src, path)
-        _check_blocks(src, path, limits, app_vrt)
+    with open_raster(source, limits=limits, sidecars=sidecars, app_vrt=app_vrt) as raster:
+        src = raster.src
+        transform, crs, gcp_warnings = _georeferencing(raster, label)
+        _check_blocks(raster, limits, app_vrt)
         bounds = native_bounds(transform, src.width, src.height)
-        try:
-            bounds_wgs84 = transform_bounds(crs, WGS84, *bounds, densify_pts=DENSIFY_POINTS)
-        except RASTER_ERRORS as exc:
-            raise TaskError(f"cannot place the raster on the globe: {path}: {gdal_message(exc)}") from exc
-        if not all(math.isfinite(v) for v in bounds_wgs84):
-            raise TaskError(f"cannot place the raster on the globe: {path}: bounds {bounds} do not "
-                            f"transform to finite longitudes/latitudes")
-        notes = list(gcp_warnings)
+        bounds_wgs84 = wgs84_bounds(crs, transform, src.width, src.height, label)
+        notes = list(raster.notes) + gcp_warnings
+        if raster.used:
+            notes.append(f"sidecars used: {', '.join(raster.used)}")
         if transform.b or transform.d:
             notes.append("rotated or sheared geotransform: bounds enclose the rotated footprint")
         if bounds_wgs84[0] > bounds_wgs84[2]:
             notes.append("footprint crosses the antimeridian (west > east in bounds_wgs84)")
-        flags = src.mask_flag_enums[0]
         colorinterp = [ci.name for ci in src.colorinterp]
-        tiff_dt, dt_note = parse_tiff_datetime(src.tags().get("TIFFTAG_DATETIME"))
+        tiff_dt, dt_note = parse_tiff_datetime(raster.tags().get("TIFFTAG_DATETIME"))
         if dt_note:
             notes.append(dt_note)
-        is_cog, cog_errors, cog_warnings = _cog_check(src, path, limits, app_vrt)
+        is_cog, cog_errors, cog_warnings = _cog_check(raster, limits, app_vrt)
+        if raster.overviews is not None:
+            cog_warnings.append("overviews are in a .ovr sidecar: a COG keeps them inside the file")
         return RasterInfo(
-            path=path, driver=src.driver, file_size=os.path.getsize(path),
+            path=label, driver=src.driver, file_size=source.file_size(), remote=source.remote,
             crs=crs_string(crs), crs_wkt=crs.to_wkt(version="WKT2_2019"), epsg=crs.to_epsg(),
             bounds=bounds, bounds_wgs84=tuple(bounds_wgs84), transform=tuple(transform)[:6],
             res=(math.hypot(transform.a, transform.d), math.hypot(transform.b, transform.e)),
             width=src.width, height=src.height, count=src.count, dtypes=list(src.dtypes),
-            nodata=src.nodata, colorinterp=colorinterp,
-            has_alpha=ColorInterp.alpha in src.colorinterp,
-            has_mask=MaskFlags.per_dataset in flags and MaskFlags.alpha not in flags,
-            block_shape=tuple(src.block_shapes[0]), overviews=src.overviews(1),
+            nodata=raster.nodata, colorinterp=colorinterp,
+            has_alpha=ColorInterp.alpha in src.colorinterp, has_mask=raster.has_mask,
+            block_shape=tuple(src.block_shapes[0]), overviews=src.overviews(1) or raster.overview_factors,
             compression=src.compression.value if src.compression else None,
-            georeferenced_by_gcps=bool(gcp_warnings), tiff_datetime=tiff_dt,
+            georeferenced_by_gcps=bool(gcp_warnings), tiff_datetime=tiff_dt, sidecars=list(raster.used),
             is_cog=is_cog, cog_errors=cog_errors, warnings=notes + cog_warnings)
+
+
+def wgs84_bounds(crs: CRS, transform: Affine, width: int, height: int, label: str) -> Bounds:
+    """(west, south, east, north) in EPSG:4326 of what lies on the Earth: GDAL's ``transform_bounds`` when
+    the outline transforms, else the bbox of ``services_footprint``'s sampled footprint (OffGlobeError
+    when nothing transforms). West > east when it crosses 180 degrees."""
+    bounds = native_bounds(transform, width, height)
+    if edge_ring(crs.to_wkt(), transform, width, height) is not None:
+        try:
+            found = transform_bounds(crs, WGS84, *bounds, densify_pts=DENSIFY_POINTS)
+            if bounds_finite(found):
+                return tuple(found)
+        except RASTER_ERRORS:
+            pass
+    return tuple(outline_wgs84(crs.to_wkt(), transform, width, height, label)[1])
 
 
 def crs_string(crs: CRS) -> str:
@@ -151,19 +172,20 @@ def parse_tiff_datetime(value: str | None) -> tuple[datetime | None, str | None]
     return None, f"ignored TIFFTAG_DATETIME {value!r}: not 'YYYY:MM:DD HH:MM:SS'"
 
 
-def _georeferencing(src: DatasetReader, path: str) -> tuple[Affine, CRS, list[str]]:
-    """(transform, crs, warnings); raises TaskError when either is missing."""
-    gcps, gcp_crs = src.gcps
-    transform, crs, notes = src.transform, src.crs, []
+def _georeferencing(raster: UserRaster, label: str) -> tuple[Affine, CRS, list[str]]:
+    """(transform, crs, warnings); NoGeotransformError / NoCrsError when either is missing."""
+    gcps, gcp_crs = raster.src.gcps
+    transform, crs, notes = raster.transform, raster.crs, []
     if transform.is_identity:
         if not gcps:
-            raise TaskError(f"no geotransform: {path}: the raster has neither a geotransform nor "
-                            f"ground control points, so its pixels cannot be placed on the map")
+            raise NoGeotransformError(f"no geotransform: {label}: the raster has neither a geotransform nor "
+                                      f"ground control points (nor a world file or .aux.xml giving one), so "
+                                      f"its pixels cannot be placed on the map")
         transform, crs = from_gcps(gcps), crs or gcp_crs
         notes.append(f"georeferenced by {len(gcps)} ground control points: the transform is a fit")
     if crs is None or not crs.to_wkt():
-        raise TaskError(f"no coordinate reference system: {path}: the raster has a geotransform but no "
-                        f"CRS; set one (e.g. gdal_edit.py -a_srs EPSG:xxxx) and resubmit")
+        raise NoCrsError(f"no coordinate reference system: {label}: the raster has a geotransform but no "
+                         f"CRS; set one (e.g. gdal_edit.py -a_srs EPSG:xxxx, or a .prj beside it) and resubmit")
     return transform, crs, notes
 
 
@@ -176,27 +198,42 @@ def _probes(src: DatasetReader) -> tuple[Window, Window]:
     return first, Window(src.width - last_cols, src.height - last_rows, last_cols, last_rows)
 
 
-def _check_blocks(src: DatasetReader, path: str, limits: RasterLimits, app_vrt: bool) -> None:
-    """Decode the first block and the last block of every resolution level; TaskError if one fails."""
+def reopen(source: RasterSource, limits: RasterLimits, app_vrt: bool = False, **kwargs):
+    """``open_user_raster`` of a source again (e.g. one overview level: ``overview_level=``)."""
+    return open_user_raster(source.path, limits=limits, app_vrt=app_vrt, remote_url=source.remote_url,
+                            head=source.head, label=source.name, **kwargs)
+
+
+def _check_blocks(raster: UserRaster, limits: RasterLimits, app_vrt: bool) -> None:
+    """Decode the first and last block of every resolution level and mask; CorruptRasterError if one fails."""
+    src, label = raster.src, raster.source.name
     try:
         for window in _probes(src):
             src.read(window=window)
-        if MaskFlags.per_dataset in src.mask_flag_enums[0]:
-            src.dataset_mask(window=_probes(src)[1])
+        if raster.has_mask:
+            raster.read_mask(window=_probes(src)[1])
         for level in range(len(src.overviews(1))):
-            with open_user_raster(path, limits=limits, app_vrt=app_vrt, overview_level=level) as ovr:
+            with reopen(raster.source, limits, app_vrt, overview_level=level) as ovr:
                 ovr.read(window=_probes(ovr)[1])
+        if raster.overviews is not None and raster.overviews_source is not None:
+            label = raster.overviews_source.name
+            raster.overviews.read(window=_probes(raster.overviews)[1])
+            for level in range(len(raster.overviews.overviews(1))):
+                with reopen(raster.overviews_source, limits, overview_level=level) as ovr:
+                    ovr.read(window=_probes(ovr)[1])
     except RASTER_ERRORS as exc:
-        raise TaskError(f"corrupt raster: {path}: {gdal_message(exc)} (truncated or damaged file?)") from exc
+        raise CorruptRasterError(f"corrupt raster: {label}: {gdal_message(exc)} (truncated or damaged "
+                                 f"file?)") from exc
 
 
-def _cog_check(src: DatasetReader, path: str, limits: RasterLimits, app_vrt: bool) -> tuple[bool, list[str], list[str]]:
+def _cog_check(raster: UserRaster, limits: RasterLimits, app_vrt: bool) -> tuple[bool, list[str], list[str]]:
     """(is_cog, errors, warnings), never raising: rio-cogeo's ``cog_validate`` rules, on datasets opened
     through the guard (rio-cogeo's own ``rasterio.open`` would accept any driver and any sidecar)."""
+    src = raster.src
     if src.driver != "GTiff":
         return False, ["The file is not a GeoTIFF"], []
     try:
-        return _cog_rules(src, path, limits, app_vrt)
+        return _cog_rules(src, raster.source, limits, app_vrt)
     except RASTER_ERRORS as exc:
         return False, [f"COG validation failed: {gdal_message(exc)}"], []
 
@@ -212,7 +249,8 @@ def _first_data_offset(src: DatasetReader, ovr: int | None, width: int, height: 
     return 0
 
 
-def _cog_rules(src: DatasetReader, path: str, limits: RasterLimits, app_vrt: bool) -> tuple[bool, list[str], list[str]]:
+def _cog_rules(src: DatasetReader, source: RasterSource, limits: RasterLimits,
+               app_vrt: bool) -> tuple[bool, list[str], list[str]]:
     errors: list[str] = []
     notes: list[str] = []
     overviews = src.overviews(1)
@@ -251,7 +289,7 @@ def _cog_rules(src: DatasetReader, path: str, limits: RasterLimits, app_vrt: boo
         errors.append(f"The offset of the first block of the main resolution image should be after the one "
                       f"of the overview of index {len(overviews) - 1}")
     for ix in range(len(overviews)):
-        with open_user_raster(path, limits=limits, app_vrt=app_vrt, overview_level=ix) as ovr:
+        with reopen(source, limits, app_vrt, overview_level=ix) as ovr:
             if (ovr.width > 512 or ovr.height > 512) and ovr.block_shapes[0][1] == ovr.width:
                 errors.append(f"Overview of index {ix} is not tiled")
     return not errors, errors, notes

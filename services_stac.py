@@ -1,34 +1,34 @@
 """STAC metadata for rasters: ``build_item``, ``build_collection``, ``merge_extent``, and
 ``validate_item_offline`` (core + extension JSON schemas from local files, never the network).
 
-Pure: takes a path or a ``RasterInfo`` plus blob facts, returns ``pystac`` objects or dicts.
+Pure: takes a path or a ``RasterInfo`` plus blob facts, returns ``pystac`` objects or dicts. Provenance
+(issue #12): items say which software made them and which job run (the processing extension:
+``processing:software``, ``processing:lineage``, ``processing:datetime``), when (``created``/``updated``),
+and from what (a ``derived_from`` link to the source raster); a raster's sidecars are listed as assets
+beside its data; collections carry ``summaries``.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import math
-import os
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from functools import lru_cache
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pystac
-import referencing
-import referencing.exceptions
-from jsonschema import Draft7Validator
-from jsonschema.exceptions import ValidationError
+import rasterio
 from pystac.extensions.file import FileExtension
 from pystac.extensions.projection import ProjectionExtension
 from pystac.extensions.raster import DataType, RasterBand, RasterExtension
 from pystac.utils import datetime_to_str, str_to_datetime
-from pystac.validation.local_validator import get_local_schema_cache
+from pydantic import BaseModel
 from rasterio.crs import CRS
-from referencing.jsonschema import DRAFT7
 
+from config import APP_VERSION
 from errors import TaskError
 from services_footprint import footprint_wgs84
 from services_gdal import RasterLimits
@@ -36,14 +36,41 @@ from services_raster import (
     RasterInfo,
     validate_raster,
 )
+from services_stac_schemas import EXTENSION_SCHEMA_URL, validate_item_offline  # noqa: F401 (re-exported)
 
 DATA_ASSET = "data"
 MAX_ID_LENGTH = 200
 ID_SAFE = re.compile(r"[^A-Za-z0-9._-]")
 MEDIA_TYPES = {"PNG": pystac.MediaType.PNG, "JPEG": pystac.MediaType.JPEG,
                "JP2OpenJPEG": pystac.MediaType.JPEG2000}
-EXTENSION_SCHEMA_URL = "https://stac-extensions.github.io/{name}/{version}/schema.json"
+PROCESSING_EXTENSION = EXTENSION_SCHEMA_URL.format(name="processing", version="v1.2.0")
 METERS_PER_DEGREE = 111_320.0
+SIDECAR_MEDIA = {"mask": (pystac.MediaType.GEOTIFF, ["data-mask"]),
+                 "overviews": (pystac.MediaType.GEOTIFF, ["overviews"]),
+                 "aux_xml": (pystac.MediaType.XML, ["metadata"]),
+                 "world_file": (pystac.MediaType.TEXT, ["metadata"]),
+                 "prj": (pystac.MediaType.TEXT, ["metadata"])}  # a raster's sidecars, as assets of its item
+
+
+class Provenance(BaseModel):
+    """What made an item: the job run (id and type) and, for outputs, the raster it was derived from."""
+
+    job_id: str
+    job_type: str
+    source_href: str | None = None  # the source raster's URL (no credentials): a derived_from link
+    source_name: str | None = None  # container/blob of the source
+    step: str = "catalogued"  # what the job did: "converted to a COG", "catalogued"
+
+
+def software_versions() -> dict[str, str]:
+    """processing:software: geoetl, GDAL, rasterio, rio-cogeo (and pystac) versions."""
+    found = {"geoetl": APP_VERSION, "gdal": rasterio.__gdal_version__}
+    for name in ("rasterio", "rio-cogeo", "pystac"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
 
 
 
@@ -77,7 +104,9 @@ def build_item(source: str | Path | RasterInfo, *, container: str, blob: str, hr
                datetime: datetime | None = None, file_datetime: datetime | None = None,
                last_modified: datetime | None = None, collection_id: str | None = None,
                collection_href: str = "../collection.json",
-               properties: dict[str, Any] | None = None, limits: RasterLimits | None = None) -> pystac.Item:
+               properties: dict[str, Any] | None = None, limits: RasterLimits | None = None,
+               provenance: Provenance | None = None, sidecars: dict[str, str] | None = None,
+               now: datetime | None = None) -> pystac.Item:
     """A STAC Item for one raster blob, with projection, raster and file extensions.
 
     ``source`` is the local copy of the blob (a path, validated within ``limits``) or its ``RasterInfo``
@@ -93,7 +122,13 @@ def build_item(source: str | Path | RasterInfo, *, container: str, blob: str, hr
 
     Geometry and bbox are in EPSG:4326: the pixel outline densified (21 points per edge), reprojected,
     split into a MultiPolygon where it crosses the antimeridian (bbox then has west > east), closed
-    over the pole when it encircles one.
+    over the pole when it encircles one; where the outline is off the Earth, the outline of the pixels
+    that are on it (``services_footprint``).
+
+    ``provenance`` adds the processing extension and, with a source, a ``derived_from`` link;
+    ``sidecars`` (kind -> href, e.g. ``{"mask": ".../scene.tif.msk"}``) become assets beside the data.
+    ``created``/``updated`` are ``now``. A remote ``info`` (read over the network) gets no checksum
+    unless ``sha256`` is given: the file is never read whole for it.
     """
     info = source if isinstance(source, RasterInfo) else validate_raster(source, limits)
     when = _first_datetime(datetime, file_datetime or info.tiff_datetime, last_modified)
@@ -124,10 +159,38 @@ def build_item(source: str | Path | RasterInfo, *, container: str, blob: str, hr
                           spatial_resolution=resolution)
         for dtype in info.dtypes])
     if file_size is None:
-        file_size = os.path.getsize(info.path)
-    FileExtension.ext(asset, add_if_missing=True).apply(
-        size=file_size, checksum="1220" + (sha256 or file_sha256(info.path)))
+        file_size = info.file_size
+    if sha256 is None and not info.remote:
+        sha256 = file_sha256(info.path)
+    FileExtension.ext(asset, add_if_missing=True).apply(size=file_size,
+                                                        checksum="1220" + sha256 if sha256 else None)
+    for kind, sidecar_href in (sidecars or {}).items():
+        media, roles = SIDECAR_MEDIA[kind]
+        item.add_asset(kind, pystac.Asset(href=sidecar_href, media_type=media, roles=roles,
+                                          title=sidecar_href.rsplit("/", 1)[-1]))
+    stamp = datetime_to_str(now or _now())
+    item.properties.update(created=stamp, updated=stamp)
+    if provenance is not None:
+        _add_provenance(item, provenance, stamp)
     return item
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _add_provenance(item: pystac.Item, provenance: Provenance, stamp: str) -> None:
+    """The processing extension and a derived_from link."""
+    lineage = f"{provenance.step} by geoetl job {provenance.job_id} ({provenance.job_type})"
+    if provenance.source_name:
+        lineage += f" from {provenance.source_name}"
+    item.properties.update({"processing:software": software_versions(), "processing:lineage": lineage,
+                            "processing:datetime": stamp})
+    if PROCESSING_EXTENSION not in item.stac_extensions:
+        item.stac_extensions.append(PROCESSING_EXTENSION)
+    if provenance.source_href:
+        item.add_link(pystac.Link(rel=pystac.RelType.DERIVED_FROM, target=provenance.source_href,
+                                  media_type=pystac.MediaType.GEOTIFF, title=provenance.source_name))
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -173,7 +236,8 @@ def build_collection(collection_id: str, items: Iterable[pystac.Item | dict] = (
                      description: str | None = None, title: str | None = None, license: str = "other",
                      bbox: list[float] | None = None,
                      interval: list[datetime | None] | None = None) -> pystac.Collection:
-    """A Collection whose extent is exactly the union of ``items`` (and of ``bbox``/``interval`` if given).
+    """A Collection whose extent is exactly the union of ``items`` (and of ``bbox``/``interval`` if given),
+    with ``summaries`` of the items (their CRS codes, and the software that processed them).
 
     An extent cannot be empty in STAC, so at least one item or an explicit ``bbox`` is required.
     """
@@ -192,7 +256,27 @@ def build_collection(collection_id: str, items: Iterable[pystac.Item | dict] = (
     data = collection.to_dict(include_self_link=False, transform_hrefs=False)
     for item in items:
         data = merge_extent(data, item)
+    if summaries := summarise(items):
+        data["summaries"] = summaries
     return pystac.Collection.from_dict(data)
+
+
+def summarise(items: Iterable[pystac.Item | dict]) -> dict[str, list]:
+    """STAC summaries of items: the distinct ``proj:code`` values and ``processing:software`` sets."""
+    codes: list[str] = []
+    software: list[dict] = []
+    for item in items:
+        props = _item_dict(item).get("properties", {})
+        if props.get("proj:code") and props["proj:code"] not in codes:
+            codes.append(props["proj:code"])
+        if props.get("processing:software") and props["processing:software"] not in software:
+            software.append(props["processing:software"])
+    out: dict[str, list] = {}
+    if codes:
+        out["proj:code"] = sorted(codes)
+    if software:
+        out["processing:software"] = software
+    return out
 
 
 def merge_extent(collection: dict, item: pystac.Item | dict) -> dict:
@@ -289,70 +373,3 @@ def _max_dt(a: str | datetime | None, b: datetime | None) -> datetime | None:
 
 def _dt_str(value: datetime | None) -> str | None:
     return datetime_to_str(value) if value is not None else None
-
-
-# -------------------------------------------------------------------------------- offline validation
-def validate_item_offline(item: dict | pystac.Item, schemas_dir: str | Path | None) -> list[str]:
-    """Validate a STAC Item (or Collection) against the core schemas shipped in pystac and the
-    extension schemas under ``schemas_dir/<extension>/<version>/schema.json``; never the network.
-
-    Returns the schema URIs checked. TaskError listing every violation, or naming an extension (or a
-    ``$ref``) that has no local schema.
-    """
-    data = _item_dict(item) if isinstance(item, pystac.Item) else item
-    kind = {"Feature": "item", "Collection": "collection"}.get(data.get("type"))
-    if kind is None:
-        raise TaskError(f"not a STAC Item or Collection: type {data.get('type')!r}")
-    version = data.get("stac_version", "")
-    core = f"https://schemas.stacspec.org/v{version}/{kind}-spec/json-schema/{kind}.json"
-    registry = _registry(str(Path(schemas_dir).resolve()) if schemas_dir else None)
-    uris = [core, *data.get("stac_extensions", [])]
-    errors = []
-    for uri in uris:
-        try:
-            schema = registry.contents(uri.rstrip("#"))
-        except referencing.exceptions.NoSuchResource:
-            raise TaskError(f"no local schema for {uri}: add it under {schemas_dir} "
-                            f"(<extension>/<version>/schema.json)") from None
-        try:
-            for top in Draft7Validator(schema, registry=registry).iter_errors(data):
-                error = _deepest(top)
-                where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-                errors.append(f"{uri.rsplit('/', 3)[-3] if 'extensions' in uri else kind}: {where}: "
-                              f"{error.message[:300]}")
-        except referencing.exceptions.Unresolvable as exc:
-            raise TaskError(f"schema {uri} refers to {exc} which is not available offline") from exc
-    if errors:
-        raise TaskError(f"STAC {kind} {data.get('id')!r} is invalid: " + "; ".join(errors[:10])
-                        + (f" (and {len(errors) - 10} more)" if len(errors) > 10 else ""))
-    return uris
-
-
-def _deepest(error: ValidationError) -> ValidationError:
-    """The innermost failure under a oneOf/anyOf (the field that is wrong, not "no branch matched")."""
-    leaves, stack = [], [error]
-    while stack:
-        current = stack.pop()
-        if current.context:
-            stack.extend(current.context)
-        else:
-            leaves.append(current)
-    return max(leaves, key=lambda e: len(e.absolute_path))
-
-
-@lru_cache(maxsize=8)
-def _registry(schemas_dir: str | None) -> referencing.Registry:
-    """Every local schema, keyed by the URL that refers to it (with and without a trailing '#')."""
-    def offline(uri: str) -> referencing.Resource:
-        raise referencing.exceptions.NoSuchResource(ref=uri)
-
-    resources = dict(get_local_schema_cache())
-    if schemas_dir:
-        for path in sorted(Path(schemas_dir).glob("*/v*/schema.json")):
-            url = EXTENSION_SCHEMA_URL.format(name=path.parent.parent.name, version=path.parent.name)
-            resources[url] = json.loads(path.read_text())
-    pairs = []
-    for url, schema in resources.items():
-        resource = referencing.Resource.from_contents(schema, default_specification=DRAFT7)
-        pairs += [(url, resource), (url + "#", resource)]
-    return referencing.Registry(retrieve=offline).with_resources(pairs)

@@ -29,7 +29,7 @@ from controller_geo_common import STAC_EXTENTS
 from engine_counters import Change
 from engine_group_commit import GroupCommit, ProgressReporter, TaskWrite
 from engine_task_io import TaskIO
-from errors import BadRequestError, ConflictError, OrchestratorError, TooLargeError, TransientError
+from errors import BadRequestError, ConflictError, ErrorCode, OrchestratorError, TransientError, error_code
 from logs import log_context, log_event, redact
 from models import (
     TERMINAL, CompletionMessage, JobRecord, NotifyMessage, StageMessage, StageRecord, Status, TaskMessage,
@@ -41,6 +41,7 @@ from repository_webhook_rules import check_url
 logger = logging.getLogger(__name__)
 MAX_ERROR_TASKS_LISTED = 20
 MAX_QUEUE_DELAY_S = 7 * 24 * 3600 - 60
+LEASE_EXPIRED = "did not finish within"  # in last_error when an attempt overran its lease (gave_up_code)
 
 
 class Engine:
@@ -102,7 +103,7 @@ class Engine:
                       fanned_out=stage.fanned_out)
             return
         if stage is None or not stage.plan_stored:  # deterministic: planning again gives the same tasks
-            planned = self._plan(job, controller, msg.stage)
+            planned = engine_fanout.plan(self, job, controller, msg.stage)
             if planned is None:
                 return
             if stage is None:
@@ -119,30 +120,6 @@ class Engine:
             return True
         previous = self.store.get_stage(job.job_id, number - 1)
         return previous is not None and previous.status == Status.COMPLETED
-
-    def _plan(self, job: JobRecord, controller: JobController, number: int) -> list[dict[str, Any]] | None:
-        """Each task's parameters for stage ``number``; None after failing the job (planning is deterministic:
-        a retry would fail the same way)."""
-        definition = controller.stage(number)
-        previous = self.outcomes(job.job_id, number - 1) if number > 1 else []
-        try:
-            params = controller.parameters_model.model_validate(job.parameters)
-            if definition.plan_uses_io:
-                planned = controller.plan_stage(number, params, previous, self.io)
-            else:
-                planned = controller.plan_stage(number, params, previous)
-            if not planned:
-                raise ValueError(f"stage {number} ({definition.name}) has no tasks to run")
-            if len(planned) > self.settings.max_tasks_per_stage:
-                raise TooLargeError(f"too_large: stage {number} ({definition.name}) planned {len(planned):,} "
-                                    f"tasks; the limit is {self.settings.max_tasks_per_stage:,} (MAX_TASKS_PER_STAGE)")
-            return planned
-        except TransientError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            self.finish_job(job.job_id, Status.FAILED, error=f"planning stage {number} ({definition.name}) "
-                                                             f"failed: {_describe(exc)}")
-            return None
 
     # ------------------------------------------------------------------ one task
     @engine_tracing.consumer("task.run")
@@ -172,7 +149,7 @@ class Engine:
                 self.repos.tasks_queue.send(msg, delay_s=min(delay, MAX_QUEUE_DELAY_S))
                 log_event(logger, "task_busy_deferred", delay_s=delay, **ids)
                 return
-            task.last_error = (f"attempt {task.attempts} did not finish within its {task.time_limit_s}s "
+            task.last_error = (f"attempt {task.attempts} {LEASE_EXPIRED} its {task.time_limit_s}s "
                                f"lease (worker stopped or overran)")
         if task.attempts >= self.max_attempts:
             self.give_up(task, msg)
@@ -202,7 +179,7 @@ class Engine:
         engine_tracing.task_started(task)
         started = time.perf_counter()
         reporter = ProgressReporter(self.commits, task, self.settings.progress_interval_s)
-        status, result, error = self._call_handler(task, reporter)
+        status, result, error, code = self._call_handler(task, reporter)
         task = reporter.task  # its progress writes moved the row on
         error = redact(error) if error else error  # error text is shown to users: no SAS, keys or passwords
         log_event(logger, "task_ended", logging.INFO if status == Status.COMPLETED else logging.WARNING,
@@ -214,11 +191,12 @@ class Engine:
             self._retry_later(task, error or "transient error")
             return
         engine_faults.point("handler_returned")
-        self.end_task(task, status, result, error)
+        self.end_task(task, status, result, error, code)
 
     def _call_handler(self, task: TaskRecord, reporter: Callable[[float], None] | None = None
-                      ) -> tuple[Status, Any, str | None]:
-        """(completed, result, None), (failed, None, error), or (queued, None, error) for a transient error."""
+                      ) -> tuple[Status, Any, str | None, ErrorCode | None]:
+        """(completed, result, None, None), (failed, None, error, code), or (queued, None, error, code) for a
+        transient error; ``code`` is the error's machine-readable reason (errors.ErrorCode)."""
         ctx = TaskContext(task.job_id, task.task_id, task.stage, task.index, task.attempts, self.io, reporter)
         try:
             handler = get_handler(task.task_type)
@@ -226,18 +204,18 @@ class Engine:
             result = handler.run(params, ctx)
             if hasattr(result, "model_dump"):
                 result = result.model_dump(mode="json")
-            return Status.COMPLETED, result, None
+            return Status.COMPLETED, result, None, None
         except TransientError as exc:
-            return Status.QUEUED, None, exc.message
+            return Status.QUEUED, None, exc.message, error_code(exc)
         except ValidationError as exc:
             fields = "; ".join(f"{e['field']}: {e['message']}" for e in validation_errors(exc))
-            return Status.FAILED, None, f"invalid task parameters: {fields}"
+            return Status.FAILED, None, f"invalid task parameters: {fields}", ErrorCode.INVALID_PARAMETERS
         except OrchestratorError as exc:
-            return Status.FAILED, None, exc.message
+            return Status.FAILED, None, exc.message, error_code(exc)
         except Exception as exc:  # a handler bug must end the task, not hang the job
             log_event(logger, "task_crashed", logging.ERROR, exc_info=True, job_id=task.job_id,
                       task_id=task.task_id)
-            return Status.FAILED, None, f"{type(exc).__name__}: {exc}"
+            return Status.FAILED, None, f"{type(exc).__name__}: {exc}", ErrorCode.INTERNAL_ERROR
 
     def retry_cap_s(self, attempt: int) -> float:
         """Backoff before attempt ``attempt + 1`` without jitter: base * 2^(attempt-1), capped."""
@@ -298,14 +276,17 @@ class Engine:
         except ConflictError:
             return False
 
-    def end_task(self, task: TaskRecord, status: Status, result: Any, error: str | None) -> None:
+    def end_task(self, task: TaskRecord, status: Status, result: Any, error: str | None,
+                 code: ErrorCode | None = None) -> None:
         """Commit the task's end with its counters (group-committed with other ends of the job); the one
-        commit that ends the stage advances it. A superseded end (the row moved) commits nothing."""
+        commit that ends the stage advances it. A superseded end (the row moved) commits nothing.
+        ``code``: why it failed (``task_failed`` when a failure gives none)."""
+        code = (code or ErrorCode.TASK_FAILED) if status == Status.FAILED else None
         ended = task.model_copy(update={"status": status, "result": result, "error_details": error,
-                                        "ended_at": utcnow(), "lease_until": None,
+                                        "error_code": code, "ended_at": utcnow(), "lease_until": None,
                                         "progress": 100 if status == Status.COMPLETED else task.progress})
-        change = Change(task.shard, ended=status, task_id=task.task_id, error=error, attempt=task.attempts,
-                        progress=-(task.progress or 0))
+        change = Change(task.shard, ended=status, task_id=task.task_id, error=error, error_code=code,
+                        attempt=task.attempts, progress=-(task.progress or 0))
         try:
             write = self.commits.write(task.job_id, TaskWrite("end", ended, change))
         except ConflictError:
@@ -363,7 +344,8 @@ class Engine:
             except TransientError:
                 raise
             except Exception as exc:  # deterministic: fail now with a readable error, don't loop to poison
-                self.finish_job(job.job_id, Status.FAILED, error=f"aggregating results failed: {_describe(exc)}")
+                self.finish_job(job.job_id, Status.FAILED,
+                                error=f"aggregating results failed: {engine_fanout.describe(exc)}")
                 return
             if tolerated:
                 result = {**result, "failed_tasks": tolerated} if isinstance(result, dict) else \
@@ -428,5 +410,9 @@ class Engine:
         last = seen[-1] if seen else None
         return last is not None and (last.stage, last.status) == (stage, Status.PROCESSING)
 
-def _describe(exc: Exception) -> str:
-    return exc.message if isinstance(exc, OrchestratorError) else f"{type(exc).__name__}: {exc}"
+
+def gave_up_code(task: TaskRecord) -> ErrorCode:
+    """Why a task that ran out of attempts failed: ``timeout`` when its lease kept expiring (or its worker
+    kept stopping), ``storage`` when transient storage or network errors did."""
+    last = task.last_error or ""
+    return ErrorCode.TIMEOUT if not last or LEASE_EXPIRED in last else ErrorCode.STORAGE

@@ -25,15 +25,13 @@ import os
 import platform
 import re
 import shutil
-import sys
 import tempfile
 import time
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+from bench_common import ROOT  # importing it puts the repository root and tests/ on sys.path
 
 import engine_faults  # noqa: E402
 import api_jobs  # noqa: E402
@@ -134,8 +132,8 @@ def transport_report(azurite: Azurite, tmp: Path, args) -> bool:
         f"{time.monotonic() - started:.0f} s in all; fail = lost-reply rate (503 and refused halves); "
         "kills walk engine_faults.POINTS (point=kill#1 on both first hosts)\n")
     say("| lost replies | + failures | kills | runs | completed exact | failed | stuck | double advance | other "
-        "| median s | max s | dup task msgs (mean) | not exact (seed: outcome) |")
-    say("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        "| median s | max s | dup task msgs (mean) | sweeper re-drives (mean) | not exact (seed: outcome) |")
+    say("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         runs = row["runs"]
         counts = Counter(o["outcome"] for o in runs)
@@ -144,11 +142,12 @@ def transport_report(azurite: Azurite, tmp: Path, args) -> bool:
         median = f"{times[len(times) // 2]:.1f}" if times else "-"
         worst = f"{times[-1]:.1f}" if times else "-"
         dups = sum(o["ignored"] for o in runs) / len(runs)
+        redrives = sum(o["redrives"] for o in runs) / len(runs)
         bad = "; ".join(f"{o['seed']}: {o['outcome']}" + (f" ({o['kill'].split('=')[0]})" if o["kill"] else "")
                         for o in runs if o["outcome"] != "completed") or "-"
         say(f"| {row['lose']:.0%} | {row['fail']:.0%} | {'one per run' if row['kills'] else 'none'} | {len(runs)} "
             f"| {counts['completed']} | {counts['failed']} | {counts['stuck']} | {counts['double advance']} "
-            f"| {other} | {median} | {worst} | {dups:.0f} | {bad} |")
+            f"| {other} | {median} | {worst} | {dups:.0f} | {redrives:.1f} | {bad} |")
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now().strftime("%Y-%m-%d")

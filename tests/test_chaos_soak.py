@@ -50,7 +50,7 @@ def run_id(run: dict) -> str:
 def raster_batch(tmp, pgstac_server, tag: str) -> JobSpec:
     """process_raster_batch over RASTERS synthetic rasters uploaded under a prefix of a fresh container,
     catalogued in a fresh collection. Exact: every raster validated, converted and catalogued once
-    (distinct COGs, one item each in pgstac)."""
+    (one distinct COG each and nothing else in the output container, one item each in pgstac)."""
     from repository_pgstac import PgstacRepository
 
     suffix = uuid.uuid4().hex[:8]
@@ -62,9 +62,10 @@ def raster_batch(tmp, pgstac_server, tag: str) -> JobSpec:
            "INPUT_CONTAINER": inputs, "OUTPUT_CONTAINER": outputs, "DEFAULT_COLLECTION": collection,
            "WORK_DIR": str(tmp / "work"), "TASK_TIME_LIMIT_S": "20", "LOCAL_HOST_LEASE_SECONDS": "10"}
     catalogue = PgstacRepository(pg, STAC_EXTENTS)
+    store = {}
 
     def prepare(cluster) -> None:
-        rasters = cluster.repos.rasters
+        rasters = store["rasters"] = cluster.repos.rasters
         rasters.ensure_container(inputs)
         for i, name in enumerate(names):
             path = write_raster(tmp / f"scene{i}.tif", smooth_image(1, 96, 96, seed=i),
@@ -76,7 +77,12 @@ def raster_batch(tmp, pgstac_server, tag: str) -> JobSpec:
             return False
         blobs = sorted(r["input"]["blob"] for r in result["rasters"])
         cogs = {o["blob"] for o in result["outputs"]}
-        return blobs == names and len(cogs) == RASTERS and catalogue.count_items(collection) == RASTERS
+        written = {b.name for b in store["rasters"].list(outputs)}  # nothing else, no stray copies
+        try:
+            return (blobs == names and len(cogs) == RASTERS and written == cogs
+                    and catalogue.count_items(collection) == RASTERS)
+        finally:
+            catalogue.close()
 
     return JobSpec("process_raster_batch", {"prefix": f"soak/{tag}/"}, check, 3, RASTERS, env, prepare)
 
@@ -90,4 +96,5 @@ def test_soak_transport_faults_with_kill_9(azurite, tmp_path, request, run):
         spec = hello_job(HELLO_N, f"soak-{run['seed']}")
     result = run_transport(azurite, tmp_path / "hosts", run["seed"], lose=run["rate"], fail=run["rate"],
                            spec=spec, kill=run["kill"], timeout=420 if run["raster"] else 300)
+    print(describe(result))
     assert result.exact, describe(result)

@@ -8,13 +8,15 @@ every host's ``stage_advanced`` events), and every queue (jobs, tasks, their -po
 queues) is empty, delayed messages included: a queue's approximate count includes invisible messages,
 so the run waits for deferred duplicates to be delivered and dropped by the still-running hosts.
 
-``run_transport`` is shared with tests/test_chaos_soak.py (slow) and benchmarks/chaos_report.py.
+``run_transport`` is shared with tests/test_chaos_soak.py (slow) and benchmarks/chaos_report.py. Run
+clusters one at a time on one Azurite: local hosts claim timer occurrences in the account's
+``azure-webjobs-hosts`` container by function name only, so a concurrent cluster's host can take (and
+spend on its own tables) the sweeper occurrence of this one.
 """
 from __future__ import annotations
 
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -26,6 +28,7 @@ from test_chaos_processes import Cluster, expected
 
 SEEDS = (11, 22, 33)
 TERMINAL = ("completed", "failed", "cancelled")
+UNLOGGED_ADVANCE = ("stage_decided", "advance_message_sent")  # kill points between decision and its log line
 # Sweeper every 2 s with 3 s grace; a queued task whose message is gone is re-driven after
 # grace + RETRY_MAX_DELAY_S, so the retry cap is short too (the default 120 s would look like a stall).
 TRANSPORT_RECOVERY = {"RETRY_MAX_DELAY_S": "2"}
@@ -68,9 +71,11 @@ class Outcome:
     leftover: dict[str, int] = field(default_factory=dict)  # after the drain, invisible ones included
     leftover_visible: dict[str, int] = field(default_factory=dict)
     redrives: int = 0
+    resent: dict[str, int] = field(default_factory=dict)  # sweeper actions (resent_stage, resent_advance, ...)
     ignored: int = 0  # task messages found already ended (duplicates): the cost of redelivery
     stage_messages: int = 0  # stage-message invocations (2 without duplicates for hello_world)
     injected: dict[str, int] = field(default_factory=dict)
+    process_seeds: list[int] = field(default_factory=list)  # per host, in start order: process_seed=N replays one
     hosts_started: int = 0
     kill: str | None = None
     job_id: str | None = None
@@ -172,14 +177,22 @@ def run_transport(azurite, tmp: Path, seed: int | str, *, lose: float = 0.02, fa
             if e["event"] == "stage_advanced":
                 result.advances[e["stage"]] = result.advances.get(e["stage"], 0) + 1
         result.redrives = sum(e["event"] == "sweeper_redrive" for e in mine)
+        for e in mine:
+            for action in e.get("actions", []) if e["event"] == "sweeper_redrive" else []:
+                result.resent[action] = result.resent.get(action, 0) + 1
         result.ignored = sum(e["event"] == "task_message_ignored" for e in mine)
         result.stage_messages = sum(e["event"] == "job_message" and e.get("kind") == "stage" for e in mine)
         for e in events:
             if e["event"] == "transport_fault":
                 result.injected[e["mode"]] = result.injected.get(e["mode"], 0) + 1
+        result.process_seeds = [e["process_seed"] for h in cluster.hosts for e in h.events()
+                                if e["event"] == "transport_faults_enabled"]
         result.hosts_started = cluster.started
         rows = {s: len(cluster.repos.store.list_tasks(job_id, s, resolve=False)) for s in range(1, spec.stages + 1)}
         job = cluster.repos.store.get_job(job_id)
+        # a finisher killed at stage_decided / advance_message_sent never logs its advance: the sweeper
+        # re-sends it (resent_advance / resent_completion) or the message was already out
+        unlogged_ok = bool(kill) and kill.split("=")[0] in UNLOGGED_ADVANCE and cluster.started > hosts
         if any(v > 1 for v in result.advances.values()) or any(v > spec.tasks_per_stage for v in rows.values()):
             result.outcome = "double advance"
         elif status == "failed":
@@ -188,15 +201,16 @@ def run_transport(azurite, tmp: Path, seed: int | str, *, lose: float = 0.02, fa
             result.outcome = "stuck"
         elif not spec.check(job_id, job.result_data):
             result.outcome = "wrong result"
-        elif result.advances != {s: 1 for s in range(1, spec.stages + 1)}:
+        elif any(result.advances.get(s, 0) != 1 for s in range(1, spec.stages + 1)) and not unlogged_ok:
             result.outcome = "advance not logged"
         elif result.leftover:
             result.outcome = "messages left"
         else:
             result.outcome = "completed"
         return result
-    finally:
-        cluster.stop()
+    finally:  # everything was read: no need to wait for running invocations (each run has its own queues)
+        for host in cluster.hosts:
+            host.kill()
         result.logs = str(tmp)
 
 
@@ -205,22 +219,15 @@ def describe(result: Outcome) -> str:
     return (f"seed {result.seed} ({result.kill or 'no kill'}): {result.outcome}, status {result.status}, "
             f"advances {result.advances}, leftover {result.leftover} (visible {result.leftover_visible}), "
             f"stage messages {result.stage_messages}, duplicate task messages {result.ignored}, "
-            f"redrives {result.redrives}, seconds {result.seconds}, "
+            f"redrives {result.redrives} {result.resent}, seconds {result.seconds}, "
+            f"hosts started {result.hosts_started} (process seeds {result.process_seeds}), "
             f"injected {result.injected}, error {result.error!r}; host logs in {result.logs}")
-
-
-def run_many(azurite, tmp: Path, runs: list[dict[str, Any]], parallel: int = 1) -> list[Outcome]:
-    """``run_transport`` for each keyword set in ``runs``, ``parallel`` clusters at a time. Keep it at 1
-    on a small shared machine: leases of 3 s are lost under CPU starvation, which is another test."""
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        futures = [pool.submit(run_transport, azurite, tmp / f"run{i:03d}-{kw['seed']}", **kw)
-                   for i, kw in enumerate(runs)]
-        return [f.result() for f in futures]
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_hello_world_100_under_2pct_lost_replies_and_2pct_failures(azurite, tmp_path, seed):
     """Two hosts, sweeper on, 2 % lost replies + 2 % failures before apply on every storage request."""
     result = run_transport(azurite, tmp_path, seed, lose=0.02, fail=0.02, timeout=180)
+    print(describe(result))  # shown with -rA: times, duplicates and re-drives of a passing run too
     assert sum(result.injected.values()) > 0, describe(result)  # the faults were really on
     assert result.exact, describe(result)

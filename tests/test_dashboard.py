@@ -39,9 +39,9 @@ def test_page_is_one_response_with_its_script_and_style_allowed_by_hash():
     asset = api_dashboard.serve("")
     html = asset.body.decode()
     assert asset.status == 200 and asset.content_type == "text/html; charset=utf-8"
-    assert 'src="app.js"' not in html and 'href="app.css"' not in html  # behind a key, no second request
+    assert "<script src" not in html and "<link rel=\"stylesheet\"" not in html  # behind a key, one request
     csp = asset.headers["Content-Security-Policy"]
-    for name in ("app.js", "app.css"):
+    for name in ("common.js", "form.js", "map.js", "app.js", "app.css"):
         text = (ROOT / "dashboard" / name).read_text()
         assert text in html
         digest = base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
@@ -53,7 +53,8 @@ def test_page_is_one_response_with_its_script_and_style_allowed_by_hash():
 
 
 @pytest.mark.parametrize("name, content_type", [
-    ("app.js", "text/javascript; charset=utf-8"), ("app.css", "text/css; charset=utf-8"),
+    ("app.js", "text/javascript; charset=utf-8"), ("map.js", "text/javascript; charset=utf-8"),
+    ("app.css", "text/css; charset=utf-8"),
     ("land-110m.json", "application/json"), ("land-110m-LICENSE.txt", "text/plain; charset=utf-8"),
 ])
 def test_files_have_their_content_type_cache_headers_and_etag(name, content_type):

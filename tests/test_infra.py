@@ -48,7 +48,9 @@ HOST_SETTINGS = {"AzureWebJobsStorage__credential", "APPLICATIONINSIGHTS_CONNECT
 DEPLOYMENT_DECIDES = {"AzureWebJobsStorage__accountName", "AzureWebJobsStorage__blobServiceUri",
                       "AzureWebJobsStorage__queueServiceUri", "AzureWebJobsStorage__tableServiceUri",
                       "ALLOWED_CONTAINERS", "WORK_DIR", "PGSTAC_HOST", "PGSTAC_DBNAME", "PGSTAC_USER",
-                      "PGSTAC_PASSWORD", "PGSTAC_SSLMODE", "WEBHOOK_SECRET", "APPLICATIONINSIGHTS_CONNECTION_STRING"}
+                      "PGSTAC_SSLMODE", "APPLICATIONINSIGHTS_CONNECTION_STRING"}
+# PGSTAC_PASSWORD and WEBHOOK_SECRET are Key Vault references (checked below): config.py reads an unresolved
+# reference as unset, so they load as the defaults here and the platform supplies the values at run time.
 # Built-in role definition ids (the same in every tenant), by the names README uses.
 BUILTIN_ROLES = {
     "Storage Blob Data Owner": "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",

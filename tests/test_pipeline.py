@@ -145,7 +145,7 @@ def test_batch_by_prefix_and_idempotent_rerun(geo_engine, tmp_path, azurite):
     upload(geo_engine, synthetic(tmp_path, "not_a_raster"), "batch/readme.txt")  # not listed: not a raster name
     status = run_job(geo_engine, "process_raster_batch", {"prefix": "batch/"})
     assert status["status"] == "completed", status.get("error_details")
-    assert [s["tasks"]["total"] for s in status["stages"]] == [5, 5, 5]
+    assert [s["tasks"]["total"] for s in status["stages"]] == [5, 5, 5, 1]  # validate, cog, build, one load
     outputs = status["result_data"]["outputs"]
     assert len(outputs) == 5 and len({o["blob"] for o in outputs}) == 5
     collection = status["result_data"]["rasters"][0]["item"]["collection_id"]

@@ -198,6 +198,19 @@ def test_a_retry_is_a_new_trace_linked_to_the_first(azurite, tracing):
         hex_id(root.context.trace_id, 32), "status names the first trace"
 
 
+def test_the_queue_depth_gauge_reads_every_queue(azurite):
+    repos = Repositories(fresh_settings(azurite.connection_string)).ensure()
+    repos.jobs_queue.send(StageMessage(job_id="j" * 64, stage=1))
+    numbers = InMemoryMetricReader()
+    engine_tracing.activate(TracerProvider(), MeterProvider(metric_readers=[numbers]), repos)
+    try:
+        depths = {p.attributes["queue"]: p.value for p in metric_points(numbers)["geoetl.queue.depth"]}
+    finally:
+        engine_tracing.deactivate()
+    assert depths == {repos.jobs_queue.name: 1, repos.tasks_queue.name: 0, repos.jobs_poison.name: 0,
+                      repos.tasks_poison.name: 0}
+
+
 def test_messages_carry_the_context_only_when_there_is_one():
     plain = StageMessage(job_id="j" * 64, stage=1)
     assert "traceparent" not in plain.encode(), "tracing off: the wire format is unchanged"
@@ -325,8 +338,10 @@ trace.get_tracer_provider().force_flush()
                   f"LiveEndpoint={receiver.base}/")
     env = clean_env(APPLICATIONINSIGHTS_CONNECTION_STRING=connection, APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL="true",
                     APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED="true", OTEL_EXPERIMENTAL_RESOURCE_DETECTORS="otel",
-                    TMPDIR=str(tmp_path))  # the distro's own default (5 spans/s, cold at start) would drop this span
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+                    TMPDIR=str(tmp_path))
+    # setup asks for every trace: the distro's own default sampler (5 spans/s, cold at start) can drop this span
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     envelopes = [e for path, _, body in receiver.requests if path.endswith("/v2.1/track") for e in json.loads(body)]
     dependencies = [e for e in envelopes if e.get("name", "").endswith("RemoteDependency")]
