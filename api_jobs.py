@@ -12,6 +12,7 @@ from typing import Any, Callable
 import api_listing
 import engine_admin
 import engine_jobs
+import engine_links
 import engine_status
 from api_models import SubmitResponse
 from errors import BadRequestError, OrchestratorError, PayloadTooLargeError, http_status_for
@@ -71,12 +72,13 @@ def submit(engine: Engine, job_type: str, body: bytes, base_url: str, callback_u
 
 def status(engine: Engine, job_id: str, verbose: bool = False, limit: int = 100,
            continuation: str | None = None) -> Response:
-    """GET /api/jobs/status/{job_id}: the job, its stages (timings, counts, attempts), progress."""
+    """GET /api/jobs/status/{job_id}: the job, its stages (timings, counts, attempts), progress; read links
+    (``href``, ``expires_at``) beside the blob URLs of its result and tasks, minted now."""
     job = engine_jobs.require_job(engine.store, job_id)
     document = engine_status.status_document(engine, job)
     if verbose:
         document.task_page = api_listing.task_page(engine, job_id, None, None, limit, continuation)
-    return 200, document.model_dump(mode="json", exclude_none=True)
+    return 200, engine_links.sign_status(engine, document.model_dump(mode="json", exclude_none=True))
 
 
 def retry(engine: Engine, job_id: str) -> Response:

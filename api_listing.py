@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 import engine_jobs
+import engine_links
 from config import get_settings
 from api_models import JobPage, JobSummary, JobTypeInfo, JobTypes, StageInfo, TaskPage
 from engine_status import task_view
@@ -114,13 +115,15 @@ def task_page(engine: Engine, job_id: str, stage: str | int | None, status: str 
 
 def list_tasks(engine: Engine, job_id: str, stage: str | None = None, status: str | None = None,
                limit: str | None = None, continuation: str | None = None) -> Response:
-    """GET /api/jobs/{job_id}/tasks."""
+    """GET /api/jobs/{job_id}/tasks (read links beside the blob URLs of their results, minted now)."""
     engine_jobs.require_job(engine.store, job_id)
-    return 200, task_page(engine, job_id, stage, status, limit, continuation).model_dump(mode="json")
+    body = task_page(engine, job_id, stage, status, limit, continuation).model_dump(mode="json")
+    return 200, {**body, "tasks": engine_links.sign_tasks(engine, body["tasks"])}
 
 
 def get_task(engine: Engine, job_id: str, task_id: str) -> Response:
-    """GET /api/jobs/{job_id}/tasks/{task_id}: status, attempts, timings, error, parameters, result."""
+    """GET /api/jobs/{job_id}/tasks/{task_id}: status, attempts, timings, error, parameters, result (read
+    links beside its blob URLs, minted now)."""
     engine_jobs.require_job(engine.store, job_id)
     try:
         prefix, stage, index = parse_task_id(task_id)
@@ -129,7 +132,8 @@ def get_task(engine: Engine, job_id: str, task_id: str) -> Response:
     task = engine.store.get_task(job_id, stage, index) if job_id.startswith(prefix) else None
     if task is None:
         raise NotFoundError(f"no task {task_id!r} in job {job_id}")
-    return 200, task_view(task).model_dump(mode="json")
+    (view,) = engine_links.sign_tasks(engine, [task_view(task).model_dump(mode="json")])
+    return 200, view
 
 
 def stuck_jobs(engine: Engine, base_url: str, older_than_s: str | None = None) -> Response:

@@ -30,6 +30,7 @@ from api_models import (
     WatchView,
 )
 from api_dashboard import ItemFootprints
+from api_sign import HrefRequest, SignedHref, StacItem, StacItemCollection
 from api_dashboard import files as dashboard_files
 from config import APP_VERSION, load_host_json
 from engine_jobs import job_types
@@ -221,6 +222,27 @@ def _dashboard(prefix: str) -> dict[str, dict[str, Any]]:
     return {f"{prefix}/dashboard/{{file}}": {"get": page}, f"{prefix}/catalog/items": {"get": items}}
 
 
+def _sign(prefix: str) -> dict[str, dict[str, Any]]:
+    """Read links for catalogue readers (issue #15): GET ?href= and POST an href, item or item collection."""
+    refused = ("not an href object, a STAC Item or an ItemCollection (see 'errors'), or an href that is not a blob "
+               "of the app's job containers ('allowed_containers' names them)")
+    href = {"name": "href", "in": "query", "required": True, "schema": {"type": "string", "minLength": 1},
+            "description": "a plain blob URL in one of the app's job containers"}
+    get = _operation("sign_href", "A read link (SAS) for one blob URL of the app's containers",
+                     {200: ("SignedHref", "the signed URL and its expiry")}, (400, 503), (href,), tag="catalogue")
+    kinds = [{"$ref": REF.format(model=m.__name__)} for m in (HrefRequest, StacItem, StacItemCollection)]
+    post = _operation(
+        "sign", "An href, a STAC item or an item collection, with every asset href signed", {}, (400, 413, 503),
+        tag="catalogue", description="The pystac-client modifier of the README posts each search page here. "
+        "Each signed href gets `expires_at` beside it (SAS_TTL_MINUTES from now).",
+        requestBody={"required": True, "content": {JSON: {"schema": {"anyOf": kinds}}}})
+    post["responses"]["200"] = {"description": "the same, signed", "content": {JSON: {"schema": {"anyOf": [
+        {"$ref": REF.format(model="SignedHref")}, *kinds[1:]]}}}}
+    for operation in (get, post):
+        operation["responses"]["400"]["description"] = refused
+    return {f"{prefix}/sign": {"get": get, "post": post}}
+
+
 def _paths(prefix: str) -> dict[str, dict[str, Any]]:
     status_ok = {200: ("JobStatusResponse", "the job's status")}
     paths: dict[str, dict[str, Any]] = {
@@ -262,6 +284,7 @@ def _paths(prefix: str) -> dict[str, dict[str, Any]]:
                 "description": "the OpenAPI 3.1 document", "content": {JSON: {"schema": {"type": "object"}}}}})},
     })
     paths.update(_dashboard(prefix))
+    paths.update(_sign(prefix))
     triggers = {**_resource("schedule", "schedules", "Schedule", "a job type, its parameters and an NCRONTAB "
                             "expression; each due slot starts one job"),
                 **_resource("watch", "watches", "Watch", "each new or changed raster blob under a container and "
@@ -273,9 +296,10 @@ def _paths(prefix: str) -> dict[str, dict[str, Any]]:
 def _schemas() -> dict[str, Any]:
     """Every body's JSON Schema under its model's name: requests in validation mode, responses as sent."""
     requests = sorted({c.parameters_model for c in job_types().values()}, key=lambda m: m.__name__)
-    requests += [ScheduleRequest, WatchRequest]
+    requests += [ScheduleRequest, WatchRequest, HrefRequest, StacItem, StacItemCollection]
     responses = (SubmitResponse, JobStatusResponse, JobPage, StuckJobs, TaskPage, TaskView, JobTypes, Health,
-                 Metrics, ErrorBody, ScheduleView, ScheduleList, WatchView, WatchList, Deleted, ItemFootprints)
+                 Metrics, ErrorBody, ScheduleView, ScheduleList, WatchView, WatchList, Deleted, ItemFootprints,
+                 SignedHref)
     _, top = models_json_schema([(m, "validation") for m in requests] + [(m, "serialization") for m in responses],
                                 ref_template=REF)
     return top["$defs"]
@@ -292,7 +316,8 @@ def document(base_url: str) -> dict[str, Any]:
             "({error, message, optional available, errors}). Function keys (x-functions-key header or ?code=) "
             "are required in Azure, not by the local hosts.")},
         "servers": [{"url": base_url}],
-        "tags": [{"name": "jobs"}, {"name": "tasks"}, {"name": "system"}, {"name": "triggers"}, {"name": "dashboard"}],
+        "tags": [{"name": "jobs"}, {"name": "tasks"}, {"name": "system"}, {"name": "triggers"}, {"name": "dashboard"},
+                 {"name": "catalogue"}],
         "paths": _paths(f"/{prefix}" if prefix else ""),
         "components": {"schemas": _schemas(), "securitySchemes": {
             "functionKeyHeader": {"type": "apiKey", "in": "header", "name": "x-functions-key"},

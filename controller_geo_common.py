@@ -141,9 +141,10 @@ def fetch(io: Any, container: str, blob: str, folder: Path, name: str = "input")
     return path, info
 
 
-def links(io: Any, container: str, blob: str) -> dict[str, str | None]:
-    """URL of a blob, and a read-only time-limited SAS URL when settings allow it."""
-    return {"url": io.rasters.url(container, blob), "sas_url": io.rasters.read_sas_url(container, blob)}
+def links(io: Any, container: str, blob: str) -> dict[str, str]:
+    """The blob's plain URL: what a result stores. Never a SAS: the API signs a short-lived ``href`` beside
+    it each time it answers (engine_links)."""
+    return {"url": io.rasters.url(container, blob)}
 
 
 def build_blob_item(io: Any, p: CatalogTask, folder: Path,
@@ -252,7 +253,7 @@ def load_items_task(p: LoadItemsTask, ctx: TaskContext) -> dict[str, Any]:
 
 
 LOAD_ITEMS = Stage("load_items", "stac_load_items", lambda p, prev: plan_item_loads(p.collection_id, prev),
-                   "Upsert the items into pgstac in bulk (pypgstac Loader).",
+                   f"Upsert the items into pgstac in bulk, {LOAD_CHUNK_ITEMS} per task (pypgstac Loader).",
                    parallelism="one task per chunk of items", tolerates_failures=False)
 
 

@@ -46,6 +46,7 @@ class TaskWrite:
     row: TaskRecord
     change: Change | None = None
     done: threading.Event = field(default_factory=threading.Event)
+    wake: threading.Event = field(default_factory=threading.Event)  # done, or asked to lead
     written: TaskRecord | None = None
     finished: StageRecord | None = None  # set on the one write whose commit ended the stage
     error: Exception | None = None
@@ -54,6 +55,7 @@ class TaskWrite:
         """Hand the outcome to the waiting caller."""
         self.written, self.error = written, error
         self.done.set()
+        self.wake.set()
 
 
 @dataclass(eq=False)
@@ -61,8 +63,15 @@ class _Read:
     stage: int
     index: int
     done: threading.Event = field(default_factory=threading.Event)
+    wake: threading.Event = field(default_factory=threading.Event)
     row: TaskRecord | None = None
     error: Exception | None = None
+
+    def settle(self, row: TaskRecord | None = None, error: Exception | None = None) -> None:
+        """Hand the outcome to the waiting caller."""
+        self.row, self.error = row, error
+        self.done.set()
+        self.wake.set()
 
 
 @dataclass
@@ -94,12 +103,7 @@ class GroupCommit:
     def read(self, job_id: str, stage: int, index: int) -> TaskRecord | None:
         """A task row, read together with the rows other invocations want now."""
         job, mine = self._job(job_id), _Read(stage, index)
-        with job.lock:
-            job.reads.append(mine)
-            lead, job.reading = not job.reading, True
-        if lead:
-            self._lead(job, "reads", lambda batch: self._flush_reads(job_id, batch))
-        mine.done.wait()
+        self._wait(job, "reads", mine, lambda batch: self._flush_reads(job_id, batch))
         if mine.error is not None:
             raise mine.error
         return mine.row
@@ -113,35 +117,57 @@ class GroupCommit:
                         r.row = rows.get(r.index)
         except Exception as exc:  # noqa: BLE001 - every waiting caller gets the error
             for r in batch:
-                r.error = exc
+                r.settle(error=exc)
         for r in batch:
-            r.done.set()
+            r.settle(r.row, r.error)
 
     # ------------------------------------------------------------------ writes
     def write(self, job_id: str, write: TaskWrite) -> TaskWrite:
         """Commit one task write with whatever else is waiting; ConflictError if its row moved."""
         job = self._job(job_id)
-        with job.lock:
-            job.writes.append(write)
-            lead, job.writing = not job.writing, True
-        if lead:
-            self._lead(job, "writes", lambda batch: self._flush_writes(job_id, job, batch))
-        write.done.wait()
+        self._wait(job, "writes", write, lambda batch: self._flush_writes(job_id, job, batch))
         if write.error is not None:
             raise write.error
         return write
 
-    def _lead(self, job: _Job, kind: str, flush) -> None:
-        """Serve the queue until it is empty (batches form while a flush is in flight)."""
+    def _wait(self, job: _Job, kind: str, mine: TaskWrite | _Read, flush) -> None:
+        """Queue ``mine``; lead if nobody does (or when asked to), else wait until it is served."""
+        flag = "reading" if kind == "reads" else "writing"
+        with job.lock:
+            getattr(job, kind).append(mine)
+            lead = not getattr(job, flag)
+            setattr(job, flag, True)
+        while True:
+            if lead:
+                self._lead(job, kind, flag, mine, flush)
+            mine.wake.wait()
+            mine.wake.clear()
+            if mine.done.is_set():
+                return
+            lead = True  # handed the lead by a caller whose own operation is done
+
+    @staticmethod
+    def _lead(job: _Job, kind: str, flag: str, mine: TaskWrite | _Read, flush) -> None:
+        """Serve the queue in batches (they form while a flush is in flight) until our own operation is
+        done; then hand the lead to the next waiting caller, so no caller serves others for ever."""
         while True:
             with job.lock:
                 waiting: list = getattr(job, kind)
-                batch = _take(waiting) if kind == "writes" else waiting[:]
-                setattr(job, kind, waiting[len(batch):] if kind == "reads" else waiting)
-                if not batch:
-                    setattr(job, "reading" if kind == "reads" else "writing", False)
+                if mine.done.is_set() and waiting:
+                    waiting[0].wake.set()  # its caller leads from here
                     return
-            flush(batch)
+                batch = _take(waiting) if kind == "writes" else waiting[:]
+                if kind == "reads":
+                    waiting.clear()
+                if not batch:
+                    setattr(job, flag, False)
+                    return
+            try:
+                flush(batch)
+            except Exception as exc:  # noqa: BLE001 - a flush bug must not leave anyone waiting
+                for op in batch:
+                    if not op.done.is_set():
+                        op.settle(error=exc)
 
     def _flush_writes(self, job_id: str, job: _Job, batch: list[TaskWrite]) -> None:
         pending = list(batch)

@@ -16,6 +16,7 @@ import azure.functions as func
 import api_dashboard
 import api_listing
 import api_schedules
+import api_sign
 import api_system
 import engine_notify
 import engine_recovery
@@ -208,6 +209,13 @@ def catalog_items(req: func.HttpRequest) -> func.HttpResponse:
     """Catalogued items' footprints as GeoJSON: ?collection=&limit=; 503 without a catalogue."""
     return _http(api_jobs.respond(lambda: api_dashboard.catalog_items(
         engine(), req.params.get("collection"), req.params.get("limit"))))
+
+
+@app.route(route="sign", methods=["GET", "POST"])
+def sign_links(req: func.HttpRequest) -> func.HttpResponse:
+    """Read links for catalogue readers (issue #15): ?href=, or a JSON href object, STAC item or item collection,
+    answered with signed asset hrefs and their expiry; 400 for anything outside the job containers."""
+    return _http(api_jobs.respond(lambda: api_sign.sign(engine(), req.get_body(), req.params.get("href"))))
 
 
 @app.event_grid_trigger(arg_name="event")

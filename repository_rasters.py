@@ -1,7 +1,9 @@
-"""Raster blobs: list, inspect, download to / upload from local files (streamed), URLs and read SAS.
+"""Raster blobs: list, inspect, download to / upload from local files (streamed), URLs and read links.
 
-SAS: with an account key (connection string, Azurite) a service SAS is signed with the key; under
-managed identity a user-delegation key is fetched (cached until near expiry) and the SAS signed with it.
+Read links (``read_link``): with an account key (connection string, Azurite) a service SAS is signed with
+the key; under managed identity with a user-delegation key, fetched once and shared by every copy of the
+store (``restricted_to``) until near its expiry, so minting any number of links costs no storage request
+beyond that one key. ``blob_at`` reads a plain blob URL of this account back into (container, blob).
 """
 from __future__ import annotations
 
@@ -10,11 +12,14 @@ import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
+from urllib.parse import quote, unquote
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import (
     BlobSasPermissions, BlobServiceClient, ContentSettings, UserDelegationKey, generate_blob_sas,
 )
+
+from pydantic import BaseModel, Field
 
 from config import Settings
 from errors import NotFoundError, TaskError
@@ -24,6 +29,17 @@ from repository_clients import translate_errors
 TIFF_CONTENT_TYPE = "image/tiff; application=geotiff"
 COG_CONTENT_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 TRANSFER_CONCURRENCY = 2
+DELEGATION_KEY_DAYS = 1  # a user-delegation key is fetched for this long (Azure allows at most 7 days)
+MAX_DELEGATION = timedelta(days=7)
+CLOCK_SKEW = timedelta(minutes=5)  # a delegation SAS starts this far back: a storage clock a little behind still
+#                                     accepts it
+
+
+class ReadLink(BaseModel):
+    """A read-only link minted now: what to fetch, and until when it works (None: no SAS, the plain URL)."""
+
+    href: str
+    expires_at: datetime | None = Field(None, description="when the link stops working (UTC)")
 
 
 def build_read_sas(account_name: str, container: str, blob: str, expiry: datetime, *,
@@ -44,6 +60,15 @@ def _info(container: str, props) -> BlobInfo:
                     etag=props.etag)
 
 
+class _DelegationKeys:
+    """The user-delegation key a store and its restricted copies share, with how long it is valid."""
+
+    def __init__(self) -> None:
+        self.key: UserDelegationKey | None = None
+        self.until: datetime | None = None
+        self.lock = threading.Lock()
+
+
 class RasterStore:
     """Blob I/O for raster jobs, over the containers it is restricted to (``allowed_containers``; None: any)
     and never a Functions host container (azure-webjobs-*, $logs, ...)."""
@@ -54,14 +79,21 @@ class RasterStore:
         self.sas_enabled = sas_enabled
         self.sas_ttl = timedelta(minutes=sas_ttl_minutes)
         self.allowed_containers = None if allowed_containers is None else tuple(allowed_containers)
-        self._delegation: tuple[UserDelegationKey, datetime] | None = None
-        self._lock = threading.Lock()
+        self._delegation = _DelegationKeys()  # shared with restricted copies (copy.copy keeps the reference)
 
     def restricted_to(self, containers: Iterable[str]) -> "RasterStore":
         """The same store (same client and SAS settings) reaching only ``containers``."""
         store = copy.copy(self)
         store.allowed_containers = tuple(containers)
         return store
+
+    def reaches(self, container: str) -> bool:
+        """Whether this store may read or write ``container``."""
+        try:
+            self._container(container)
+        except (TaskError, ValueError):
+            return False
+        return True
 
     def _container(self, container: str) -> str:
         """``container`` if this store may reach it; a permanent TaskError naming the allowed ones if not."""
@@ -140,20 +172,40 @@ class RasterStore:
                                content_settings=ContentSettings(content_type=content_type))
         return self.properties(container, blob)
 
-    def url(self, container: str, blob: str) -> str:
-        """The blob's URL (no credentials)."""
-        return self._blob(container, blob).url
+    def endpoint(self) -> str:
+        """``scheme://host[/account]/``: what every blob URL of this account starts with."""
+        return f"{self.service.scheme}://{self.service.primary_hostname}/"
 
-    def read_sas_url(self, container: str, blob: str, now: datetime | None = None) -> str | None:
-        """A read-only URL valid for the configured time, or None when SAS is disabled."""
-        self._container(container)  # a SAS only for a container this store may reach
-        if not self.sas_enabled:
+    def url(self, container: str, blob: str) -> str:
+        """The blob's URL (no credentials), quoted as the SDK quotes it (built here: a blob client per URL
+        costs about 0.2 ms, which a response with thousands of links would feel)."""
+        container, blob = self._container(container), validate_blob_name(blob)
+        return f"{self.endpoint()}{quote(container)}/{quote(blob, safe='~/')}"
+
+    def blob_at(self, url: str) -> tuple[str, str] | None:
+        """(container, blob) that a URL of this account's blob endpoint names (a query or fragment, e.g. an old
+        SAS, is ignored); None for anything else: another host, account or scheme, no blob, an invalid name.
+        Whether this store may reach the container is ``reaches``."""
+        base = self.endpoint()
+        if not isinstance(url, str) or url[:len(base)].lower() != base.lower():
             return None
+        path = url[len(base):].split("#", 1)[0].split("?", 1)[0]
+        container, _, quoted = path.partition("/")
+        try:
+            return validate_container_name(container), validate_blob_name(unquote(quoted, errors="strict"))
+        except (ValueError, UnicodeDecodeError):
+            return None
+
+    def read_link(self, container: str, blob: str, now: datetime | None = None) -> ReadLink:
+        """A read-only link valid for the configured time from ``now`` (https only on an https account);
+        with SAS disabled, the plain URL and no expiry. Signing is local: no storage request, except the
+        shared user-delegation key when it is missing or about to lapse."""
+        url = self.url(container, blob)  # a link only for a container this store may reach
+        if not self.sas_enabled:
+            return ReadLink(href=url)
         now = now or datetime.now(timezone.utc)
         expiry = now + self.sas_ttl
-        credential = self.service.credential
-        key = getattr(credential, "account_key", None)
-        url = self.url(container, blob)
+        key = getattr(self.service.credential, "account_key", None)
         https_only = url.lower().startswith("https://")  # an https account: the SAS never works over http
         with translate_errors(f"sign a SAS for {container}/{blob}"):
             if key:
@@ -161,14 +213,22 @@ class RasterStore:
                                        https_only=https_only)
             else:
                 token = build_read_sas(self.service.account_name, container, blob, expiry, https_only=https_only,
-                                       delegation_key=self._delegation_key(now, expiry), start=now)
-        return f"{url}?{token}"
+                                       delegation_key=self._delegation_key(now, expiry), start=now - CLOCK_SKEW)
+        return ReadLink(href=f"{url}?{token}", expires_at=expiry)
+
+    def read_sas_url(self, container: str, blob: str, now: datetime | None = None) -> str | None:
+        """A read-only URL valid for the configured time, or None when SAS is disabled."""
+        link = self.read_link(container, blob, now)
+        return link.href if link.expires_at is not None else None
 
     def _delegation_key(self, now: datetime, expiry: datetime) -> UserDelegationKey:
-        """A user-delegation key covering ``expiry`` (fetched once a day, reused meanwhile)."""
-        with self._lock:
-            if self._delegation is None or self._delegation[1] < expiry:
-                until = now + max(timedelta(days=1), self.sas_ttl + timedelta(hours=1))
-                key = self.service.get_user_delegation_key(now - timedelta(minutes=5), until)
-                self._delegation = (key, until)
-            return self._delegation[0]
+        """A user-delegation key covering ``expiry``: fetched for a day (longer if the TTL needs it, at most
+        Azure's 7 days) and reused, by this store and its copies, until a link would outlive it."""
+        cache = self._delegation
+        with cache.lock:
+            if cache.key is None or cache.until is None or cache.until < expiry:
+                until = now + min(MAX_DELEGATION, max(timedelta(days=DELEGATION_KEY_DAYS),
+                                                      self.sas_ttl + timedelta(hours=1)))
+                cache.key = self.service.get_user_delegation_key(now - CLOCK_SKEW, until)
+                cache.until = until
+            return cache.key

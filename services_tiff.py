@@ -29,6 +29,7 @@ TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4
 BIG_ONLY_TYPES = frozenset({16, 17, 18})  # LONG8, SLONG8, IFD8: BigTIFF only
 SHORT, LONG, LONG8 = 3, 4, 16
 NEW_SUBFILE_TYPE, IMAGE_WIDTH, IMAGE_LENGTH = 254, 256, 257
+GEO_KEY_DIRECTORY, GEO_DOUBLE_PARAMS = 34735, 34736
 PLANAR_CONFIG, TILE_WIDTH, TILE_LENGTH, TILE_OFFSETS, TILE_BYTE_COUNTS = 284, 322, 323, 324, 325
 REDUCED, MASK = 1, 4  # NewSubfileType bits
 # Tags that only the full-resolution image carries (georeferencing, dataset metadata).
@@ -236,6 +237,10 @@ def image_tags(ifd: Ifd, overview: bool) -> dict[int, Tag]:
     """The tags of ``ifd`` to reuse for another image of the same kind: without the layout tags, and for
     an overview without what only the full-resolution image carries."""
     drop = LAYOUT_TAGS | (MAIN_ONLY_TAGS if overview else frozenset())
+    if GEO_DOUBLE_PARAMS in ifd.tags and GEO_KEY_DIRECTORY in ifd.tags:
+        keys = ifd.tags[GEO_KEY_DIRECTORY].values()
+        if GEO_DOUBLE_PARAMS not in keys[5::4]:  # an unreferenced placeholder GDAL leaves in Create mode
+            drop |= {GEO_DOUBLE_PARAMS}
     return {t: v for t, v in ifd.tags.items() if t not in drop}
 
 
@@ -252,7 +257,7 @@ def write_cog(dst_path: str | Path, images: list[Image], masks: list[Image | Non
         if len(image.blocks) != across * down:
             raise TiffError(f"{len(image.blocks)} blocks for a {image.width} x {image.height} image of "
                             f"{across} x {down} blocks")
-    for image, mask in zip(images, masks):
+    for image, mask in zip(images, masks, strict=True):
         if mask is not None and (mask.width, mask.height, len(mask.blocks)) != (image.width, image.height,
                                                                                  len(image.blocks)):
             raise TiffError(f"a {mask.width} x {mask.height} mask for a {image.width} x {image.height} image")
@@ -315,8 +320,8 @@ def _entries(image: Image, block_offsets: list[int] | None, bigtiff: bool) -> di
         tags[NEW_SUBFILE_TYPE] = Tag(LONG, 1, struct.pack("<I", image.subfile))
     else:
         tags.pop(NEW_SUBFILE_TYPE, None)
-    tags[IMAGE_WIDTH] = Tag(LONG, 1, struct.pack("<I", image.width))
-    tags[IMAGE_LENGTH] = Tag(LONG, 1, struct.pack("<I", image.height))
+    for tag, value in ((IMAGE_WIDTH, image.width), (IMAGE_LENGTH, image.height)):  # as libtiff writes them
+        tags[tag] = Tag(SHORT, 1, struct.pack("<H", value)) if value < 2**16 else Tag(LONG, 1, struct.pack("<I", value))
     kind = LONG8 if bigtiff else LONG
     tags[TILE_OFFSETS] = Tag(kind, n, struct.pack(wide % n, *offsets))
     tags[TILE_BYTE_COUNTS] = Tag(kind, n, struct.pack(wide % n, *(b.length for b in image.blocks)))

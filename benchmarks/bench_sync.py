@@ -6,10 +6,12 @@ both stopped by PID at the end, even on error or SIGTERM), writes ``--n`` small 
 to an input container and measures, in one run:
 
 1. ours       ``sync_container`` on that container through ``--hosts`` real local host processes
-              (``tests/host_proc.HostProcess``), submitted over HTTP and timed from submit to
-              ``completed`` (status polled, 0.25 s between polls). Stage 1 lists the GeoTIFFs; stage 2 runs one
-              ``stac_catalog`` task per blob (download, ``validate_raster``, ``build_item``,
-              ``ensure_collection`` + ``upsert_item``). The collection must then hold n items.
+              (``bench_hosts.CountedHost``: ``local_host.py`` with every storage request counted, no timers),
+              submitted over HTTP and timed from submit to the hosts' ``job_finished`` log line (nothing polls
+              meanwhile, so the request counts are the job's own). Stage 1 lists the GeoTIFFs; stage 2 runs one
+              ``stac_build_item`` task per blob (download, ``validate_raster``, ``build_item``; the item is the
+              task's result); stage 3 runs one ``stac_load_items`` task per 500 items (``ensure_collection``
+              from the chunk's extent + ``PgstacRepository.bulk_load``). The collection must then hold n items.
 2. baseline   The same n items built in this process, one after the other, the way a hand-written
               loader would (list, download, ``validate_raster``, ``build_item``, like ``catalog_blob``),
               then loaded with ``PgstacRepository.bulk_load`` (pypgstac ``Loader``) into a second
@@ -19,11 +21,12 @@ to an input container and measures, in one run:
 3. writes     Diagnostic: the catalogue writes alone as ``catalog_blob`` does them (``ensure_collection``
               + ``upsert_item`` per item), one after the other in this process, into a third collection.
 
-From the hosts' JSON log events it reports the wall time distribution of the catalog tasks
+From the hosts' JSON log events it reports the wall time distribution of the build and load tasks
 (``task_ended.duration_ms``: the handler alone), the host's invocation times (handler + the engine's
-claim and commit), how the tasks split across the hosts, task errors by kind, and a timeline of the
-job. From /proc: CPU seconds used during ours and during (b) by the hosts, Azurite, PostgreSQL (each a
-process tree), this process and everything else on the machine, and what one status poll costs.
+claim and commit), how the tasks split across the hosts, task errors by kind, and a timeline of the job;
+from the hosts' transports, storage requests per item by kind. From /proc: CPU seconds used during ours
+and during (b) by the hosts, Azurite, PostgreSQL (each a process tree), this process and everything else
+on the machine.
 
 It is not a test and asserts nothing. It prints a Markdown table and a JSON summary, and writes the
 JSON to ``benchmarks/results/bench_sync-<UTC date>[-n<n>][-h<hosts>].json`` (suffixes only for
@@ -50,10 +53,11 @@ import bench_common
 import rasterio
 import requests
 from azurite_proc import Azurite
-from bench_common import markdown_table, progress_log, read_host_log, run_benchmark, stats_ms, wait_for_job
+from bench_common import LogTail, markdown_table, progress_log, read_host_log, run_benchmark, stats_ms
+from bench_hosts import CountedHost, HostWatch
+from bench_hosts import _requests as job_requests
 from conftest import fresh_settings, settings_env
 from conftest_geo import smooth_image, write_raster
-from host_proc import HostProcess
 from postgres_proc import Postgres, pg_bin
 from rasterio.transform import from_origin
 
@@ -64,13 +68,13 @@ from repository_pgstac import PgstacRepository
 from services_raster import validate_raster
 from services_stac import build_collection, build_item
 
-POLL_SECONDS = 0.25  # status polling interval of "ours"
 SIZE_PX = 128  # side of each synthetic raster
 PIXEL_M = 30.0
 GRID_STEP_M = 4_000.0  # footprints 3.84 km wide on a 4 km grid: distinct, non-overlapping bboxes
 GRID_COLUMNS = 20
 UPLOAD_THREADS = 8
-CATALOG_TASK = "stac_catalog"
+BUILD_TASK = "stac_build_item"
+LOAD_TASK = "stac_load_items"
 GOAL = 0.5  # the issue's goal: ours >= 0.5 of the Loader's items/s
 log = progress_log("bench_sync")
 
@@ -178,47 +182,47 @@ def host_env(settings: Settings, pg: Postgres) -> dict[str, str]:
             "DEFAULT_COLLECTION": settings.default_collection}
 
 
-def measure_ours(settings: Settings, hosts: list[HostProcess], n: int, catalogue: PgstacRepository,
+def measure_ours(settings: Settings, hosts: list[CountedHost], n: int, catalogue: PgstacRepository,
                  meter: CpuMeter) -> dict[str, Any]:
-    """sync_container over HTTP through the (started) hosts, timed from submit to completed."""
+    """sync_container over HTTP through the (started) hosts, timed from submit to the hosts' ``job_finished``
+    log line; the storage requests the hosts sent meanwhile."""
     urls = [h.url for h in hosts]
+    for url in urls:  # the first call builds each host's engine (tables, queues, container): not the job's
+        requests.get(f"{url}/jobs/status/{'0' * 64}", timeout=60)
+    time.sleep(1.0)  # the pollers' first receives
+    watches = [HostWatch(LogTail(h.log_path)) for h in hosts]
+    for watch in watches:
+        watch.tail.read()  # start-up lines are not the job's
+    before = [h.requests() for h in hosts]
     meter.start()
     body = {"container": settings.input_container, "collection_id": settings.default_collection}
-    submitted_at, started = time.time(), time.perf_counter()
+    submitted_at, started = time.time(), time.monotonic()
     response = requests.post(f"{urls[0]}/jobs/submit/sync_container", json=body, timeout=30)
     if response.status_code != 202:
         raise RuntimeError(f"submit answered {response.status_code}: {response.text[:2000]}")
     job_id = response.json()["job_id"]
-    final, polls = wait_for_job(urls, job_id, timeout=max(240.0, 1.5 * n), poll_s=POLL_SECONDS)
-    seconds = time.perf_counter() - started
+    while not any(w.finished_at for w in watches):
+        if time.monotonic() - started > max(240.0, 1.5 * n):
+            raise TimeoutError(f"job {job_id} not finished after {time.monotonic() - started:.0f} s")
+        time.sleep(0.1)
+        for watch in watches:
+            watch.read(job_id)
+    seconds = min(w.finished_at for w in watches if w.finished_at) - submitted_at
     cpu = meter.stop()
-    poll_cost = measure_status_polls(urls, job_id, CpuMeter(meter.groups), len(polls))
+    time.sleep(0.5)  # the completion message's delete
+    after = [h.requests() for h in hosts]
+    final = requests.get(f"{urls[0]}/jobs/status/{job_id}", timeout=30).json()
     result = final.get("result_data") or {}
     items = catalogue.count_items(settings.default_collection)
     return {"job_id": job_id, "status": final.get("status"), "seconds": round(seconds, 2),
             "items_per_s": round(n / seconds, 1), "submitted_at": submitted_at,
             "collection": settings.default_collection, "items_in_collection": items,
             "items_match_n": items == n,
-            "result": {k: result.get(k) for k in ("listed", "created", "updated", "failed")},
+            "result": {k: result.get(k) for k in ("listed", "created", "updated", "failed", "loaded")},
+            "stages": [{k: s.get(k) for k in ("stage", "name", "status", "tasks")} for s in final.get("stages", [])],
             "task_counts": final.get("tasks"), "attempts": final.get("attempts"),
-            "recent_errors": final.get("recent_errors", [])[:3], "status_polls": len(polls),
-            "status_poll_ms_mean": round(1000 * statistics.fmean(polls), 1) if polls else None, "cpu": cpu,
-            "status_poll_cost": poll_cost}
-
-
-def measure_status_polls(urls: list[str], job_id: str, meter: CpuMeter, polls_in_run: int,
-                         repeats: int = 10) -> dict[str, Any]:
-    """What one status poll costs once the job has finished (hosts otherwise idle): wall and CPU per poll,
-    and the CPU the run's own polls therefore took."""
-    meter.start()
-    started = time.perf_counter()
-    for i in range(repeats):
-        requests.get(f"{urls[i % len(urls)]}/jobs/status/{job_id}", timeout=30).raise_for_status()
-    wall = time.perf_counter() - started
-    cpu = meter.stop()["cpu_s"]
-    per_poll = {k: round(1000 * cpu[k] / repeats, 1) for k in ("hosts", "azurite", "postgres", "bench_process")}
-    return {"polls": repeats, "wall_ms_mean": round(1000 * wall / repeats, 1), "cpu_ms_per_poll": per_poll,
-            "cpu_s_of_the_run_polls": round(polls_in_run * sum(per_poll.values()) / 1000, 2)}
+            "recent_errors": final.get("recent_errors", [])[:3], "cpu": cpu,
+            "requests": job_requests(before, after, n)}
 
 
 # ---------------------------------------------------------------------------------------------- host logs
@@ -229,16 +233,20 @@ TIMELINE = (  # (label, event, match on fields, first or last occurrence)
     ("stage 1 ended", "stage_advanced", {"stage": 1}, min),
     ("stage 2 message received (fan-out starts)", "job_message", {"kind": "stage", "stage": 2}, min),
     ("stage 2 fan-out done (rows + all messages sent)", "stage_dispatched", {"stage": 2}, min),
-    ("first catalog task started", "task_started", {"stage": 2}, min),
-    ("last catalog task ended", "task_ended", {"stage": 2}, max),
+    ("first build task started", "task_started", {"stage": 2}, min),
+    ("last build task ended", "task_ended", {"stage": 2}, max),
     ("stage 2 ended", "stage_advanced", {"stage": 2}, min),
+    ("stage 3 message received (load planned)", "job_message", {"kind": "stage", "stage": 3}, min),
+    ("first load task started", "task_started", {"stage": 3}, min),
+    ("last load task ended", "task_ended", {"stage": 3}, max),
+    ("stage 3 ended", "stage_advanced", {"stage": 3}, min),
     ("job finished", "job_finished", {}, min),
 )
 
 
 def summarize_hosts(logs: list[Path], job_id: str, submitted_at: float) -> dict[str, Any]:
-    """Catalog task times, invocation times, the split across hosts, anomalies, and the job's timeline."""
-    per_host, all_catalog, all_ended, all_invocations = [], [], [], []
+    """Build and load task times, invocation times, the split across hosts, anomalies, and the job's timeline."""
+    per_host, all_catalog, all_loads, all_ended, all_invocations = [], [], [], [], []
     errors: Counter[str] = Counter()
     marks: dict[str, float] = {}
     for index, path in enumerate(logs):
@@ -246,17 +254,19 @@ def summarize_hosts(logs: list[Path], job_id: str, submitted_at: float) -> dict[
         mine = [(t, e) for t, e in events if e.get("job_id") == job_id]
         counts = Counter(e["event"] for _, e in mine)
         ended = [e for _, e in mine if e["event"] == "task_ended"]
-        catalog = [e["duration_ms"] for e in ended if e.get("task_type") == CATALOG_TASK]
+        catalog = [e["duration_ms"] for e in ended if e.get("task_type") == BUILD_TASK]
         all_catalog += catalog
+        all_loads += [e["duration_ms"] for e in ended if e.get("task_type") == LOAD_TASK]
         errors.update(f"{e.get('status')}: {_QUOTED.sub('…', e['error']).replace(chr(10), ' ')[:200]}" for e in ended if e.get("error"))
         all_ended += [e["duration_ms"] for e in ended]
         all_invocations += invocations
         per_host.append({
             "host": index, "catalog_tasks_started": sum(1 for _, e in mine if e["event"] == "task_started"
-                                                        and e.get("task_type") == CATALOG_TASK),
+                                                        and e.get("task_type") == BUILD_TASK),
             "catalog_tasks_ended": len(catalog), "catalog_ms": stats_ms(catalog),
             "invocation_ms": stats_ms(invocations),
             "pgstac_item_writes": sum(1 for _, e in events if e["event"] == "pgstac_item"),
+            "pgstac_bulk_loads": sum(1 for _, e in events if e["event"] == "pgstac_bulk_load"),
             "claimed_elsewhere": counts["task_claimed_elsewhere"], "busy_deferred": counts["task_busy_deferred"],
             "retries_scheduled": counts["task_retry_scheduled"], "messages_ignored": counts["task_message_ignored"],
             "end_superseded": counts["task_end_superseded"],
@@ -271,15 +281,16 @@ def summarize_hosts(logs: list[Path], job_id: str, submitted_at: float) -> dict[
     timeline = [{"event": label, "s_after_submit": round(marks[label] - submitted_at, 2)}
                 for label, *_ in TIMELINE if label in marks]
     phase = None
-    if "first catalog task started" in marks and "last catalog task ended" in marks:
-        phase_s = marks["last catalog task ended"] - marks["first catalog task started"]
+    if "first build task started" in marks and "last build task ended" in marks:
+        phase_s = marks["last build task ended"] - marks["first build task started"]
         phase = {"seconds": round(phase_s, 2),
                  "items_per_s": round(len(all_catalog) / phase_s, 1) if phase_s > 0 else None,
                  "mean_concurrency": round(sum(all_catalog) / 1000 / phase_s, 2) if phase_s > 0 else None}
     overhead = None
     if all_invocations and all_ended:
         overhead = round(statistics.fmean(all_invocations) - statistics.fmean(all_ended), 1)
-    return {"catalog_task_ms": stats_ms(all_catalog), "task_invocation_ms": stats_ms(all_invocations),
+    return {"catalog_task_ms": stats_ms(all_catalog), "load_task_ms": stats_ms(all_loads),
+            "task_invocation_ms": stats_ms(all_invocations),
             "engine_overhead_ms_mean": overhead, "catalog_phase": phase, "per_host": per_host,
             "task_errors": dict(errors.most_common()),
             "timeline": timeline}
@@ -412,7 +423,7 @@ def markdown(summary: dict[str, Any]) -> str:
              f"{m['azurite']}, load {m['loadavg_start']} -> {m.get('loadavg_end')}")
     out = [title, ""]
     rows = [
-        [f"**ours**: sync_container, {m['hosts']} hosts, submit -> {ours['status']} (polls every {POLL_SECONDS} s)",
+        [f"**ours**: sync_container, {m['hosts']} hosts, submit -> {ours['status']} (timed to `job_finished`)",
          ours["seconds"], f"**{ours['items_per_s']}**", ""],
         ["(a) Loader: `bulk_load` alone, items already built", base["bulk_load_s"],
          f"**{base['a_bulk_load_items_per_s']}**", f"**{ratios['ours_over_a_bulk_load']}**"],
@@ -432,15 +443,16 @@ def markdown(summary: dict[str, Any]) -> str:
           f"Loader collection: {base['items_in_collection']} items")
     out += [ok, ""]
     build = base["build"]["per_item_ms"]
-    detail = [["catalog task (handler) wall time, ms, all hosts (`task_ended.duration_ms`)", _dist(hosts["catalog_task_ms"])],
+    detail = [["build task (handler) wall time, ms, all hosts (`task_ended.duration_ms`)", _dist(hosts["catalog_task_ms"])],
+              ["load task (handler) wall time, ms (ensure_collection + bulk_load of its chunk)", _dist(hosts["load_task_ms"])],
               ["task invocation, ms (host `Executed` lines: handler + claim/commit; includes the list task)",
                _dist(hosts["task_invocation_ms"])],
               ["engine overhead per task, ms (mean invocation - mean handler)", hosts["engine_overhead_ms_mean"]]]
     if hosts.get("catalog_phase"):
         p = hosts["catalog_phase"]
-        detail.append(["catalog phase (first catalog task start -> last end)",
+        detail.append(["build phase (first build task start -> last end)",
                        f"{p['seconds']} s, {p['items_per_s']} items/s, mean concurrency {p['mean_concurrency']}"])
-    detail += [[f"host{h['host']}: catalog task attempts (share)", f"{h['catalog_tasks_ended']} ({h['share']:.0%}); {_dist(h['catalog_ms'])}"]
+    detail += [[f"host{h['host']}: build task attempts (share)", f"{h['catalog_tasks_ended']} ({h['share']:.0%}); {_dist(h['catalog_ms'])}"]
                for h in hosts["per_host"]]
     anomalies = {k: sum(h[k] for h in hosts["per_host"]) for k in
                  ("claimed_elsewhere", "busy_deferred", "retries_scheduled", "messages_ignored", "end_superseded",
@@ -449,11 +461,16 @@ def markdown(summary: dict[str, Any]) -> str:
     detail += [[f"task attempts ending in error: {k}", v] for k, v in hosts["task_errors"].items()]
     detail += [[f"CPU s during {label} (of {c['capacity_s']} = wall x nproc)", _cpu(c["cpu_s"])]
                for label, c in (("ours", ours["cpu"]), ("baseline (b)", base["cpu"]))]
-    cost = ours["status_poll_cost"]
-    detail.append(["status polls (their load is part of ours)",
-                   (f"{ours['status_polls']}, mean {ours['status_poll_ms_mean']} ms each; one poll on idle hosts: "
-                   f"{cost['wall_ms_mean']} ms, CPU ms {cost['cpu_ms_per_poll']}, so about "
-                   f"{cost['cpu_s_of_the_run_polls']} CPU s for the run's polls")])
+    req = ours["requests"]
+    detail += [["storage requests per item, all hosts (engine + queue delivery), by service",
+                ", ".join(f"{k} {v}" for k, v in req["per_task"].items())],
+               ["storage requests per item, by kind",
+                ", ".join(f"{k} {v}" for k, v in sorted(req["per_task_by_kind"].items(), key=lambda kv: -kv[1]))],
+               ["of which the engine's own per item / the queue delivery's per item",
+                f"{req['engine_per_task']} / {req['delivery_per_task']}"],
+               ["pgstac writes (hosts' logs): single upserts / bulk loads",
+                f"{sum(h['pgstac_item_writes'] for h in hosts['per_host'])} / "
+                f"{sum(h['pgstac_bulk_loads'] for h in hosts['per_host'])}"]]
     detail += [[f"baseline per item, {k}, ms (1 thread, in process)", _dist(build[k])]
                for k in ("download", "validate_raster", "build_item", "total")]
     if writes and "error" not in writes:
@@ -473,7 +490,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     summary: dict[str, Any] = {"machine": machine_facts(args)}
     azurite = Azurite(location=workdir / "azurite")
     pg: Postgres | None = None
-    hosts: list[HostProcess] = []
+    hosts: list[CountedHost] = []
     catalogue: PgstacRepository | None = None
     try:
         azurite.start()
@@ -495,7 +512,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
         env = host_env(settings, pg)
         logs = [workdir / f"host{i}.log" for i in range(args.hosts)]
-        hosts = [HostProcess(env, path) for path in logs]
+        hosts = [CountedHost(env, path) for path in logs]
         for host in hosts:
             host.start()
         log(f"{len(hosts)} hosts up (pids {[h.process.pid for h in hosts]}); ours: sync_container n={args.n}")

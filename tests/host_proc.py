@@ -43,7 +43,7 @@ class HostProcess:
             self.process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                                             start_new_session=True)
         try:
-            wait_for_port(self.port, timeout=30)
+            wait_for_port(self.port, timeout=90)  # a loaded 2-core machine can take a while to import
         except TimeoutError:
             self.stop()
             out = self.log_path.with_suffix(".out").read_text()[-3000:]

@@ -63,6 +63,7 @@ def test_store_signs_with_a_delegation_key_under_identity_and_caches_it():
     class FakeService:
         account_name = "geoacct"
         credential = object()  # no account key: an identity
+        scheme, primary_hostname = "https", "geoacct.blob.core.windows.net"
         calls = 0
 
         def get_user_delegation_key(self, start, expiry):
