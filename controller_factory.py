@@ -7,19 +7,20 @@ from __future__ import annotations
 import controller_container
 import controller_noop
 import controller_raster
+import controller_tiles
 from base_controller import JobController, TaskHandler
 from controller_hello_world import HANDLERS as HELLO_HANDLERS
 from controller_hello_world import HELLO_WORLD
 from errors import UnknownNameError
 
 JOB_TYPES: dict[str, JobController] = {
-    c.job_type: c for c in (HELLO_WORLD, *controller_raster.JOB_TYPES, *controller_container.JOB_TYPES,
-                            controller_noop.NOOP)
+    c.job_type: c for c in (HELLO_WORLD, *controller_raster.JOB_TYPES, *controller_tiles.JOB_TYPES,
+                            *controller_container.JOB_TYPES, controller_noop.NOOP)
 }
 
 TASK_HANDLERS: dict[str, TaskHandler] = {
-    h.task_type: h for h in (*HELLO_HANDLERS, *controller_raster.HANDLERS, *controller_container.HANDLERS,
-                             *controller_noop.HANDLERS)
+    h.task_type: h for h in (*HELLO_HANDLERS, *controller_raster.HANDLERS, *controller_tiles.HANDLERS,
+                             *controller_container.HANDLERS, *controller_noop.HANDLERS)
 }
 
 

@@ -10,6 +10,7 @@ import json
 import logging
 from datetime import timedelta
 
+import engine_links
 import engine_status
 import engine_tracing
 import repository_webhooks
@@ -43,7 +44,8 @@ def deliver(engine: Engine, msg: NotifyMessage) -> None:
     if job is None:
         log_event(logger, "webhook_message_ignored", job_id=msg.job_id, attempt=msg.attempt)
         return
-    document = engine_status.status_document(engine, job).model_dump(mode="json", exclude_none=True)
+    document = engine_links.sign_status(  # the receiver gets working read links, as the status endpoint gives
+        engine, engine_status.status_document(engine, job).model_dump(mode="json", exclude_none=True))
     body = json.dumps(document, separators=(",", ":")).encode()
     headers = {"Content-Type": "application/json", "User-Agent": "geoetl-webhook/1",
                SIGNATURE_HEADER: sign(body, settings.webhook_secret.get_secret_value()),

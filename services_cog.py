@@ -60,7 +60,7 @@ from rio_cogeo.profiles import cog_profiles
 from errors import CorruptRasterError, TaskError, TransientError, UnsupportedDtypeError
 from services_gdal import RASTER_ERRORS, RasterLimits, check_limits, gdal_message, user_crs
 from services_raster import RasterInfo, crs_string, validate_raster
-from services_source import RasterSource, Sidecars, UserRaster, as_source, open_raster
+from services_source import RasterSource, Sidecars, as_source, mask_reader, open_raster
 
 logger = logging.getLogger(__name__)
 
@@ -311,14 +311,16 @@ def _translate(source: RasterSource, tmp_out: Path, info: RasterInfo, options: C
         pixels = view.width * view.height
         in_memory = pixels <= options.in_memory_max_pixels
         cachemax = None if in_memory else options.gdal_cachemax_mb
-        tags = raster.tags() if view is not src else raster.extra_tags
+        # tags: the file's (rio-cogeo copies those of the dataset it reads) and an .aux.xml's; a reprojected
+        # view keeps what it kept before (its own), plus the .aux.xml's
+        tags = {**view.tags(), **raster.extra_tags} if options.target_crs else raster.tags()
         masked = (raster.mask is not None or (info.validity == "mask" and bool(override))
                   or (info.dtypes[0] not in ALPHA_MASK_DTYPES and (alpha_added or info.validity == "mask")))
         with gdal_cache_limit(cachemax), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             if masked:
-                mask_of = _mask_reader(raster, view, stack, alpha_added, bool(options.target_crs))
-                _masked_cog(view, data_indexes, mask_of, tmp_out, dst_kwargs, options, in_memory, raster.tags())
+                mask_of = mask_reader(raster, view, stack, alpha_added, bool(options.target_crs))
+                _masked_cog(view, data_indexes, mask_of, tmp_out, dst_kwargs, options, in_memory, tags)
             else:
                 cog_translate(view, str(tmp_out), dst_kwargs, add_mask=add_mask,
                               overview_resampling=options.overview_resampling,
@@ -326,31 +328,6 @@ def _translate(source: RasterSource, tmp_out: Path, info: RasterInfo, options: C
                               additional_cog_metadata=tags or None)
     ignored = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
     return in_memory, cachemax, [str(w.message) for w in caught if not issubclass(w.category, ignored)]
-
-
-def _mask_reader(raster: UserRaster, view, stack: ExitStack, alpha_added: bool,
-                 reprojected: bool) -> Callable[[Window], np.ndarray]:
-    """How ``_masked_cog`` reads the mask of a window of ``view``: the source's own (file or ``.msk``) on
-    the same grid; reprojected, the warper's alpha (outside the source, and the file's own mask) and the
-    ``.msk`` warped onto the same grid (nearest)."""
-    if not reprojected:
-        return raster.read_mask
-    alpha_index = view.count if alpha_added else None
-    warped_mask = None
-    if raster.mask is not None:
-        warped_mask = stack.enter_context(WarpedVRT(
-            raster.mask, src_crs=raster.crs, src_transform=raster.transform, crs=view.crs, transform=view.transform,
-            width=view.width, height=view.height, nodata=0, resampling=Resampling.nearest))
-
-    def read(window: Window) -> np.ndarray:
-        valid = np.ones((int(window.height), int(window.width)), dtype=bool)
-        if alpha_index is not None:
-            valid &= view.read(alpha_index, window=window) > 0
-        if warped_mask is not None:
-            valid &= warped_mask.read(1, window=window) > 0
-        return np.where(valid, 255, 0).astype("uint8")
-
-    return read
 
 
 @contextmanager

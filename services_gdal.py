@@ -13,7 +13,7 @@ make the worker read ``/etc/passwd`` or call any address. ``open_user_raster`` c
 - **Sidecars are never discovered by GDAL.** ``GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR`` makes GDAL see
   no sibling files (``.aux.xml``, ``.ovr``, ``.msk``, world files, ``.imd``/``.rpb``), ``GDAL_PAM_ENABLED=NO``
   never reads (or writes) ``.aux.xml``, ``GDAL_GEOREF_SOURCES=INTERNAL`` takes georeferencing from the
-  file only. A raster's companions are used only through ``open_raster``'s explicit allow-list
+  file only. A raster's companions are used only through ``services_source.open_raster``'s allow-list
   (``Sidecars``, built by the caller from a listing of the blob's siblings): a ``.msk``/``.ovr`` is opened
   as its own dataset through this same gate (TIFF signature, GTiff only, exactly its own URL), and text
   sidecars are parsed by ``services_sidecars`` (safe XML, known elements only; world files are six
@@ -200,7 +200,7 @@ def open_user_raster(path: str | Path, *, limits: RasterLimits | None = None, ap
     reaches a message). ``kwargs`` go to ``rasterio.open`` (e.g. ``overview_level``). Raises
     NotARasterError ("not a raster": wrong signature, no such file, not openable), CorruptRasterError
     ("corrupt raster": a TIFF GDAL cannot open), TooLargeError over ``limits``. GDAL's configuration
-    stays in force while it is open. Sidecars: see ``open_raster``.
+    stays in force while it is open. Sidecars: see ``services_source.open_raster``.
     """
     path = str(path)
     label = label or path

@@ -146,7 +146,7 @@ def mosaic_xml(first: TileFacts, sources: list[tuple[str, int, int, int, int]], 
 
 
 def _shifted(transform: Affine, cols: int, rows: int) -> Affine:
-    return transform * Affine.translation(cols, rows)
+    return transform @ Affine.translation(cols, rows)
 
 
 def _sources(sources: list[tuple[str, int, int, int, int]], band: str, relative: bool) -> list[str]:

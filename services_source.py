@@ -8,7 +8,7 @@ itself never looks beside the raster: see ``services_gdal``'s docstring for why.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +18,9 @@ import numpy as np
 from affine import Affine
 from pydantic import BaseModel, ConfigDict, Field
 from rasterio.crs import CRS
-from rasterio.enums import MaskFlags
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.io import DatasetReader
+from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from services_gdal import RasterLimits, open_user_raster, user_crs
@@ -222,3 +223,29 @@ def _apply_tiff_sidecars(raster: UserRaster, sidecars: Sidecars, limits: RasterL
             raster.overviews, raster.overviews_source = ovr, sidecars.overviews
             raster.overview_factors = [base] + [base * f for f in ovr.overviews(1)]
             raster.used.append(sidecars.overviews.name)
+
+
+def mask_reader(raster: UserRaster, view, stack: ExitStack, alpha_added: bool,
+                 reprojected: bool) -> Callable[[Window], np.ndarray]:
+    """How ``services_cog`` reads the mask of a window of ``view`` (a dataset on ``raster``'s grid, or its
+    reprojection): the source's own (file or ``.msk``) on
+    the same grid; reprojected, the warper's alpha (outside the source, and the file's own mask) and the
+    ``.msk`` warped onto the same grid (nearest)."""
+    if not reprojected:
+        return raster.read_mask
+    alpha_index = view.count if alpha_added else None
+    warped_mask = None
+    if raster.mask is not None:
+        warped_mask = stack.enter_context(WarpedVRT(
+            raster.mask, src_crs=raster.crs, src_transform=raster.transform, crs=view.crs, transform=view.transform,
+            width=view.width, height=view.height, nodata=0, resampling=Resampling.nearest))
+
+    def read(window: Window) -> np.ndarray:
+        valid = np.ones((int(window.height), int(window.width)), dtype=bool)
+        if alpha_index is not None:
+            valid &= view.read(alpha_index, window=window) > 0
+        if warped_mask is not None:
+            valid &= warped_mask.read(1, window=window) > 0
+        return np.where(valid, 255, 0).astype("uint8")
+
+    return read

@@ -245,10 +245,10 @@ def image_tags(ifd: Ifd, overview: bool) -> dict[int, Tag]:
 
 
 def write_cog(dst_path: str | Path, images: list[Image], masks: list[Image | None],
-              sources: list[str | Path]) -> int:
+              sources: list[str | Path], bigtiff: bool | None = None) -> int:
     """Write a COG of ``images`` (full resolution first, then overviews from the largest) and their
     ``masks`` (None where a level has none), copying every block from ``sources``. Returns the file size.
-    BigTIFF only when a classic TIFF cannot hold it."""
+    ``bigtiff`` None: BigTIFF only when a classic TIFF cannot hold it."""
     if len(images) != len(masks) or not images:
         raise TiffError("one mask entry (or None) per image, and at least one image")
     for image in (*images, *(m for m in masks if m)):
@@ -266,13 +266,16 @@ def write_cog(dst_path: str | Path, images: list[Image], masks: list[Image | Non
     has_mask = any(m is not None for m in masks)
     ghost = _ghost(has_mask)
     data_bytes = sum(b.length + 8 for d in directories for b in d.blocks if b.length)
-    for bigtiff in (False, True):
-        header = 16 if bigtiff else 8
+    for big in (False, True) if bigtiff is None else (bigtiff,):
+        header = 16 if big else 8
         ifd_start = _even(header + len(ghost))
-        sizes = [_ifd_size(d, bigtiff) for d in directories]
+        sizes = [_ifd_size(d, big) for d in directories]
         data_start = ifd_start + sum(sizes)
-        if bigtiff or data_start + data_bytes <= CLASSIC_LIMIT:
+        if big or data_start + data_bytes <= CLASSIC_LIMIT:
             break
+    if not big and data_start + data_bytes > CLASSIC_LIMIT:
+        raise TiffError(f"{data_start + data_bytes:,} bytes do not fit a classic TIFF")
+    bigtiff = big
     placed = _place_blocks(images, masks, data_start)
     ifd_offsets = []
     position = ifd_start
@@ -393,3 +396,23 @@ def _copy_blocks(out: BinaryIO, images: list[Image], masks: list[Image | None], 
     finally:
         for fh in handles.values():
             fh.close()
+
+
+def pack_tiff(src_path: str | Path, dst_path: str | Path) -> int:
+    """Rewrite a tiled TIFF (e.g. one whose overviews GDAL added at its end) in the COG layout, copying
+    its blocks."""
+    tiff = read_tiff(src_path)
+    images, masks = [], []
+    for level, (image, mask) in enumerate(tiff.levels()):
+        images.append(tiff_image(tiff, image, 0, level > 0))
+        masks.append(tiff_image(tiff, mask, 0, level > 0) if mask is not None else None)
+    return write_cog(dst_path, images, masks, [src_path])
+
+
+def tiff_image(tiff: TiffFile, index: int, source: int, overview: bool) -> Image:
+    """One of ``tiff``'s images, as an image of a file being written (its blocks in ``sources[source]``)."""
+    ifd = tiff.ifds[index]
+    offsets, counts = tiff.blocks[index]
+    kind = (ifd.subfile & 4) | (1 if overview else 0)
+    return Image(image_tags(ifd, overview), ifd.width, ifd.height, kind,
+                 [BlockRef(source, int(o), int(c)) for o, c in zip(offsets, counts, strict=True)])

@@ -103,8 +103,11 @@ def transport_row(azurite: Azurite, tmp: Path, rate: float, kills: bool, runs: i
     for run in range(runs):
         seed = seed0 + run
         kill = f"{engine_faults.POINTS[run % len(engine_faults.POINTS)]}=kill#1" if kills else None
-        result = run_transport(azurite, tmp / f"transport-{rate}-{'kill' if kills else 'none'}-{seed}", seed,
-                               lose=rate, fail=rate, spec=hello_job(n, f"chaos-{seed}"), kill=kill, timeout=300)
+        try:
+            result = run_transport(azurite, tmp / f"transport-{rate}-{'kill' if kills else 'none'}-{seed}", seed,
+                                   lose=rate, fail=rate, spec=hello_job(n, f"chaos-{seed}"), kill=kill, timeout=300)
+        except Exception as exc:  # noqa: BLE001 - e.g. a host that cannot start: counted, not fatal
+            result = Outcome(seed=seed, kill=kill, outcome="harness error", error=f"{type(exc).__name__}: {exc}"[:500])
         found.append(result)
         say(f"  lose={rate:.0%} seed={seed} {kill or 'no kill':32s} {result.outcome:18s} "
               f"{result.seconds}s stage msgs {result.stage_messages} dup task msgs {result.ignored} "

@@ -124,7 +124,7 @@ def test_listed_containers_work_end_to_end(listed_engine, tmp_path):
     status = api_jobs.status(listed_engine, body["job_id"])[1]
     assert status["status"] == "completed", status.get("error_details")
     (output,) = status["result_data"]["outputs"]
-    assert output["container"] == published and output["sas_url"].startswith(output["url"] + "?")
+    assert output["container"] == published and output["href"].startswith(output["url"] + "?")
     assert [b.name for b in listed_engine.repos.rasters.list(published)] == [output["blob"]]
     # the settings' input container is not on this list: a job defaulting to it is refused
     code, body = submit(listed_engine, "list_container", {})
