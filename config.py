@@ -59,6 +59,12 @@ class Settings(BaseSettings):
         default=2000, ge=100, le=20000, validation_alias=AliasChoices("FANOUT_CHUNK", "fanout_chunk"),
         description="Tasks one stage-message invocation fans out before handing the rest to a continuation "
                     "message: bounded work per invocation, resumable by any instance.")
+    fanout_max_backlog: int = Field(
+        default=4_000, ge=0, validation_alias=AliasChoices("FANOUT_MAX_BACKLOG", "fanout_max_backlog"),
+        description="A fan-out chain pauses (re-checks every FANOUT_PAUSE_S) while the tasks queue holds more "
+                    "messages than this: a 100,000-task stage never floods the queue (0: no limit).")
+    fanout_pause_s: int = Field(default=5, ge=1, le=300,
+                                validation_alias=AliasChoices("FANOUT_PAUSE_S", "fanout_pause_s"))
     fanout_threads: int = Field(
         default=16, ge=1, le=64, validation_alias=AliasChoices("FANOUT_THREADS", "fanout_threads"),
         description="Parallel sends when a stage queues its task messages.")

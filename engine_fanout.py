@@ -100,6 +100,8 @@ def fan_out_chunk(engine: "Engine", job: JobRecord, stage: StageRecord, planned:
     if start >= end:  # every chunk went out; only the flag is missing
         engine.store.mark_stage(job.job_id, stage.stage, dispatched=True)
         return
+    if start > 0 and _backlogged(engine, job, stage):
+        return
     shards = stage.shards
     version = get_handler(stage.task_type).version
     tasks = [TaskRecord(job_id=job.job_id, task_id=make_task_id(job.job_id, stage.stage, i), stage=stage.stage,
@@ -126,6 +128,22 @@ def fan_out_chunk(engine: "Engine", job: JobRecord, stage: StageRecord, planned:
     log_event(logger, "stage_dispatched" if end >= stage.total else "stage_chunk_dispatched", job_id=job.job_id,
               stage=stage.stage, tasks=end - start, fanned_out=end, total=stage.total,
               send_ms=round((time.perf_counter() - began) * 1000))
+
+
+def _backlogged(engine: "Engine", job: JobRecord, stage: StageRecord) -> bool:
+    """Backpressure: while the tasks queue holds more than FANOUT_MAX_BACKLOG messages, the chain waits
+    (the same continuation, delayed; ``fanout_at`` is touched so the sweeper sees a live chain)."""
+    limit = engine.settings.fanout_max_backlog
+    depth = engine.repos.tasks_queue.depth() if limit else 0
+    if depth <= limit:
+        return False
+    engine.store.mark_stage(job.job_id, stage.stage, fanout_at=utcnow())
+    engine.repos.jobs_queue.send(StageMessage(job_id=job.job_id, stage=stage.stage, from_task=stage.fanned_out,
+                                              traceparent=engine_tracing.carry(job)),
+                                 delay_s=engine.settings.fanout_pause_s)
+    log_event(logger, "stage_fanout_paused", job_id=job.job_id, stage=stage.stage, queue_depth=depth,
+              fanned_out=stage.fanned_out, total=stage.total)
+    return True
 
 
 def _advance_cursor(engine: "Engine", stage: StageRecord, end: int) -> bool:

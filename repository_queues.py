@@ -47,6 +47,11 @@ class QueueProducer:
             except ResourceExistsError:
                 pass
 
+    def depth(self) -> int:
+        """Approximate number of messages in the queue (one request)."""
+        with translate_errors(f"read the depth of queue {self.name}"):
+            return self.client.get_queue_properties().approximate_message_count
+
     def send(self, message: Message, delay_s: int = 0) -> None:
         """Send one message, visible after ``delay_s`` seconds."""
         body = message.encode()

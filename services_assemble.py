@@ -34,7 +34,7 @@ from rasterio.shutil import copy as rio_copy
 from rasterio.windows import Window
 
 from errors import TaskError
-from services_cog import CogOptions, CogResult, creation_options, gdal_cache_limit, translate_to_cog
+from services_cog import CogOptions, CogResult, cog_env, creation_options, gdal_cache_limit, translate_to_cog
 from services_gdal import GDAL_ERRORS, RasterLimits, gdal_message, open_user_raster
 from services_mosaic import TileFacts, mosaic_xml, place_tiles, tile_facts
 from services_raster import RasterInfo, validate_raster
@@ -88,8 +88,7 @@ def assemble_tiles(tile_paths: list[str | Path], dst_path: str | Path,
             result.warnings.append("tiles re-encoded: their blocks could not be copied")
             return result
         tmp_out = work / dst_path.name
-        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True, GDAL_TIFF_OVR_BLOCKSIZE=str(options.blocksize),
-                          GDAL_NUM_THREADS=options.threads):
+        with cog_env(options):
             _write_assembled(copy, facts, placed, width, height, options, limits, work, tmp_out)
             result = _describe(tmp_out, dst_path, options, limits)
         os.replace(tmp_out, dst_path)

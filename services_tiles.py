@@ -35,7 +35,9 @@ from rasterio.windows import Window
 
 from errors import TaskError, TooLargeError
 from services_assemble import assemble_tiles, tile_levels
-from services_cog import ALPHA_MASK_DTYPES, CogOptions, creation_options, gdal_cache_limit
+from services_cog import (
+    ALPHA_MASK_DTYPES, CogOptions, block_cache_mb, cog_env, creation_options, gdal_cache_limit,
+)
 from services_gdal import GDAL_ERRORS, RasterLimits, check_limits, gdal_message, open_user_raster
 from services_mosaic import RGB, mosaic_xml, tile_facts
 from services_raster import RasterInfo, crs_string
@@ -184,8 +186,7 @@ def process_tile(src_path: str | Path | RasterSource, tile: TileWindow, dst_path
                                                      width=grid.width, height=grid.height))
             layers = _layers(view, info, add_mask or alpha_added, alpha_added)
             levels = max(tile.levels, get_maximum_overview_level(tile.width, tile.height, minsize=options.blocksize))
-            with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True, GDAL_TIFF_OVR_BLOCKSIZE=str(options.blocksize),
-                              GDAL_NUM_THREADS=options.threads), gdal_cache_limit(options.gdal_cachemax_mb):
+            with cog_env(options), gdal_cache_limit(block_cache_mb(options, len(layers.data), view.dtypes[0])):
                 _write_tile(view, layers, tile, partial, dst_kwargs, options, levels)
         size = pack_tiff(partial, dst_path)
         with open_user_raster(dst_path, limits=limits) as out:

@@ -28,7 +28,6 @@ from test_chaos_processes import Cluster, expected
 
 SEEDS = (11, 22, 33)
 TERMINAL = ("completed", "failed", "cancelled")
-UNLOGGED_ADVANCE = ("stage_decided", "advance_message_sent")  # kill points between decision and its log line
 # Sweeper every 2 s with 3 s grace; a queued task whose message is gone is re-driven after
 # grace + RETRY_MAX_DELAY_S, so the retry cap is short too (the default 120 s would look like a stall).
 TRANSPORT_RECOVERY = {"RETRY_MAX_DELAY_S": "2"}
@@ -190,9 +189,11 @@ def run_transport(azurite, tmp: Path, seed: int | str, *, lose: float = 0.02, fa
         result.hosts_started = cluster.started
         rows = {s: len(cluster.repos.store.list_tasks(job_id, s, resolve=False)) for s in range(1, spec.stages + 1)}
         job = cluster.repos.store.get_job(job_id)
-        # a finisher killed at stage_decided / advance_message_sent never logs its advance: the sweeper
-        # re-sends it (resent_advance / resent_completion) or the message was already out
-        unlogged_ok = bool(kill) and kill.split("=")[0] in UNLOGGED_ADVANCE and cluster.started > hosts
+        # A host killed between a stage's end and its stage_advanced line (at stage_decided or
+        # advance_message_sent, or at any point by another thread of the same process) never logs that
+        # advance: the sweeper re-sends it (resent_advance / resent_completion) or the message was out.
+        # After a kill, then, only "at most one" is checkable from the logs; the exact result shows it came.
+        unlogged_ok = cluster.started > hosts
         if any(v > 1 for v in result.advances.values()) or any(v > spec.tasks_per_stage for v in rows.values()):
             result.outcome = "double advance"
         elif status == "failed":

@@ -15,7 +15,7 @@ from conftest_geo import SCHEMAS_DIR, needs_schemas, smooth_image, write_raster
 from rasterio.crs import CRS
 from rasterio.transform import from_bounds
 from test_real_world_rasters import AUX_GEOREF, GEOS, bare_scene, check_geojson, geos_disk, masked_scene, polar_grid
-from test_security_rasters import listener, remote_vrt  # noqa: F401
+from test_security_rasters import Listener, remote_vrt
 
 import api_jobs
 import api_listing
@@ -29,6 +29,16 @@ from services_stac import PROCESSING_EXTENSION, validate_item_offline
 from task_manager import Engine, gave_up_code
 
 MIB = 1024 * 1024
+
+
+@pytest.fixture
+def loopback(tmp_path_factory):
+    """test_security_rasters' loopback listener (its own process), stopped by its pid after the test."""
+    server = Listener(tmp_path_factory.mktemp("listener"))
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def run_job(engine, job_type: str, params: dict) -> dict:
@@ -157,7 +167,8 @@ def test_sync_and_list_treat_sidecars_as_companions(geo_engine, tmp_path):
     assert entries["sync/scene.tif"]["sidecars"] == ["sync/scene.tif.aux.xml", "sync/scene.tif.msk"]
 
 
-def test_a_hostile_msk_fails_the_raster_without_a_request(geo_engine, tmp_path, listener):
+def test_a_hostile_msk_fails_the_raster_without_a_request(geo_engine, tmp_path, loopback):
+    listener = loopback
     upload(geo_engine, write_raster(tmp_path / "h.tif", smooth_image(1, 64, 64)), "hostile/h.tif")
     (tmp_path / "h.msk").write_text(remote_vrt(f"{listener.url}/m.tif"))
     upload(geo_engine, tmp_path / "h.msk", "hostile/h.tif.msk")
@@ -168,6 +179,25 @@ def test_a_hostile_msk_fails_the_raster_without_a_request(geo_engine, tmp_path, 
     (failed,) = [t for t in tasks_of(geo_engine, status["job_id"]) if t["status"] == "failed"]
     assert failed["error_code"] == "not_a_raster"
     assert listener.hits == []
+
+
+def test_gdal_alone_misses_a_sidecar_beside_a_sas_url_and_open_blob_finds_it(geo_engine, tmp_path):
+    """Why sidecars are listed and opened by the app: GDAL looks for no sibling of a URL with a query."""
+    from controller_sources import open_blob
+    from services_source import open_raster
+
+    src, mask = masked_scene(tmp_path, size=256)
+    upload(geo_engine, src, "why/scene.tif")
+    upload(geo_engine, tmp_path / "scene.tif.msk", "why/scene.tif.msk")
+    sas = geo_engine.repos.rasters.read_sas_url(geo_engine.settings.input_container, "why/scene.tif")
+    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="FALSE"), rasterio.open(f"/vsicurl/{sas}") as plain:
+        assert plain.mask_flag_enums[0] == [rasterio.enums.MaskFlags.all_valid]  # GDAL's defaults: no mask
+    found = open_blob(geo_engine.io, geo_engine.settings.input_container, "why/scene.tif", tmp_path / "scratch")
+    assert found.source.remote and found.sidecars.mask is not None and found.sidecars.names() == [
+        f"{geo_engine.settings.input_container}/why/scene.tif.msk"]
+    with open_raster(found.source, sidecars=found.sidecars) as raster:
+        assert np.array_equal(raster.read_mask(), mask)
+    assert not (tmp_path / "scratch").exists()  # nothing was downloaded
 
 
 # ------------------------------------------------------------------------------ no whole-file downloads

@@ -18,7 +18,7 @@ import rasterio
 from conftest_geo import SCHEMAS_DIR, needs_schemas, smooth_image, write_raster
 from rasterio.crs import CRS
 from rasterio.transform import from_bounds, from_origin
-from test_security_rasters import SECRET, listener, no_secret_in, raw_vrt, remote_vrt, secret_file  # noqa: F401
+from test_security_rasters import SECRET, Listener, no_secret_in, raw_vrt, remote_vrt, secret_file
 
 from errors import ErrorCode, NoGeotransformError, NotARasterError, OffGlobeError, error_code
 from services_cog import CogOptions, CogProfile, create_cog
@@ -35,6 +35,16 @@ UTM33 = CRS.from_epsg(32633)
 GEOS = "+proj=geos +h=35785831 +lon_0=0 +x_0=0 +y_0=0 +ellps=WGS84 +sweep=y +units=m +no_defs +type=crs"
 GEOS_HALF = 5_434_894.7  # GOES-R full disk: half the scan extent in metres (the disk fills the grid)
 WHEN = "2020-01-02T03:04:05Z"
+
+
+@pytest.fixture
+def loopback(tmp_path_factory):
+    """test_security_rasters' loopback listener (its own process), stopped by its pid after the test."""
+    server = Listener(tmp_path_factory.mktemp("listener"))
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 # ------------------------------------------------------------------------------------------------ files
@@ -216,7 +226,8 @@ def test_text_sidecars_are_checked_before_use():
 
 
 # ------------------------------------------------------------------------------------ hostile sidecars
-def test_an_aux_xml_redirecting_overviews_or_sources_is_not_honoured(tmp_path, listener):
+def test_an_aux_xml_redirecting_overviews_or_sources_is_not_honoured(tmp_path, loopback):
+    listener = loopback
     data = smooth_image(1, 600, 600)
     src = write_raster(tmp_path / "scene.tif", data, tiled=True, blockxsize=256, blockysize=256)
     hostile = (f'<PAMDataset><Metadata domain="OVERVIEWS"><MDI key="OVERVIEW_FILE">/vsicurl/{listener.url}/o.tif'
@@ -226,7 +237,8 @@ def test_an_aux_xml_redirecting_overviews_or_sources_is_not_honoured(tmp_path, l
                f'</SimpleSource></VRTRasterBand><GeoTransform>/vsicurl/{listener.url}/g</GeoTransform></PAMDataset>')
     sidecars = Sidecars(aux_xml=TextSidecar(name="in/scene.tif.aux.xml", content=hostile.encode()))
     info = validate_raster(src, sidecars=sidecars)
-    assert info.overviews == [] and info.sidecars == [] and info.transform == tuple(from_origin(500_000, 4e6, 30, 30))[:6]
+    assert info.overviews == [] and info.sidecars == []
+    assert info.transform == tuple(from_origin(500_000, 4e6, 30, 30))[:6]
     notes = " ".join(info.warnings)
     for ignored in ("<Metadata domain='OVERVIEWS'>", "metadata 'LEAK' naming a path or URL", "<VRTRasterBand>",
                     "<GeoTransform> naming a path or URL"):
@@ -238,7 +250,8 @@ def test_an_aux_xml_redirecting_overviews_or_sources_is_not_honoured(tmp_path, l
 
 
 @pytest.mark.parametrize("target", ["local", "loopback"])
-def test_a_msk_that_is_a_vrt_is_refused_without_a_read(tmp_path, listener, target):
+def test_a_msk_that_is_a_vrt_is_refused_without_a_read(tmp_path, loopback, target):
+    listener = loopback
     src = write_raster(tmp_path / "scene.tif", smooth_image(1, 64, 64))
     msk = tmp_path / "scene.tif.msk"
     vrt = raw_vrt(str(secret_file(tmp_path))) if target == "local" else remote_vrt(f"{listener.url}/m.tif")

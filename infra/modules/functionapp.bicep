@@ -114,6 +114,8 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'COUNTER_SHARDS', value: '32' }
         { name: 'PROGRESS_INTERVAL_S', value: '5' }
         { name: 'FANOUT_CHUNK', value: '2000' }
+        { name: 'FANOUT_MAX_BACKLOG', value: '4000' }
+        { name: 'FANOUT_PAUSE_S', value: '5' }
         { name: 'FANOUT_THREADS', value: '16' }
         { name: 'MAX_REQUEST_BYTES', value: '1048576' }
         { name: 'TASK_TIME_LIMIT_S', value: '300' }
