@@ -102,6 +102,7 @@ def fan_out_chunk(engine: "Engine", job: JobRecord, stage: StageRecord, planned:
         return
     if start > 0 and _backlogged(engine, job, stage):
         return
+    engine.store.mark_stage(job.job_id, stage.stage, fanout_at=utcnow())  # a live chain: the sweeper waits
     shards = stage.shards
     version = get_handler(stage.task_type).version
     tasks = [TaskRecord(job_id=job.job_id, task_id=make_task_id(job.job_id, stage.stage, i), stage=stage.stage,

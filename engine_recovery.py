@@ -128,7 +128,9 @@ def sweep_job(engine: Engine, job: JobRecord, now: datetime) -> list[str]:
             send_job(message)
             done.append("resent_completion" if isinstance(message, CompletionMessage) else "resent_advance")
     elif not current.dispatched:
-        if (current.fanout_at or current.created_at) < cutoff:  # a fan-out chain that stopped
+        # Each chunk marks ``fanout_at`` when it starts (and a paused chain when it looks again). A chunk slower
+        # than the grace gets a twin (harmless: duplicate messages, and the cursor lets one chain go on).
+        if (current.fanout_at or current.created_at) < cutoff:
             send_job(StageMessage(job_id=job.job_id, stage=current.stage, traceparent=engine_tracing.carry(job)))
             done.append("resent_stage")
     else:
