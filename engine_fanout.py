@@ -93,8 +93,13 @@ def stored_plan(engine: "Engine", stage: StageRecord) -> list[dict[str, Any]]:
     return engine.repos.blobs.get_named_json(plan_name(stage.job_id, stage.stage))
 
 
-def fan_out_chunk(engine: "Engine", job: JobRecord, stage: StageRecord, planned: list[dict[str, Any]]) -> None:
-    """Write the next chunk's task rows and send their messages; move the cursor; continue or finish."""
+def fan_out_chunk(engine: "Engine", job: JobRecord, stage: StageRecord, planned: list[dict[str, Any]],
+                  redo: bool = False) -> None:
+    """Write the next chunk's task rows and send their messages; move the cursor; continue or finish.
+
+    ``redo`` (a redelivered or re-driven message, not a continuation): the chunk may have gone out
+    already, so messages go only to tasks that exist not yet or are still queued and untried.
+    """
     start = stage.fanned_out
     end = min(stage.total, start + engine.settings.fanout_chunk)
     if start >= end:  # every chunk went out; only the flag is missing
@@ -111,6 +116,10 @@ def fan_out_chunk(engine: "Engine", job: JobRecord, stage: StageRecord, planned:
     began = time.perf_counter()
     batches = [tasks[i:i + BATCH_MAX_OPERATIONS] for i in range(0, len(tasks), BATCH_MAX_OPERATIONS)]
     traceparent = engine_tracing.inject()  # this chunk's span: the parent of its tasks (sent from other threads)
+    if redo:
+        started = {t.index for t in engine.store.task_range(job.job_id, stage.stage, start, end - 1)
+                   if t.status != Status.QUEUED or t.attempts > 0}
+        tasks = [t for t in tasks if t.index not in started]
     with ThreadPoolExecutor(max_workers=min(engine.settings.fanout_threads, len(batches))) as pool:
         for done in [pool.submit(engine.store.create_tasks, b) for b in batches]:
             done.result()

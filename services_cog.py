@@ -24,7 +24,7 @@ Decisions worth knowing:
 - Every core compresses (``NUM_THREADS``, ``threads``); lossless codecs store a predictor (2 for
   integers, 3 for floats), DEFLATE at level 1: with the predictor, GDAL's default level 6 took five
   times the time for 8 % less size (benchmarks/bench_cog.py). Memory stays bounded: above
-  ``in_memory_max_pixels`` the block cache plus the threads' buffers fit ``gdal_cachemax_mb``.
+  ``in_memory_max_pixels`` a temporary file and a ``gdal_cachemax_mb`` block cache (``cog_env``).
 - Work happens in a private temporary folder (``tmp_dir``, default: next to ``dst_path`` so the final
   rename is atomic) that is removed on success and on failure; ``dst_path`` appears only once the COG
   has been validated.
@@ -35,7 +35,6 @@ import errno
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -105,7 +104,6 @@ VSI_CACHE_BYTES = 2**20
 # GDAL_NUM_THREADS (overview resampling, warping, decoding) pays for kernels that compute; for nearest it
 # only added memory and CPU: compression, the costly part, has its own threads (NUM_THREADS).
 CHEAP_RESAMPLING = frozenset({"nearest"})
-MIN_CACHE_MB = 8
 
 
 class CogOptions(BaseModel):
@@ -123,8 +121,7 @@ class CogOptions(BaseModel):
     # Run-time knobs: they bound memory and choose folders, and never change the output.
     in_memory_max_pixels: int = Field(2048 * 2048, ge=0,
                                       description="above this many pixels: temp file + GDAL_CACHEMAX")
-    gdal_cachemax_mb: int = Field(64, ge=8, description="GDAL memory for inputs above the threshold: the block "
-                                  "cache plus the compression threads' buffers")
+    gdal_cachemax_mb: int = Field(64, ge=8, description="GDAL block cache for inputs above the threshold")
     tmp_dir: str | None = Field(None, description="folder for temporary files (default: dst's folder)")
     threads: str = Field("ALL_CPUS", pattern=r"^(ALL_CPUS|[1-9][0-9]{0,2})$",
                          description="compression threads (NUM_THREADS); also overview threads for kernels "
@@ -276,18 +273,12 @@ def _profile_plan(info: RasterInfo, options: CogOptions) -> tuple[dict, bool, li
 
 def cog_env(options: CogOptions) -> rasterio.Env:
     """GDAL's configuration while writing a COG or a tile: internal masks, overview blocks of the COG's
-    size, ``options.threads`` threads for overviews, a small VSI cache."""
+    size, ``options.threads`` threads for overviews, a small VSI cache, and uncompressed files (the
+    temporary one, uncompressed sources) read straight from the file: each block is read once, so
+    keeping it in the block cache only cost memory (about 30 MB at 8000 x 8000 x 3)."""
     threads = "1" if options.overview_resampling in CHEAP_RESAMPLING else options.threads
     return rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True, GDAL_TIFF_OVR_BLOCKSIZE=str(options.blocksize),
-                        GDAL_NUM_THREADS=threads, VSI_CACHE_SIZE=str(VSI_CACHE_BYTES))
-
-
-def block_cache_mb(options: CogOptions, bands: int, dtype: str) -> int:
-    """GDAL_CACHEMAX within ``options.gdal_cachemax_mb``: what the compression threads do not hold (each
-    keeps two jobs in flight, each an uncompressed and a compressed block)."""
-    threads = (os.cpu_count() or 1) if options.threads == "ALL_CPUS" else int(options.threads)
-    block = options.blocksize**2 * bands * np.dtype(dtype).itemsize
-    return max(MIN_CACHE_MB, options.gdal_cachemax_mb - math.ceil(threads * 4 * block / 2**20))
+                        GDAL_NUM_THREADS=threads, VSI_CACHE_SIZE=str(VSI_CACHE_BYTES), GTIFF_DIRECT_IO="YES")
 
 
 def codec_options(compress: str, dtypes: list[str]) -> dict[str, int]:
@@ -339,7 +330,7 @@ def _translate(source: RasterSource, tmp_out: Path, info: RasterInfo, options: C
             view = stack.enter_context(WarpedVRT(src, **override, **grid, resampling=Resampling.nearest))
         pixels = view.width * view.height
         in_memory = pixels <= options.in_memory_max_pixels
-        cachemax = None if in_memory else block_cache_mb(options, view.count, view.dtypes[0])
+        cachemax = None if in_memory else options.gdal_cachemax_mb
         # tags: the file's (rio-cogeo copies those of the dataset it reads) and an .aux.xml's; a reprojected
         # view keeps what it kept before (its own), plus the .aux.xml's
         tags = {**view.tags(), **raster.extra_tags} if options.target_crs else raster.tags()

@@ -398,6 +398,18 @@ def _copy_blocks(out: BinaryIO, images: list[Image], masks: list[Image | None], 
             fh.close()
 
 
+def pack_levels(paths: list[str | Path], dst_path: str | Path) -> int:
+    """Write the full-resolution images of ``paths`` (a raster, then its overviews from the largest, each
+    in a file of its own, with its mask if it has one) as one COG, copying their blocks."""
+    images, masks = [], []
+    for n, path in enumerate(paths):
+        tiff = read_tiff(path)
+        image, mask = tiff.levels()[0]
+        images.append(tiff_image(tiff, image, n, n > 0))
+        masks.append(tiff_image(tiff, mask, n, n > 0) if mask is not None else None)
+    return write_cog(dst_path, images, masks, paths)
+
+
 def pack_tiff(src_path: str | Path, dst_path: str | Path) -> int:
     """Rewrite a tiled TIFF (e.g. one whose overviews GDAL added at its end) in the COG layout, copying
     its blocks."""

@@ -35,14 +35,12 @@ from rasterio.windows import Window
 
 from errors import TaskError, TooLargeError
 from services_assemble import assemble_tiles, tile_levels
-from services_cog import (
-    ALPHA_MASK_DTYPES, CogOptions, block_cache_mb, cog_env, creation_options, gdal_cache_limit,
-)
+from services_cog import ALPHA_MASK_DTYPES, CogOptions, cog_env, creation_options, gdal_cache_limit
 from services_gdal import GDAL_ERRORS, RasterLimits, check_limits, gdal_message, open_user_raster
 from services_mosaic import RGB, mosaic_xml, tile_facts
 from services_raster import RasterInfo, crs_string
 from services_source import RasterSource, as_source
-from services_tiff import TiffError, pack_tiff
+from services_tiff import TiffError, pack_levels, pack_tiff
 
 __all__ = ["TileGrid", "TileResult", "TileWindow", "assemble_tiles", "mosaic_vrt", "output_grid", "plan_grid",
            "plan_tiles", "process_tile", "tile_levels"]
@@ -166,6 +164,7 @@ def process_tile(src_path: str | Path | RasterSource, tile: TileWindow, dst_path
     dst_path = Path(dst_path)
     dst_path.parent.mkdir(parents=True, exist_ok=True)
     partial = dst_path.with_name(f".{dst_path.name}.partial")
+    packed = dst_path.with_name(f".{dst_path.name}.packed")
     try:
         with ExitStack() as stack:
             src = stack.enter_context(_open_source(src_path, limits, remote_url, head))
@@ -186,15 +185,17 @@ def process_tile(src_path: str | Path | RasterSource, tile: TileWindow, dst_path
                                                      width=grid.width, height=grid.height))
             layers = _layers(view, info, add_mask or alpha_added, alpha_added)
             levels = max(tile.levels, get_maximum_overview_level(tile.width, tile.height, minsize=options.blocksize))
-            with cog_env(options), gdal_cache_limit(block_cache_mb(options, len(layers.data), view.dtypes[0])):
-                _write_tile(view, layers, tile, partial, dst_kwargs, options, levels)
-        size = pack_tiff(partial, dst_path)
-        with open_user_raster(dst_path, limits=limits) as out:
+            with cog_env(options), gdal_cache_limit(options.gdal_cachemax_mb):
+                files = _write_tile(view, layers, tile, partial, dst_kwargs, options, levels)
+        size = pack_levels(files, packed) if len(files) > 1 else pack_tiff(partial, packed)
+        with open_user_raster(packed, limits=limits) as out:
             bounds = tuple(out.bounds)
+        packed.replace(dst_path)
     except GDAL_ERRORS + (TiffError,) as exc:
         raise TaskError(f"could not write tile {tile.index} of {name}: {gdal_message(exc)}") from exc
     finally:
-        partial.unlink(missing_ok=True)
+        for leftover in (partial, packed, *partial.parent.glob(f"{partial.name}.*")):
+            leftover.unlink(missing_ok=True)
     return TileResult(path=str(dst_path), tile=tile, grid=grid, bounds=bounds, file_size=size,
                       overview_levels=levels)
 
@@ -236,43 +237,86 @@ def _layers(view, info: RasterInfo, add_mask: bool, alpha_added: bool) -> Layers
 
 
 def _write_tile(view, layers: Layers, tile: TileWindow, path: Path, dst_kwargs: dict, options: CogOptions,
-                levels: int) -> None:
-    """Write the tile compressed, straight from ``view``, then build its overviews in place."""
+                levels: int) -> list[Path]:
+    """Write the tile compressed, straight from ``view``, with its ``levels`` overviews; the files to pack.
+
+    Nearest overviews are sampled from each row of blocks as it is read, with GDAL's own rule (pixel
+    ``i`` of a level is pixel ``int(0.5 + i * ratio)`` of the level above), each level in a file of its
+    own: no pixel is decoded again. Other kernels: GDAL builds them in place, from the written tile.
+    """
     colorinterp = [view.colorinterp[b - 1] for b in layers.data]
     if len(layers.data) == 1 and colorinterp[0] is not ColorInterp.palette:
         colorinterp = [ColorInterp.gray]
-    profile = {**dst_kwargs, "driver": "GTiff", "width": tile.width, "height": tile.height,
-               "count": len(layers.data), "dtype": view.dtypes[0], "crs": view.crs,
-               "transform": view.window_transform(tile.window), "nodata": layers.nodata}
+    profile = {**dst_kwargs, "driver": "GTiff", "count": len(layers.data), "dtype": view.dtypes[0],
+               "crs": view.crs, "nodata": layers.nodata}
     if "photometric" not in profile:  # as GDAL's CreateCopy chooses it
         profile["photometric"] = "RGB" if tuple(colorinterp[:3]) == RGB else "MINISBLACK"
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.colorinterp = colorinterp
-        if colorinterp[0] is ColorInterp.palette:
-            dst.write_colormap(1, view.colormap(1))
+    sampled = levels if options.overview_resampling == "nearest" else 0
+    rows, cols = [np.arange(tile.height)], [np.arange(tile.width)]
+    for level in range(1, sampled + 1):
+        rows.append(rows[-1][_nearest(len(rows[-1]), math.ceil(tile.height / 2**level))])
+        cols.append(cols[-1][_nearest(len(cols[-1]), math.ceil(tile.width / 2**level))])
+    files = [path, *(path.with_name(f"{path.name}.{level}") for level in range(1, sampled + 1))]
+    transform = view.window_transform(tile.window)
+    with ExitStack() as stack:
+        outs = []
+        for level, file in enumerate(files):
+            out = stack.enter_context(rasterio.open(
+                file, "w", **profile, width=len(cols[level]), height=len(rows[level]),
+                transform=transform @ Affine.scale(tile.width / len(cols[level]), tile.height / len(rows[level]))))
+            out.colorinterp = colorinterp
+            if colorinterp[0] is ColorInterp.palette:
+                out.write_colormap(1, view.colormap(1))
+            outs.append(out)
         chunk = max(options.blocksize, COLUMN_CHUNK // options.blocksize * options.blocksize)
         for row in range(0, tile.height, options.blocksize):
             for col in range(0, tile.width, chunk):
-                out = Window(col, row, min(chunk, tile.width - col), min(options.blocksize, tile.height - row))
-                window = Window(tile.col_off + col, tile.row_off + row, out.width, out.height)
-                data = view.read(indexes=layers.data, window=window)
-                alpha = view.read(layers.alpha, window=window) if layers.alpha else None
-                if layers.zero_invalid:
-                    invalid = alpha == 0 if alpha is not None else view.dataset_mask(window=window) == 0
-                    bands = [i for i, b in enumerate(layers.data) if b != layers.alpha]
-                    data[bands] = np.where(invalid, 0, data[bands])
-                dst.write(data, window=out)
-                if layers.mask == "alpha":
-                    dst.write_mask(np.where(alpha > 0, 255, 0).astype("uint8"), window=out)
-                elif layers.mask == "dataset":
-                    dst.write_mask(view.dataset_mask(window=window), window=out)
-        if levels:
+                window = Window(tile.col_off + col, tile.row_off + row, min(chunk, tile.width - col),
+                                min(options.blocksize, tile.height - row))
+                data, mask = _read_layers(view, layers, window)
+                for level, out in enumerate(outs):
+                    _write_sampled(out, data, mask, rows[level], cols[level], row, col, window)
+        dst = outs[0]
+        if levels and not sampled:
             dst.build_overviews([2**j for j in range(1, levels + 1)], Resampling[options.overview_resampling])
         for out_index, index in enumerate(layers.data, start=1):
             dst.set_band_description(out_index, view.descriptions[index - 1])
         dst.update_tags(**view.tags(), OVERVIEW_RESAMPLING=options.overview_resampling.upper())
         dst.scales = [view.scales[b - 1] for b in layers.data]
         dst.offsets = [view.offsets[b - 1] for b in layers.data]
+    return files
+
+
+def _nearest(size: int, out_size: int) -> np.ndarray:
+    """GDAL's nearest overview: which of ``size`` pixels each of ``out_size`` takes."""
+    picked = (0.5 + np.arange(out_size, dtype=np.float64) * (size / out_size)).astype(np.int64)
+    return np.minimum(picked, size - 1)
+
+
+def _read_layers(view, layers: Layers, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
+    """(data, mask) of a window, by ``create_cog``'s rules; mask None when the tile has none."""
+    data = view.read(indexes=layers.data, window=window)
+    alpha = view.read(layers.alpha, window=window) if layers.alpha else None
+    mask = (np.where(alpha > 0, 255, 0).astype("uint8") if alpha is not None
+            else view.dataset_mask(window=window) if layers.mask or layers.zero_invalid else None)
+    if layers.zero_invalid:
+        bands = [i for i, b in enumerate(layers.data) if b != layers.alpha]
+        data[bands] = np.where(mask == 0, 0, data[bands])
+    return data, mask if layers.mask else None
+
+
+def _write_sampled(out, data: np.ndarray, mask: np.ndarray | None, rows: np.ndarray, cols: np.ndarray,
+                   row: int, col: int, window: Window) -> None:
+    """Write the pixels of one level that fall in the window read (at ``row``, ``col`` of the tile)."""
+    top, bottom = np.searchsorted(rows, [row, row + window.height])
+    left, right = np.searchsorted(cols, [col, col + window.width])
+    if top == bottom or left == right:
+        return
+    pick = np.ix_(rows[top:bottom] - row, cols[left:right] - col)
+    target = Window(left, top, right - left, bottom - top)
+    out.write(data[(slice(None), *pick)], window=target)
+    if mask is not None:
+        out.write_mask(mask[pick], window=target)
 
 
 def mosaic_vrt(first_tile: str | Path, hrefs: list[str], tiles: list[TileWindow], grid: TileGrid,

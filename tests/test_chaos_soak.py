@@ -5,7 +5,7 @@ fail before it is applied (``lose=p,fail=p``), and whose first-generation hosts 
 the first time they reach one fault point of ``engine_faults.POINTS`` (``point=kill#1``); dead hosts
 are replaced by hosts with the same transport faults and no kill point. Runs alternate the rate, walk
 the points, and one in ``RASTER_EVERY`` is a process_raster_batch of 10 small synthetic rasters
-(slower: three stages, GDAL, pgstac) instead of hello_world n=50. Every run must end exact (see
+(slower: four stages, GDAL, pgstac) instead of hello_world n=50. Every run must end exact (see
 tests/test_chaos_transport.py); a failure names its seed and where the host logs are.
 
     .venv/bin/python -m pytest tests/test_chaos_soak.py -m slow -q       # 100 runs, hours on 2 cores
@@ -84,7 +84,7 @@ def raster_batch(tmp, pgstac_server, tag: str) -> JobSpec:
         finally:
             catalogue.close()
 
-    return JobSpec("process_raster_batch", {"prefix": f"soak/{tag}/"}, check, 3, RASTERS, env, prepare)
+    return JobSpec("process_raster_batch", {"prefix": f"soak/{tag}/"}, check, RASTERS, env, prepare)
 
 
 @pytest.mark.slow
