@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from task_manager import Engine
 
 logger = logging.getLogger(__name__)
+ROW_WRITERS = 4  # row transactions in flight ahead of the sends
 
 
 def plan_name(job_id: str, stage: int) -> str:
@@ -116,18 +117,24 @@ def fan_out_chunk(engine: "Engine", job: JobRecord, stage: StageRecord, planned:
     began = time.perf_counter()
     batches = [tasks[i:i + BATCH_MAX_OPERATIONS] for i in range(0, len(tasks), BATCH_MAX_OPERATIONS)]
     traceparent = engine_tracing.inject()  # this chunk's span: the parent of its tasks (sent from other threads)
+    wanted = {t.index for t in tasks}
     if redo:
-        started = {t.index for t in engine.store.task_range(job.job_id, stage.stage, start, end - 1)
+        wanted -= {t.index for t in engine.store.task_range(job.job_id, stage.stage, start, end - 1)
                    if t.status != Status.QUEUED or t.attempts > 0}
-        tasks = [t for t in tasks if t.index not in started]
-    with ThreadPoolExecutor(max_workers=min(engine.settings.fanout_threads, len(batches))) as pool:
-        for done in [pool.submit(engine.store.create_tasks, b) for b in batches]:
+    # Rows are written a few batches ahead; each batch's messages go out, in index order, as soon as its
+    # rows exist (a host then receives neighbouring tasks together and group commit reads them in one
+    # range query), so rows and sends overlap and a message never precedes its row.
+    send = engine.repos.tasks_queue.send
+    with ThreadPoolExecutor(max_workers=ROW_WRITERS) as rows, \
+            ThreadPoolExecutor(max_workers=engine.settings.fanout_threads) as sends:
+        written = [rows.submit(engine.store.create_tasks, b) for b in batches]
+        sent = []
+        for batch, done in zip(batches, written, strict=True):
             done.result()
-    # Then the messages, in index order on every sending thread: a host then receives neighbouring
-    # tasks together, and group commit reads them in one range query. (The rows are a few percent of
-    # the chunk's time; the sends are the rest.)
-    engine.repos.tasks_queue.send_many([TaskMessage(job_id=t.job_id, task_id=t.task_id, traceparent=traceparent)
-                                        for t in tasks])
+            sent += [sends.submit(send, TaskMessage(job_id=t.job_id, task_id=t.task_id, traceparent=traceparent))
+                     for t in batch if t.index in wanted]
+        for future in sent:
+            future.result()
     engine_tracing.fanned_out(stage.task_type, stage.name, end - start, end, time.perf_counter() - began)
     engine_faults.point("task_messages_sent")
     if not _advance_cursor(engine, stage, end):

@@ -240,9 +240,10 @@ def _write_tile(view, layers: Layers, tile: TileWindow, path: Path, dst_kwargs: 
                 levels: int) -> list[Path]:
     """Write the tile compressed, straight from ``view``, with its ``levels`` overviews; the files to pack.
 
-    Nearest overviews are sampled from each row of blocks as it is read, with GDAL's own rule (pixel
-    ``i`` of a level is pixel ``int(0.5 + i * ratio)`` of the level above), each level in a file of its
-    own: no pixel is decoded again. Other kernels: GDAL builds them in place, from the written tile.
+    Nearest overviews are sampled from each row of blocks as it is read, with GDAL's own rules (pixel
+    ``i`` of a level is pixel ``int(0.5 + i * ratio)`` of the level above; a mask level samples the
+    full-resolution mask), each level in a file of its own: no pixel is decoded again. Other kernels:
+    GDAL builds them in place, from the written tile.
     """
     colorinterp = [view.colorinterp[b - 1] for b in layers.data]
     if len(layers.data) == 1 and colorinterp[0] is not ColorInterp.palette:
@@ -253,9 +254,13 @@ def _write_tile(view, layers: Layers, tile: TileWindow, path: Path, dst_kwargs: 
         profile["photometric"] = "RGB" if tuple(colorinterp[:3]) == RGB else "MINISBLACK"
     sampled = levels if options.overview_resampling == "nearest" else 0
     rows, cols = [np.arange(tile.height)], [np.arange(tile.width)]
+    mask_rows, mask_cols = [rows[0]], [cols[0]]
     for level in range(1, sampled + 1):
-        rows.append(rows[-1][_nearest(len(rows[-1]), math.ceil(tile.height / 2**level))])
-        cols.append(cols[-1][_nearest(len(cols[-1]), math.ceil(tile.width / 2**level))])
+        height, width = math.ceil(tile.height / 2**level), math.ceil(tile.width / 2**level)
+        rows.append(rows[-1][_nearest(len(rows[-1]), height)])
+        cols.append(cols[-1][_nearest(len(cols[-1]), width)])
+        mask_rows.append(_nearest(tile.height, height))
+        mask_cols.append(_nearest(tile.width, width))
     files = [path, *(path.with_name(f"{path.name}.{level}") for level in range(1, sampled + 1))]
     transform = view.window_transform(tile.window)
     with ExitStack() as stack:
@@ -275,7 +280,9 @@ def _write_tile(view, layers: Layers, tile: TileWindow, path: Path, dst_kwargs: 
                                 min(options.blocksize, tile.height - row))
                 data, mask = _read_layers(view, layers, window)
                 for level, out in enumerate(outs):
-                    _write_sampled(out, data, mask, rows[level], cols[level], row, col, window)
+                    _write_sampled(out.write, data, rows[level], cols[level], row, col, window)
+                    if mask is not None:
+                        _write_sampled(out.write_mask, mask, mask_rows[level], mask_cols[level], row, col, window)
         dst = outs[0]
         if levels and not sampled:
             dst.build_overviews([2**j for j in range(1, levels + 1)], Resampling[options.overview_resampling])
@@ -305,18 +312,16 @@ def _read_layers(view, layers: Layers, window: Window) -> tuple[np.ndarray, np.n
     return data, mask if layers.mask else None
 
 
-def _write_sampled(out, data: np.ndarray, mask: np.ndarray | None, rows: np.ndarray, cols: np.ndarray,
-                   row: int, col: int, window: Window) -> None:
-    """Write the pixels of one level that fall in the window read (at ``row``, ``col`` of the tile)."""
+def _write_sampled(write, pixels: np.ndarray, rows: np.ndarray, cols: np.ndarray, row: int, col: int,
+                   window: Window) -> None:
+    """Write (``write``: a dataset's ``write`` or ``write_mask``) the pixels of one level that the level
+    takes from the window read (at ``row``, ``col`` of the tile)."""
     top, bottom = np.searchsorted(rows, [row, row + window.height])
     left, right = np.searchsorted(cols, [col, col + window.width])
     if top == bottom or left == right:
         return
     pick = np.ix_(rows[top:bottom] - row, cols[left:right] - col)
-    target = Window(left, top, right - left, bottom - top)
-    out.write(data[(slice(None), *pick)], window=target)
-    if mask is not None:
-        out.write_mask(mask[pick], window=target)
+    write(pixels[(..., *pick)], window=Window(left, top, right - left, bottom - top))
 
 
 def mosaic_vrt(first_tile: str | Path, hrefs: list[str], tiles: list[TileWindow], grid: TileGrid,

@@ -23,7 +23,7 @@ from services_cog import CogOptions, create_cog
 from services_gdal import open_user_raster
 from services_raster import validate_raster
 from services_tiff import TiffError, pack_tiff, read_tiff, tiff_image, write_cog
-from services_tiles import assemble_tiles, plan_tiles, process_tile, tile_levels
+from services_tiles import TileWindow, assemble_tiles, plan_tiles, process_tile, tile_levels
 
 RGBA = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
 
@@ -154,6 +154,22 @@ def test_each_tile_is_a_cog_in_the_final_profile(tmp_path):
             assert (out.width, out.height) == (tile.width, tile.height)
             factors = out.overviews(1)
             assert factors and factors == [2 ** j for j in range(1, len(factors) + 1)]
+
+
+@pytest.mark.parametrize("resampling", ["nearest", "average"])
+def test_a_tile_of_the_whole_raster_is_the_single_cog(tmp_path, resampling):
+    """Odd sizes: a tile's own overviews (nearest: sampled as rows are read, with GDAL's rule) are GDAL's."""
+    data = smooth_image(3, 1299, 1537, seed=12)
+    mask = np.full((1299, 1537), 255, dtype="uint8")
+    mask[100:400, 700:1501] = 0
+    src = write_raster(tmp_path / "src.tif", data, mask=mask)
+    options = CogOptions(overview_resampling=resampling)
+    whole = TileWindow(index=0, col_off=0, row_off=0, width=1537, height=1299)
+    tile = process_tile(src, whole, tmp_path / "tile.tif", options)
+    single = create_cog(src, tmp_path / "single.tif", options)
+    assert tile.overview_levels == len(single.overview_factors) == 2 and cog_validate(tile.path, quiet=True)[0]
+    assert_same_levels(single.dst_path, tile.path)
+    assert ifd_tags(single.dst_path) == ifd_tags(tile.path)
 
 
 def test_foreign_tiles_are_re_encoded_not_copied(tmp_path):
