@@ -320,8 +320,16 @@ def _write_sampled(write, pixels: np.ndarray, rows: np.ndarray, cols: np.ndarray
     left, right = np.searchsorted(cols, [col, col + window.width])
     if top == bottom or left == right:
         return
-    pick = np.ix_(rows[top:bottom] - row, cols[left:right] - col)
-    write(pixels[(..., *pick)], window=Window(left, top, right - left, bottom - top))
+    picked = pixels[(..., _pick(rows[top:bottom] - row), slice(None))][(..., _pick(cols[left:right] - col))]
+    write(np.ascontiguousarray(picked), window=Window(left, top, right - left, bottom - top))
+
+
+def _pick(indices: np.ndarray) -> slice | np.ndarray:
+    """A slice where the indices are evenly spaced (every pixel, every 2nd, ...: no copy), else them."""
+    step = int(indices[1] - indices[0]) if len(indices) > 1 else 1
+    if step > 0 and np.array_equal(indices, np.arange(indices[0], indices[0] + step * len(indices), step)):
+        return slice(int(indices[0]), int(indices[0]) + step * len(indices), step)
+    return indices
 
 
 def mosaic_vrt(first_tile: str | Path, hrefs: list[str], tiles: list[TileWindow], grid: TileGrid,

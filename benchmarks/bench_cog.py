@@ -162,6 +162,7 @@ def _do(mode: str, spec: dict[str, Any]) -> dict[str, Any]:
     from rasterio.shutil import copy
 
     from services_cog import CogOptions, create_cog
+    from controller_tiles import TILE_THREADS
     from services_tiles import TileWindow, assemble_tiles, plan_tiles, process_tile
 
     if mode == "ours":
@@ -181,7 +182,7 @@ def _do(mode: str, spec: dict[str, Any]) -> dict[str, Any]:
     if mode == "plan":
         return {"tiles": [t.model_dump() for t in plan_tiles(spec["src"], spec["tile_size"])]}
     if mode == "tile":
-        result = process_tile(spec["src"], TileWindow(**spec["tile"]), spec["dst"])
+        result = process_tile(spec["src"], TileWindow(**spec["tile"]), spec["dst"], CogOptions(threads=TILE_THREADS))
         return {"mib": round(result.file_size / 2**20, 2)}
     if mode == "assemble":
         result = assemble_tiles(spec["tiles"], spec["dst"], CogOptions(tmp_dir=spec["scratch"]))

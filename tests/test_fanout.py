@@ -99,7 +99,7 @@ def test_an_interrupted_chunk_is_redone_without_duplicate_rows(chunky, monkeypat
 def test_the_chain_pauses_while_the_tasks_queue_is_full(azurite):
     engine = Engine(Repositories(fresh_settings(azurite.connection_string, fanout_chunk=100,
                                                 fanout_max_backlog=50, fanout_pause_s=1)).ensure())
-    job_id = submit(engine, 300)
+    job_id = submit(engine, 150)
     (first,) = take_job_messages(engine)
     engine.run_stage(first)  # the first chunk always goes: 100 messages now wait in the tasks queue
     (continuation,) = take_job_messages(engine)
