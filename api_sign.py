@@ -67,7 +67,8 @@ def _check(value: dict[str, Any]) -> None:
     try:
         REQUEST.validate_python(value, strict=True)
     except ValidationError as exc:
-        kind = {"Feature": StacItem, "FeatureCollection": StacItemCollection}.get(value.get("type"), HrefRequest)
+        declared = value.get("type") if isinstance(value.get("type"), str) else None  # any JSON value may be there
+        kind = {"Feature": StacItem, "FeatureCollection": StacItemCollection}.get(declared, HrefRequest)
         errors = [{"field": ".".join(str(p) for p in e["loc"][1:]) or "(body)", "message": e["msg"], "type": e["type"]}
                   for e in exc.errors(include_url=False) if e["loc"] and e["loc"][0] == kind.__name__]
         raise ParameterValidationError(

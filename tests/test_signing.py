@@ -315,3 +315,12 @@ def test_a_catalogue_reader_finds_signs_and_tiles_the_cog_after_the_jobs_links_e
             tile = cog.tms.tile((west + east) / 2, (south + north) / 2, zoom)
             image = cog.tile(tile.x, tile.y, tile.z)
             assert image.data.shape == (3, 256, 256) and image.mask.any(), zoom
+
+
+def test_a_body_whose_type_is_not_a_string_is_a_400_not_a_500():
+    """Found by schemathesis: ``{"type": [true, ...]}`` made the error path look up a list in a dict."""
+    import api_sign
+    from errors import ParameterValidationError
+
+    with pytest.raises(ParameterValidationError):
+        api_sign._check({"type": [True, [[], False, {}]], "72": None})
