@@ -60,7 +60,7 @@ class Settings(BaseSettings):
         description="Tasks one stage-message invocation fans out before handing the rest to a continuation "
                     "message: bounded work per invocation, resumable by any instance.")
     fanout_max_backlog: int = Field(
-        default=4_000, ge=0, validation_alias=AliasChoices("FANOUT_MAX_BACKLOG", "fanout_max_backlog"),
+        default=20_000, ge=0, validation_alias=AliasChoices("FANOUT_MAX_BACKLOG", "fanout_max_backlog"),
         description="A fan-out chain pauses (re-checks every FANOUT_PAUSE_S) while the tasks queue holds more "
                     "messages than this: a 100,000-task stage never floods the queue (0: no limit).")
     fanout_pause_s: int = Field(default=5, ge=1, le=300,
@@ -153,6 +153,10 @@ class Settings(BaseSettings):
                                  description="Local scratch folder for downloads and outputs (default: system temp).")
     sas_enabled: bool = Field(default=True, validation_alias=AliasChoices("SAS_ENABLED", "sas_enabled"),
                               description="Add a read-only, time-limited SAS URL to output links.")
+    whole_read_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=0, validation_alias=AliasChoices("WHOLE_READ_BYTES", "whole_read_bytes"),
+        description="An input blob up to this size is read whole in one request into the task's scratch "
+                    "folder; a larger one is read by ranges over the network (/vsicurl/). 0: always ranges.")
     sas_ttl_minutes: int = Field(default=60, ge=1, le=7 * 24 * 60,
                                  validation_alias=AliasChoices("SAS_TTL_MINUTES", "sas_ttl_minutes"))
     pgstac_host: str | None = Field(default=None, validation_alias=AliasChoices("PGSTAC_HOST", "pgstac_host"),

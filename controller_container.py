@@ -17,7 +17,7 @@ from controller_geo_common import (
     build_item_task, item_reports, load_items_task,
 )
 from errors import InputNotFoundError, NotFoundError, TaskError
-from services_sidecars import companions, is_sidecar_name
+from services_sidecars import companions, is_sidecar_name, sidecar_names
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 TIFF_CONTENT_TYPES = ("image/tiff", "image/geotiff")
@@ -89,9 +89,13 @@ def _is_geospatial(io: Any, blob) -> bool:
 
 
 def list_geospatial_task(p: SyncParameters, ctx: TaskContext) -> dict[str, Any]:
-    """The container's GeoTIFFs (by extension and by content)."""
-    blobs = [b for b in _listing(ctx.io, p.container, p.prefix) if _is_geospatial(ctx.io, b)]
-    return {"container": p.container, "blobs": [b.name for b in blobs], "count": len(blobs)}
+    """The container's GeoTIFFs (by extension and by content), with the size of each that has no sidecar
+    beside it (``alone``: its build task then needs no listing of its own)."""
+    listed = _listing(ctx.io, p.container, p.prefix)
+    present = {b.name for b in listed}
+    blobs = [b for b in listed if _is_geospatial(ctx.io, b)]
+    alone = {b.name: b.size for b in blobs if not any(n in present for n in sidecar_names(b.name))}
+    return {"container": p.container, "blobs": [b.name for b in blobs], "count": len(blobs), "alone": alone}
 
 
 HANDLERS = (
@@ -106,8 +110,10 @@ def _catalog_listed(p: SyncParameters, previous: list[TaskOutcome]) -> list[dict
     (listing,) = succeeded(previous)
     if not listing.result["blobs"]:
         raise TaskError(f"no GeoTIFFs in {p.container}/{p.prefix or ''}")
+    alone = listing.result.get("alone", {})
     return [{"container": p.container, "blob": name, "collection_id": p.collection_id, "job_type": "sync_container",
-             "datetime": p.datetime.isoformat() if p.datetime else None} for name in listing.result["blobs"]]
+             "datetime": p.datetime.isoformat() if p.datetime else None,
+             **({"listed_size": alone[name]} if name in alone else {})} for name in listing.result["blobs"]]
 
 
 def _synced(p: SyncParameters, outcomes: dict[int, list[TaskOutcome]]) -> dict[str, Any]:

@@ -118,6 +118,8 @@ class CatalogRun(CatalogTask):
     source_container: str | None = Field(None, description="for an output: the container of its source")
     source_blob: BlobName | None = Field(None, description="for an output: the raster it was derived from")
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="the blob's SHA-256, when known")
+    listed_size: int | None = Field(None, ge=0, description="set by a container listing that found no sidecar "
+                                    "beside the blob: its size then; the task lists nothing itself")
 
 
 @contextmanager
@@ -153,7 +155,7 @@ def build_blob_item(io: Any, p: CatalogTask, folder: Path,
 
     The blob is read over the network with its sidecars (nothing is downloaded unless SAS is off); the
     item lists the sidecars GDAL used as assets, and, with ``job_id``, its provenance."""
-    found = open_blob(io, p.container, p.blob, folder)
+    found = open_blob(io, p.container, p.blob, folder, listed_size=getattr(p, "listed_size", None))
     info = validate_raster(found.source, raster_limits(io), sidecars=found.sidecars)
     used = {kind: url for kind, url in found.sidecar_urls.items()
             if getattr(found.sidecars, kind) is not None and getattr(found.sidecars, kind).name in info.sidecars}

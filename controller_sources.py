@@ -5,8 +5,10 @@ the blob and every sidecar GDAL would look for on a local disk), then hands GDAL
 a short read SAS (``/vsicurl/``): validation reads the header and a few blocks, COG creation reads each
 block once, and nothing of the input is written to scratch. A ``.msk``/``.ovr`` is read the same way
 (its own URL and SAS, opened through the same gate); ``.aux.xml``, world files and ``.prj`` are small
-and read into memory. With ``SAS_ENABLED=false`` there is no URL GDAL could use: the blob and its
-sidecars are downloaded to the task's scratch folder instead (the one case that still copies the input).
+and read into memory. A small blob (``WHOLE_READ_BYTES``, 4 MiB by default) is cheaper read whole: one
+GET into scratch replaces the signature read and GDAL's ranged reads; when a container listing already
+found it alone (no sidecar beside it), that GET is the task's only request. With ``SAS_ENABLED=false``
+there is no URL GDAL could use: every blob and sidecar is read whole into scratch.
 """
 from __future__ import annotations
 
@@ -36,18 +38,22 @@ class SourceBlob:
 
     @property
     def downloaded(self) -> bool:
-        """The input was copied to scratch (no SAS available)."""
+        """The input was copied to scratch (a small blob, or no SAS available)."""
         return not self.source.remote
 
     def describe(self) -> dict[str, Any]:
         """For a task result: how the input was read and which sidecars were offered."""
-        return {"read": "downloaded (SAS disabled)" if self.downloaded else "remote (/vsicurl/, read SAS)",
+        return {"read": "read whole into scratch" if self.downloaded else "remote (/vsicurl/, read SAS)",
                 "sidecars_found": sorted(self.sidecar_urls.values())}
 
 
-def open_blob(io: Any, container: str, blob: str, folder: Path) -> SourceBlob:
+def open_blob(io: Any, container: str, blob: str, folder: Path, listed_size: int | None = None) -> SourceBlob:
     """The blob and its sidecars as GDAL sources; InputNotFoundError (``not_found``) if the blob or its
-    container does not exist. Only a missing SAS (``SAS_ENABLED=false``) downloads, into ``folder``."""
+    container does not exist. A small blob, or any blob without a SAS (``SAS_ENABLED=false``), is read
+    whole into ``folder``. ``listed_size``: a container listing found the blob, that size, and no sidecar
+    beside it; a small one is then read with one request and no listing of its own."""
+    if listed_size is not None and listed_size <= io.settings.whole_read_bytes:
+        return _read_whole_alone(io, container, blob, folder)
     names = sidecar_names(blob)
     try:
         found = io.rasters.siblings(container, listing_prefix(blob), [blob, *names])
@@ -79,16 +85,30 @@ def open_blob(io: Any, container: str, blob: str, folder: Path) -> SourceBlob:
                       sidecar_urls=urls, notes=notes)
 
 
+def _read_whole_alone(io: Any, container: str, blob: str, folder: Path) -> SourceBlob:
+    """One GET: the blob into ``folder``, its properties from the reply; no sidecars."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"input{Path(blob).suffix.lower() or '.bin'}"
+    try:
+        info = io.rasters.download(container, blob, path)
+    except NotFoundError as exc:
+        raise InputNotFoundError(exc.message) from None
+    return SourceBlob(container=container, blob=blob, info=info,
+                      source=RasterSource(path=str(path), label=f"{container}/{blob}", size=info.size),
+                      sidecars=Sidecars())
+
+
 def _tiff_source(io: Any, container: str, blob: str, info: BlobInfo, folder: Path, stem: str,
                  sas: str | None) -> RasterSource:
     """A TIFF blob as GDAL reads it: its URL with a read SAS (``sas``) and its first bytes, or, without a
     SAS, a local copy in ``folder``."""
     label = f"{container}/{blob}"
     try:
-        if sas:
+        if sas and info.size > io.settings.whole_read_bytes:
             head = io.rasters.head_bytes(container, blob, HEAD_BYTES) if info.size else b""
             return RasterSource(path=f"/vsicurl/{sas}", label=label, remote_url=io.rasters.url(container, blob),
                                 head=head, size=info.size)
+        folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{stem}{Path(blob).suffix.lower() or '.bin'}"
         io.rasters.download(container, blob, path)
         return RasterSource(path=str(path), label=label, size=info.size)

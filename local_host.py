@@ -183,21 +183,23 @@ def storage_client(connection: str, service: Literal["queue", "blob", "table"]) 
     """
     import requests
     from azure.core.pipeline.transport import RequestsTransport
-    if service == "table":
-        return _table_client(connection)
-    if service == "queue":
-        from azure.storage.queue import LinearRetry
-        from azure.storage.queue import QueueServiceClient as Client
-    else:
-        from azure.storage.blob import BlobServiceClient as Client
-        from azure.storage.blob import LinearRetry
     session = requests.Session()
     for scheme in ("http://", "https://"):  # one connection per concurrent invocation, not urllib3's 10
         session.mount(scheme, requests.adapters.HTTPAdapter(pool_maxsize=64))
     # The SDK's default retries wait 15 s and more: a poller would stall long after storage is back;
     # here a call gives up after about 2 s, and the poller's own back-off takes over.
-    options = {"transport": RequestsTransport(session=session),
-               "retry_policy": LinearRetry(backoff=0.5, retry_total=2, random_jitter_range=0.5)}
+    options: dict[str, Any] = {"transport": RequestsTransport(session=session)}
+    if service == "table":
+        from azure.data.tables import TableServiceClient as Client
+        options |= {"retry_total": 2, "retry_backoff_factor": 0.5}
+    else:
+        if service == "queue":
+            from azure.storage.queue import LinearRetry
+            from azure.storage.queue import QueueServiceClient as Client
+        else:
+            from azure.storage.blob import BlobServiceClient as Client
+            from azure.storage.blob import LinearRetry
+        options["retry_policy"] = LinearRetry(backoff=0.5, retry_total=2, random_jitter_range=0.5)
     for name in (f"AzureWebJobs{connection}", connection):
         if os.environ.get(name):
             return Client.from_connection_string(os.environ[name], **options)
@@ -209,29 +211,6 @@ def storage_client(connection: str, service: Literal["queue", "blob", "table"]) 
             return Client(uri or f"https://{account}.{service}.core.windows.net", credential=credential, **options)
     raise LocalHostError(f"connection {connection!r} is not configured: set {connection} to a connection string "
                          f"or {connection}__accountName / {connection}__{service}ServiceUri")
-
-
-def _table_client(connection: str) -> Any:
-    """A TableServiceClient for ``connection``, resolved like ``storage_client`` (short retries too)."""
-    import requests
-    from azure.core.pipeline.transport import RequestsTransport
-    from azure.data.tables import TableServiceClient
-    session = requests.Session()
-    for scheme in ("http://", "https://"):
-        session.mount(scheme, requests.adapters.HTTPAdapter(pool_maxsize=64))
-    options = {"transport": RequestsTransport(session=session), "retry_total": 2, "retry_backoff_factor": 0.5}
-    for name in (f"AzureWebJobs{connection}", connection):
-        if os.environ.get(name):
-            return TableServiceClient.from_connection_string(os.environ[name], **options)
-        uri = os.environ.get(f"{name}__tableServiceUri")
-        account = os.environ.get(f"{name}__accountName")
-        if uri or account:
-            from azure.identity import DefaultAzureCredential
-            credential = DefaultAzureCredential(managed_identity_client_id=os.environ.get(f"{name}__clientId"))
-            return TableServiceClient(uri or f"https://{account}.table.core.windows.net", credential=credential,
-                                      **options)
-    raise LocalHostError(f"connection {connection!r} is not configured: set {connection} to a connection string "
-                         f"or {connection}__accountName / {connection}__tableServiceUri")
 
 
 def _section(config: dict[str, Any], *keys: str) -> Any:

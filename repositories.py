@@ -24,6 +24,7 @@ from models import (
 from repository_rules import (
     BATCH_MAX_BYTES, BATCH_MAX_OPERATIONS, MAX_ENTITY_BYTES, check_entity_limits, chunk_for_transactions, utf16_len,
 )
+from repository_batch import submit_transaction
 from repository_blobs import PayloadBlobs
 from repository_clients import StorageClients, translate_errors
 from repository_queries import JobQueries
@@ -169,7 +170,7 @@ class JobStore(JobQueries):
         ops = [("create", self.pack(row)) for row in (stage, *shards)]
         try:
             with translate_errors(f"create counters of stage {stage.stage} of job {stage.job_id}"):
-                self.tasks.submit_transaction(ops)
+                submit_transaction(self.tasks, ops)
         except (ConflictError, TransientError):
             pass  # created before (by us, whose reply was lost, or by a duplicate message)
         stored = self.get_stage(stage.job_id, stage.stage)
@@ -184,7 +185,7 @@ class JobStore(JobQueries):
             for attempt in range(3):
                 try:
                     with translate_errors(f"create {len(batch)} task rows of job {batch[0]['PartitionKey']}"):
-                        self.tasks.submit_transaction([("create", e) for e in batch])
+                        submit_transaction(self.tasks, [("create", e) for e in batch])
                     break
                 except ConflictError:
                     break
@@ -240,7 +241,7 @@ class JobStore(JobQueries):
             raise BatchTooLarge(f"{len(tasks)} task rows are over one transaction's size; commit fewer")
         try:
             with translate_errors(f"commit {len(tasks)} task rows of job {tasks[0].job_id if tasks else '?'}"):
-                results = self.tasks.submit_transaction(ops)
+                results = submit_transaction(self.tasks, ops)
         except ConflictError as exc:
             exc.details["operation"] = getattr(exc.__cause__, "index", None)
             raise
@@ -275,7 +276,7 @@ class JobStore(JobQueries):
         if stage is not None:
             ops.append(("update", self.pack(stage), {**_IF_MATCH, "etag": stage.etag}))
         with translate_errors(f"reopen shard {shard.shard} of stage {shard.stage} of {shard.job_id}"):
-            self.tasks.submit_transaction(ops)
+            submit_transaction(self.tasks, ops)
 
     def get_shard(self, job_id: str, stage: int, shard: int) -> ShardRecord | None:
         """One counter shard, or None."""

@@ -68,6 +68,8 @@ class RasterInfo(BaseModel):
     tiff_datetime: datetime | None = Field(None, description="TIFFTAG_DATETIME, read as UTC")
     warnings: list[str] = Field(default_factory=list)
     remote: bool = Field(False, description="read over the network: ``path`` is the blob's name, not a file")
+    local_file: str | None = Field(None, exclude=True,
+                                   description="the local file GDAL read (None for a URL); never reported")
     sidecars: list[str] = Field(default_factory=list, description="sidecar files that changed what GDAL reads")
 
     @property
@@ -120,6 +122,7 @@ def validate_raster(source: str | Path | RasterSource, limits: RasterLimits | No
             cog_warnings.append("overviews are in a .ovr sidecar: a COG keeps them inside the file")
         return RasterInfo(
             path=label, driver=src.driver, file_size=source.file_size(), remote=source.remote,
+            local_file=None if source.remote else source.path,
             crs=crs_string(crs), crs_wkt=crs.to_wkt(version="WKT2_2019"), epsg=crs.to_epsg(),
             bounds=bounds, bounds_wgs84=tuple(bounds_wgs84), transform=tuple(transform)[:6],
             res=(math.hypot(transform.a, transform.d), math.hypot(transform.b, transform.e)),

@@ -110,7 +110,8 @@ def build_item(source: str | Path | RasterInfo, *, container: str, blob: str, hr
     """A STAC Item for one raster blob, with projection, raster and file extensions.
 
     ``source`` is the local copy of the blob (a path, validated within ``limits``) or its ``RasterInfo``
-    (then ``file_size`` and ``sha256`` are computed from ``info.path`` when not given).
+    (then ``file_size`` and, for a local file, ``sha256`` are computed from it when not given; a file read
+    by ranges over the network gets no checksum).
 
     Datetime precedence: the ``datetime`` parameter (the caller knows best), else ``file_datetime``
     (default: the file's TIFFTAG_DATETIME, read as UTC), else ``last_modified`` (the blob's
@@ -160,8 +161,8 @@ def build_item(source: str | Path | RasterInfo, *, container: str, blob: str, hr
         for dtype in info.dtypes])
     if file_size is None:
         file_size = info.file_size
-    if sha256 is None and not info.remote:
-        sha256 = file_sha256(info.path)
+    if sha256 is None and info.local_file:
+        sha256 = file_sha256(info.local_file)
     FileExtension.ext(asset, add_if_missing=True).apply(size=file_size,
                                                         checksum="1220" + sha256 if sha256 else None)
     for kind, sidecar_href in (sidecars or {}).items():

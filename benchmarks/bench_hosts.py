@@ -161,11 +161,13 @@ def idle_status(engine: Engine, job_id: str, calls: int = 10) -> dict[str, Any]:
 
 def run_job_on_hosts(conn: str, job_type: str, params: dict[str, Any], tasks: int, hosts: int, workdir: Path,
                      label: str, timeout: float, stall_s: float = 120.0, sampler: Sampler | None = None,
-                     log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run one job on ``hosts`` counted local hosts over fresh storage; its time, requests and log summary."""
-    repos = Repositories(fresh_settings(conn)).ensure()
+                     log: Callable[[str], None] = print, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run one job on ``hosts`` counted local hosts over fresh storage (``settings``: overrides for this
+    process and the hosts); its time, requests and log summary."""
+    repos = Repositories(fresh_settings(conn, **(settings or {}))).ensure()
     engine = Engine(repos)
-    procs = [CountedHost(settings_env(repos.settings), workdir / f"{label}-host{i}.log") for i in range(hosts)]
+    env = settings_env(repos.settings) | {name.upper(): str(value) for name, value in (settings or {}).items()}
+    procs = [CountedHost(env, workdir / f"{label}-host{i}.log") for i in range(hosts)]
     watches: list[HostWatch] = []
     stuck = None
     try:

@@ -7,6 +7,7 @@ import threading
 import pytest
 
 import api_jobs
+import repositories
 from errors import ConflictError
 from models import (
     CompletionMessage, JobRecord, StageMessage, Status, TaskRecord, decode_job_message, make_task_id, utcnow,
@@ -96,21 +97,21 @@ def test_crash_after_partial_stage_write_is_completed_by_redelivery(engine, repo
     (msg,) = list(repos.jobs_queue.client.receive_messages())
     repos.jobs_queue.client.delete_message(msg)
     stage_msg = decode_job_message(msg.content)
-    real = engine.store.tasks.submit_transaction
+    real = repositories.submit_transaction
     calls = {"n": 0}
 
-    def flaky(ops, **kw):
+    def flaky(table, ops):
         calls["n"] += 1
         if calls["n"] == 2:
             raise RuntimeError("process died between batches")
-        return real(ops, **kw)
+        return real(table, ops)
 
-    monkeypatch.setattr(engine.store.tasks, "submit_transaction", flaky)
+    monkeypatch.setattr(repositories, "submit_transaction", flaky)
     with pytest.raises(RuntimeError):
         engine.run_stage(stage_msg)
     stage = engine.store.get_stage(job_id, 1)  # counters first; the chunk's cursor has not moved
     assert stage.fanned_out == 0 and not stage.dispatched
-    monkeypatch.setattr(engine.store.tasks, "submit_transaction", real)
+    monkeypatch.setattr(repositories, "submit_transaction", real)
     engine.run_stage(stage_msg)
     assert len(engine.store.list_tasks(job_id, 1)) == 120
     QueueDriver(engine).run()

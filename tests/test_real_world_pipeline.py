@@ -3,6 +3,7 @@ sidecars travel with their raster, inputs are read over the network (not downloa
 items carry their provenance."""
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from pathlib import Path
@@ -69,6 +70,7 @@ def tasks_of(engine, job_id: str) -> list[dict]:
 @needs_schemas
 def test_a_jpeg_raster_with_a_msk_keeps_its_mask_and_its_item_says_where_it_came_from(geo_engine, tmp_path):
     src, mask = masked_scene(tmp_path, jpeg=True)
+    geo_engine.settings.whole_read_bytes = 0  # read by ranges over the network, as a large scene is
     container = geo_engine.settings.input_container
     upload(geo_engine, src, "masked/scene.tif")
     upload(geo_engine, tmp_path / "scene.tif.msk", "masked/scene.tif.msk")
@@ -160,6 +162,16 @@ def test_sync_and_list_treat_sidecars_as_companions(geo_engine, tmp_path):
     assert scene["assets"]["mask"]["href"].endswith("sync/scene.tif.msk")
     assert scene["assets"]["mask"]["roles"] == ["data-mask"]
     assert "processing:lineage" in scene["properties"] and "sync_container" in scene["properties"]["processing:lineage"]
+    # the listing hands its size to the build task of the blob with no sidecar (one GET, no listing of its own),
+    # never to the one with sidecars; both items still describe their files
+    built = {t["parameters"]["blob"]: t["parameters"] for t in tasks_of(geo_engine, status["job_id"])
+             if t["stage"] == 2}
+    (other,) = geo_engine.io.rasters.list(geo_engine.settings.input_container, "sync/other")
+    assert built["sync/other.tif"]["listed_size"] == other.size and "listed_size" not in built["sync/scene.tif"]
+    other_item = geo_engine.io.pgstac().get_item(result["collection_id"],
+                                                 f"{geo_engine.settings.input_container}--sync__other")
+    assert other_item["assets"]["data"]["file:size"] == other.size and set(other_item["assets"]) == {"data"}
+    assert other_item["assets"]["data"]["file:checksum"].startswith("1220")
     listing = run_job(geo_engine, "list_container", {"prefix": "sync/"})["result_data"]
     assert listing["count"] == 4 and listing["sidecar_count"] == 2
     entries = {b["name"]: b for b in listing["blobs"]}
@@ -187,6 +199,7 @@ def test_gdal_alone_misses_a_sidecar_beside_a_sas_url_and_open_blob_finds_it(geo
     from services_source import open_raster
 
     src, mask = masked_scene(tmp_path, size=256)
+    geo_engine.settings.whole_read_bytes = 0  # read by ranges over the network, as a large scene is
     upload(geo_engine, src, "why/scene.tif")
     upload(geo_engine, tmp_path / "scene.tif.msk", "why/scene.tif.msk")
     sas = geo_engine.repos.rasters.read_sas_url(geo_engine.settings.input_container, "why/scene.tif")
@@ -201,6 +214,32 @@ def test_gdal_alone_misses_a_sidecar_beside_a_sas_url_and_open_blob_finds_it(geo
 
 
 # ------------------------------------------------------------------------------ no whole-file downloads
+def test_a_small_blob_is_read_whole_and_gives_the_item_a_ranged_read_gives(geo_engine, tmp_path):
+    """Below WHOLE_READ_BYTES one GET replaces the signature read and GDAL's ranged reads; same item."""
+    from controller_geo_common import CatalogTask, build_blob_item
+    from controller_sources import open_blob
+
+    src, _ = masked_scene(tmp_path, size=256)
+    upload(geo_engine, src, "small/scene.tif")
+    upload(geo_engine, tmp_path / "scene.tif.msk", "small/scene.tif.msk")
+    container = geo_engine.settings.input_container
+    task = CatalogTask(container=container, blob="small/scene.tif", collection_id="small")
+    assert src.stat().st_size < geo_engine.settings.whole_read_bytes
+    whole = open_blob(geo_engine.io, container, "small/scene.tif", tmp_path / "whole")
+    assert not whole.source.remote and whole.describe()["read"] == "read whole into scratch"
+    assert whole.sidecars.mask is not None and not whole.sidecars.mask.remote
+    item_whole, _ = build_blob_item(geo_engine.io, task, tmp_path / "a")
+    geo_engine.settings.whole_read_bytes = src.stat().st_size - 1
+    assert open_blob(geo_engine.io, container, "small/scene.tif", tmp_path / "ranged").source.remote
+    item_ranged, _ = build_blob_item(geo_engine.io, task, tmp_path / "b")
+    checksum = item_whole["assets"]["data"].pop("file:checksum")  # the bytes were all here: hashed
+    assert checksum == "1220" + hashlib.sha256(src.read_bytes()).hexdigest()
+    assert "file:checksum" not in item_ranged["assets"]["data"]  # read by ranges: never whole
+    for item in (item_whole, item_ranged):
+        item["properties"].pop("created"), item["properties"].pop("updated")
+    assert item_whole == item_ranged and item_whole["assets"]["mask"]
+
+
 def test_inputs_are_read_in_place_and_resources_are_reported(geo_engine, azurite, tmp_path):
     src = write_raster(tmp_path / "plain.tif", smooth_image(3, 1200, 1200), tiled=True, blockxsize=256,
                        blockysize=256)  # uncompressed: 4.1 MiB on disk
@@ -221,7 +260,7 @@ def test_inputs_are_read_in_place_and_resources_are_reported(geo_engine, azurite
     status = run_job(engine, "validate_raster", {"blob": "plain/plain.tif"})
     assert status["status"] == "completed", status.get("error_details")
     validated = status["result_data"]["raster"]
-    assert validated["input"]["read"] == "downloaded (SAS disabled)"
+    assert validated["input"]["read"] == "read whole into scratch"
     assert validated["resources"]["peak_scratch_mib"] >= round(size / MIB, 3) - 0.001  # the whole input
 
 

@@ -287,8 +287,10 @@ def blobs_in(engine: Engine, container: str) -> list[str]:
         return []
 
 
+@pytest.mark.parametrize("whole_read_bytes", [0, 4 * 1024 * 1024], ids=["by_ranges", "read_whole"])
 @pytest.mark.parametrize("kind", ["local_file_as_tif", "loopback_as_tif", "dot_vrt"])
-def test_hostile_vrt_blobs_fail_process_raster_end_to_end(geo_engine, tmp_path, listener, kind):
+def test_hostile_vrt_blobs_fail_process_raster_end_to_end(geo_engine, tmp_path, listener, kind, whole_read_bytes):
+    geo_engine.settings.whole_read_bytes = whole_read_bytes  # both ways a blob reaches GDAL
     content = {"local_file_as_tif": raw_vrt(str(secret_file(tmp_path))),
                "loopback_as_tif": remote_vrt(f"{listener.url}/leak.tif"),
                "dot_vrt": raw_vrt(str(secret_file(tmp_path)))}[kind]

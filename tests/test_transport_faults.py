@@ -14,6 +14,7 @@ import repository_faults
 from errors import ConflictError, TransientError
 from host_proc import HostProcess
 from conftest import settings_env
+from repository_batch import submit_transaction
 from repository_clients import StorageClients, translate_errors
 from repository_faults import FaultSpec, TransportFaults
 
@@ -87,11 +88,13 @@ def test_lost_reply_on_post_or_merge_is_not_resent_and_surfaces_transient(table,
     assert row(table, "r")["b"] == 2  # applied, though the caller saw an error
 
 
-def test_lost_reply_on_transaction_surfaces_error_while_committed(table, faults):
+@pytest.mark.parametrize("submit", [lambda table, ops: table.submit_transaction(ops), submit_transaction],
+                         ids=["sdk", "repository_batch"])
+def test_lost_reply_on_transaction_surfaces_error_while_committed(table, faults, submit):
     ops = [("create", {"PartitionKey": PK, "RowKey": f"t{i}", "n": i}) for i in range(3)]
     faults.arm("lose", method="POST", match="$batch")
     with pytest.raises(TransientError, match=r"\(ServiceResponseError\)"), translate_errors("commit"):
-        table.submit_transaction(ops)
+        submit(table, ops)
     assert [row(table, f"t{i}")["n"] for i in range(3)] == [0, 1, 2]
     assert faults.counts()["lose"] == 1 and [f.method for f in faults.history] == ["POST"]
 

@@ -114,7 +114,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'COUNTER_SHARDS', value: '32' }
         { name: 'PROGRESS_INTERVAL_S', value: '5' }
         { name: 'FANOUT_CHUNK', value: '2000' }
-        { name: 'FANOUT_MAX_BACKLOG', value: '4000' }
+        { name: 'FANOUT_MAX_BACKLOG', value: '20000' }
         { name: 'FANOUT_PAUSE_S', value: '5' }
         { name: 'FANOUT_THREADS', value: '16' }
         { name: 'MAX_REQUEST_BYTES', value: '1048576' }
@@ -124,6 +124,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'SWEEPER_SCHEDULE', value: '0 */1 * * * *' }
         { name: 'SWEEPER_GRACE_S', value: '60' }
         { name: 'WORK_DIR', value: '/tmp' }
+        { name: 'WHOLE_READ_BYTES', value: '4194304' }
         // jobs that start by themselves
         { name: 'SCHEDULES_TIMER', value: '0 */1 * * * *' }
         { name: 'WATCHES', value: '[]' }
