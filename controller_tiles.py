@@ -1,6 +1,7 @@
 """process_large_raster: one huge raster cut into tiles, each tile a task (in parallel, on any host).
 
-plan_tiles (1) -> process_tiles (one per tile) -> assemble (1) -> catalog (1, or one per tile). Each tile
+plan_tiles (1) -> process_tiles (one per tile) -> assemble (1) -> catalog (1, or one per tile; the
+catalog task of an assembled COG then deletes its intermediate tiles). Each tile
 task reads only its window of the source (GDAL ``/vsicurl/`` with a read SAS: that one blob URL and
 nothing else), reprojects it when asked, and writes it as a COG in the final profile with its own
 overviews (``services_tiles``). With ``output: "cog"`` the assemble task joins them into one COG by
@@ -83,6 +84,9 @@ class CatalogOutputTask(CatalogRun):
     """A catalog task of process_large_raster: its COG, or one tile of a tiled output."""
 
     mosaic_blob: BlobName | None = None  # output "tiles": the VRT joining the tiles, an asset of each item
+    intermediate_blobs: list[BlobName] = Field(default_factory=list, max_length=100_000,
+                                               description="the tiles the COG was assembled from: deleted "
+                                                           "once it is catalogued")
 
 
 # ------------------------------------------------------------------ handlers
@@ -144,7 +148,8 @@ def assemble_task(p: AssembleTask, ctx: TaskContext) -> dict[str, Any]:
         ctx.io.rasters.ensure_container(p.output_container)
         uploaded = ctx.io.rasters.upload(p.output_container, p.output_blob, tmp / "output.tif", MediaType.COG)
     return {"output_container": p.output_container, "output_blob": p.output_blob, "size": uploaded.size,
-            "tiles": len(p.tile_blobs), "sha256": sha256, **links(ctx.io, p.output_container, p.output_blob),
+            "tiles": len(p.tile_blobs), "tile_blobs": p.tile_blobs, "sha256": sha256,
+            **links(ctx.io, p.output_container, p.output_blob),
             **result.model_dump(mode="json", exclude={"dst_path", "in_memory", "gdal_cachemax_mb", "elapsed_s"}),
             "resources": meter.report()}
 
@@ -174,7 +179,10 @@ def catalog_output_task(p: CatalogOutputTask, ctx: TaskContext) -> dict[str, Any
                                         "title": "Mosaic of every tile (GDAL VRT, tiles by relative href)",
                                         "roles": ["data", "mosaic"]}
         action = upsert_catalog_item(ctx.io, p.collection_id, item)
-    return {**summary, "action": action, "url": ctx.io.rasters.url(p.container, p.blob), "resources": meter.report()}
+    # the COG is written and catalogued: its tiles are of no more use (a repeat finds them gone)
+    removed = sum(ctx.io.intermediates.delete(blob) for blob in p.intermediate_blobs)
+    return {**summary, "action": action, "url": ctx.io.rasters.url(p.container, p.blob),
+            **({"intermediates_deleted": removed} if p.intermediate_blobs else {}), "resources": meter.report()}
 
 
 HANDLERS = (
@@ -233,7 +241,8 @@ def _catalog_large(p: LargeRasterParameters, previous: list[TaskOutcome]) -> lis
               "datetime": p.datetime.isoformat() if p.datetime else None, "job_type": JOB_TYPE,
               "source_container": p.container, "source_blob": p.blob}
     if p.output == "cog":
-        return [{**common, "blob": made["output_blob"], "sha256": made.get("sha256")}]
+        return [{**common, "blob": made["output_blob"], "sha256": made.get("sha256"),
+                 "intermediate_blobs": made.get("tile_blobs", [])}]
     return [{**common, "blob": tile["blob"], "sha256": tile["sha256"], "mosaic_blob": made["output_blob"]}
             for tile in made["tiles"]]
 

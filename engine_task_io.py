@@ -93,6 +93,10 @@ class Intermediates:
         """Store a local file as an intermediate blob (overwriting: names are deterministic)."""
         return self.store.upload(self.container, self._name(blob), path)
 
+    def delete(self, blob: str) -> bool:
+        """Remove an intermediate blob once its consumer is done; False if it was gone already."""
+        return self.store.delete(self.container, self._name(blob))
+
     def download(self, blob: str, path: Path) -> BlobInfo:
         """Fetch an intermediate blob; a missing one is a permanent failure."""
         try:

@@ -125,6 +125,15 @@ class RasterStore:
                 raise NotFoundError(f"blob not found: {container}/{blob}") from None
         return _info(container, props)
 
+    def delete(self, container: str, blob: str) -> bool:
+        """Delete a blob; False if it was not there (so a repeat is harmless)."""
+        with translate_errors(f"delete {container}/{blob}"):
+            try:
+                self._blob(container, blob).delete_blob()
+            except ResourceNotFoundError:
+                return False
+        return True
+
     def list(self, container: str, prefix: str | None = None) -> Iterator[BlobInfo]:
         """Blobs of ``container`` whose names start with ``prefix``, in name order."""
         client = self.service.get_container_client(self._container(container))

@@ -257,6 +257,9 @@ def test_process_large_raster_writes_the_single_cog(geo_engine, tmp_path, big_so
     assert_same_levels(single.dst_path, local)
     stored = geo_engine.io.pgstac().get_item(result["item"]["collection_id"], result["item"]["item_id"])
     assert stored["assets"]["data"]["href"] == cog["url"]
+    # the intermediate tiles are deleted once the COG is catalogued
+    assert len(cog["tile_blobs"]) == 4 and result["item"]["intermediates_deleted"] == 4
+    assert [b.name for b in geo_engine.repos.rasters.list(geo_engine.settings.payload_container, "tiles/")] == []
 
 
 def test_process_large_raster_tiles_output_gives_items_and_a_mosaic(geo_engine, tmp_path, big_source):
