@@ -53,7 +53,9 @@ def open_blob(io: Any, container: str, blob: str, folder: Path, listed_size: int
     whole into ``folder``. ``listed_size``: a container listing found the blob, that size, and no sidecar
     beside it; a small one is then read with one request and no listing of its own."""
     if listed_size is not None and listed_size <= io.settings.whole_read_bytes:
-        return _read_whole_alone(io, container, blob, folder)
+        alone = _read_whole_alone(io, container, blob, folder)
+        if alone is not None:
+            return alone
     names = sidecar_names(blob)
     try:
         found = io.rasters.siblings(container, listing_prefix(blob), [blob, *names])
@@ -85,14 +87,18 @@ def open_blob(io: Any, container: str, blob: str, folder: Path, listed_size: int
                       sidecar_urls=urls, notes=notes)
 
 
-def _read_whole_alone(io: Any, container: str, blob: str, folder: Path) -> SourceBlob:
-    """One GET: the blob into ``folder``, its properties from the reply; no sidecars."""
+def _read_whole_alone(io: Any, container: str, blob: str, folder: Path) -> SourceBlob | None:
+    """One GET: the blob into ``folder``, its properties from the reply; no sidecars. None if the blob has
+    grown past ``WHOLE_READ_BYTES`` since it was listed (then it is read like any other)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"input{Path(blob).suffix.lower() or '.bin'}"
     try:
-        info = io.rasters.download(container, blob, path)
+        info = io.rasters.download(container, blob, path, max_bytes=io.settings.whole_read_bytes)
     except NotFoundError as exc:
         raise InputNotFoundError(exc.message) from None
+    if info.size > io.settings.whole_read_bytes:
+        path.unlink(missing_ok=True)
+        return None
     return SourceBlob(container=container, blob=blob, info=info,
                       source=RasterSource(path=str(path), label=f"{container}/{blob}", size=info.size),
                       sidecars=Sidecars())

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 from urllib.parse import quote, unquote
 
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import (
     BlobSasPermissions, BlobServiceClient, ContentSettings, UserDelegationKey, generate_blob_sas,
 )
@@ -159,18 +159,28 @@ class RasterStore:
             except ResourceNotFoundError:
                 raise NotFoundError(f"blob not found: {container}/{blob}") from None
 
-    def download(self, container: str, blob: str, path: Path) -> BlobInfo:
-        """Stream a blob to ``path`` (never whole in memory)."""
+    def download(self, container: str, blob: str, path: Path, max_bytes: int | None = None) -> BlobInfo:
+        """Stream a blob to ``path`` (never whole in memory). ``max_bytes``: write at most that many and more
+        only if the blob is larger (then ``path`` holds its start; the info's ``size`` is the whole blob's)."""
         client = self._blob(container, blob)
+        ranged = {} if max_bytes is None else {"offset": 0, "length": max_bytes + 1}
         with translate_errors(f"download {container}/{blob}"):
             try:
-                stream = client.download_blob(max_concurrency=TRANSFER_CONCURRENCY)
+                stream = client.download_blob(max_concurrency=TRANSFER_CONCURRENCY, **ranged)
             except ResourceNotFoundError:
                 raise NotFoundError(f"blob not found: {container}/{blob}") from None
+            except HttpResponseError as exc:
+                if not ranged or exc.status_code != 416:
+                    raise
+                path.write_bytes(b"")  # an empty blob has no byte 0 to start a range at
+                return self.properties(container, blob)
             with open(path, "wb") as handle:
                 stream.readinto(handle)
         props = stream.properties
-        return BlobInfo(container=container, name=blob, size=props.size, last_modified=props.last_modified,
+        size = props.size
+        if ranged and props.content_range:  # "bytes 0-N/TOTAL"
+            size = int(str(props.content_range).rsplit("/", 1)[-1])
+        return BlobInfo(container=container, name=blob, size=size, last_modified=props.last_modified,
                         content_type=props.content_settings.content_type, etag=props.etag)
 
     def upload(self, container: str, blob: str, path: Path, content_type: str = TIFF_CONTENT_TYPE) -> BlobInfo:

@@ -240,6 +240,22 @@ def test_a_small_blob_is_read_whole_and_gives_the_item_a_ranged_read_gives(geo_e
     assert item_whole == item_ranged and item_whole["assets"]["mask"]
 
 
+def test_a_listed_blob_that_grew_past_the_whole_read_limit_is_read_by_ranges(geo_engine, tmp_path):
+    from controller_sources import open_blob
+
+    container = geo_engine.settings.input_container
+    src = write_raster(tmp_path / "g.tif", smooth_image(1, 128, 128))
+    upload(geo_engine, src, "grew/g.tif")
+    (tmp_path / "empty.tif").write_bytes(b"")
+    upload(geo_engine, tmp_path / "empty.tif", "grew/empty.tif")
+    geo_engine.settings.whole_read_bytes = src.stat().st_size - 1  # listed small, now one byte too large
+    found = open_blob(geo_engine.io, container, "grew/g.tif", tmp_path / "a", listed_size=100)
+    assert found.source.remote and found.info.size == src.stat().st_size
+    assert not (tmp_path / "a" / "input.tif").exists()  # the partial read is not left behind
+    empty = open_blob(geo_engine.io, container, "grew/empty.tif", tmp_path / "b", listed_size=0)
+    assert not empty.source.remote and empty.info.size == 0 and (tmp_path / "b" / "input.tif").stat().st_size == 0
+
+
 def test_inputs_are_read_in_place_and_resources_are_reported(geo_engine, azurite, tmp_path):
     src = write_raster(tmp_path / "plain.tif", smooth_image(3, 1200, 1200), tiled=True, blockxsize=256,
                        blockysize=256)  # uncompressed: 4.1 MiB on disk
