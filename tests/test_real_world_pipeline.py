@@ -258,8 +258,9 @@ def test_a_listed_blob_that_grew_past_the_whole_read_limit_is_read_by_ranges(geo
 
 def test_inputs_are_read_in_place_and_resources_are_reported(geo_engine, azurite, tmp_path):
     src = write_raster(tmp_path / "plain.tif", smooth_image(3, 1200, 1200), tiled=True, blockxsize=256,
-                       blockysize=256)  # uncompressed: 4.1 MiB on disk
+                       blockysize=256)
     size = src.stat().st_size
+    geo_engine.settings.whole_read_bytes = 0  # inputs as large ones are read: in place, by ranges
     upload(geo_engine, src, "plain/plain.tif")
     status = run_job(geo_engine, "process_raster", {"blob": "plain/plain.tif"})
     assert status["status"] == "completed", status.get("error_details")
