@@ -194,6 +194,7 @@ class JobController:
     aggregate: Callable[[Any, dict[int, list[TaskOutcome]]], Any]
     tolerated_failure_fraction: float = 0.0  # share of a stage's tasks that may fail without failing the job
     aggregates_outcomes: bool = True  # False: ``aggregate`` gets {} (no task rows read: jobs of any size)
+    outcome_stages: tuple[int, ...] | None = None  # the stages whose outcomes ``aggregate`` reads (None: all)
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.stages) <= MAX_STAGES:

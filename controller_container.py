@@ -14,7 +14,7 @@ from pydantic import ConfigDict, Field, field_validator
 from base_controller import JobController, Stage, TaskContext, TaskHandler, TaskOutcome, outcomes_in_order, succeeded
 from controller_geo_common import (
     LOAD_ITEMS, RASTER_SUFFIXES, CatalogOptions, CatalogRun, CatalogTask, JobContainer, LoadItemsTask, SettingsDefaults,
-    build_item_task, item_reports, load_items_task,
+    build_item_task, load_items_task,
 )
 from errors import InputNotFoundError, NotFoundError, TaskError
 from services_sidecars import companions, is_sidecar_name, sidecar_names
@@ -117,14 +117,16 @@ def _catalog_listed(p: SyncParameters, previous: list[TaskOutcome]) -> list[dict
 
 
 def _synced(p: SyncParameters, outcomes: dict[int, list[TaskOutcome]]) -> dict[str, Any]:
+    """From the listing and the loads only: the per-file items stay in their build tasks (reading them all
+    again would be the whole catalogue in one invocation); the failed builds are listed by the engine."""
     (listing,) = outcomes.get(1, [])
-    built = [o.result for o in outcomes_in_order(outcomes.get(2, []))]
     loads = [o.result for o in outcomes_in_order(outcomes.get(3, []))]
-    actions = Counter(i["action"] for i in item_reports(built, loads))
+    created = sum(load["created"] for load in loads)
+    loaded = sum(load["loaded"] for load in loads)
     return {"container": p.container, "collection_id": p.collection_id, "listed": listing.result["count"],
-            "created": actions.get("created", 0), "updated": actions.get("updated", 0),
-            "failed": listing.result["count"] - len(built), "loaded": sum(load["loaded"] for load in loads),
-            "items": [i["item_id"] for i in built]}
+            "created": created, "updated": loaded - created,
+            "failed": listing.result["count"] - sum(load["built"] for load in loads), "loaded": loaded,
+            "items": [i for load in loads for i in load["item_ids"]]}
 
 
 JOB_TYPES = (
@@ -145,5 +147,5 @@ JOB_TYPES = (
                    Stage("build_items", "stac_build_item", _catalog_listed, "Build each GeoTIFF's STAC item.",
                          parallelism="one task per input"),
                    LOAD_ITEMS),
-                  _synced, tolerated_failure_fraction=0.999),
+                  _synced, tolerated_failure_fraction=0.999, outcome_stages=(1, 3)),
 )

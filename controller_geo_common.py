@@ -214,6 +214,8 @@ class LoadItemsTask(BaseModel):
 
     collection_id: str = Field(min_length=1, max_length=200)
     items: list[dict[str, Any]] = Field(min_length=1, max_length=LOAD_CHUNK_ITEMS)
+    built: int | None = Field(None, ge=0, description="build tasks these items came from (more than the items "
+                                                     "when several built one id); default: one per item")
 
 
 def build_item_task(p: CatalogRun, ctx: TaskContext) -> dict[str, Any]:
@@ -227,13 +229,16 @@ def plan_item_loads(collection_id: str, previous: list[TaskOutcome]) -> list[dic
     """One load task per ``LOAD_CHUNK_ITEMS`` built items, in task order; of several items with one id
     (``a.tif`` and ``a.tiff``), the last built wins, once."""
     items: dict[str, dict[str, Any]] = {}
+    builds: dict[str, int] = {}
     for outcome in succeeded(previous):
         item = outcome.result["item"]
         items.pop(item["id"], None)
         items[item["id"]] = item
+        builds[item["id"]] = builds.get(item["id"], 0) + 1
     ordered = list(items.values())
-    return [{"collection_id": collection_id, "items": ordered[i:i + LOAD_CHUNK_ITEMS]}
-            for i in range(0, len(ordered), LOAD_CHUNK_ITEMS)]
+    chunks = [ordered[i:i + LOAD_CHUNK_ITEMS] for i in range(0, len(ordered), LOAD_CHUNK_ITEMS)]
+    return [{"collection_id": collection_id, "items": chunk, "built": sum(builds[i["id"]] for i in chunk)}
+            for chunk in chunks]
 
 
 def load_items_task(p: LoadItemsTask, ctx: TaskContext) -> dict[str, Any]:
@@ -251,7 +256,8 @@ def load_items_task(p: LoadItemsTask, ctx: TaskContext) -> dict[str, Any]:
     loaded = catalogue.bulk_load(p.items, "upsert")
     created = [i for i in dict.fromkeys(ids) if i not in stored]
     return {"collection_id": p.collection_id, "loaded": loaded, "created": len(created),
-            "updated": loaded - len(created), "created_ids": created}
+            "updated": loaded - len(created), "created_ids": created, "item_ids": list(dict.fromkeys(ids)),
+            "built": p.built if p.built is not None else len(p.items)}
 
 
 LOAD_ITEMS = Stage("load_items", "stac_load_items", lambda p, prev: plan_item_loads(p.collection_id, prev),

@@ -330,15 +330,17 @@ class Engine:
         elif last is not None and last.status == Status.COMPLETED:
             outcomes: dict[int, list[TaskOutcome]] = {}
             tolerated = []
-            if controller.aggregates_outcomes:
-                for o in self.outcomes(job.job_id):
+            read = (set(controller.outcome_stages or stages) if controller.aggregates_outcomes else set()) & set(stages)
+            for number in sorted(read):
+                for o in self.outcomes(job.job_id, number):
                     if o.status == Status.COMPLETED:
                         outcomes.setdefault(o.stage, []).append(o)
                     else:
                         tolerated.append({"task_id": o.task_id, "error": o.error_details})
-            elif any(s.failed for s in stages.values()):  # a narrow query for the failed ones only
-                tolerated = [{"task_id": t.task_id, "error": t.error_details} for number in stages
-                             for t in self.store.list_tasks(job.job_id, number, status=Status.FAILED, resolve=False)]
+            for number in sorted(n for n in set(stages) - read if stages[n].failed):  # only the failed ones
+                tolerated += [{"task_id": t.task_id, "error": t.error_details}
+                              for t in self.store.list_tasks(job.job_id, number, status=Status.FAILED, resolve=False)]
+            tolerated.sort(key=lambda t: t["task_id"])
             try:
                 params = controller.parameters_model.model_validate(job.parameters)
                 result = controller.aggregate(params, outcomes)

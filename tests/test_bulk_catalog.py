@@ -177,11 +177,18 @@ def test_a_corrupt_file_fails_its_own_build_task_and_the_others_load(geo_engine,
     broken.write_bytes((tmp_path / "r0.tif").read_bytes()[:300])
     geo_engine.repos.rasters.upload(geo_engine.settings.input_container, "bulk/broken.tif", broken, "image/tiff")
     job_id = submit(geo_engine)
+    read: list[int | None] = []  # which stages' outcomes the engine reads back
+    original = geo_engine.outcomes
+    geo_engine.outcomes = lambda job, stage=None: read.append(stage) or original(job, stage)
     QueueDriver(geo_engine).run(job_id, timeout=300)
     done = status(geo_engine, job_id)
     assert done["status"] == "completed", done.get("error_details")
     result = done["result_data"]
     assert (result["listed"], result["created"], result["failed"], result["loaded"]) == (6, 5, 1, 5)
+    # the result comes from the listing and the loads: the built items are read once (to plan the loads),
+    # not again to complete the job
+    assert read.count(2) == 1 and read.count(3) == 1 and sorted(result["items"]) == sorted(
+        geo_engine.io.pgstac().stored_ids(result["collection_id"], result["items"]))
     (failure,) = result["failed_tasks"]
     build = {t.task_id: t for t in geo_engine.store.list_tasks(job_id, 2)}
     assert build[failure["task_id"]].parameters["blob"] == "bulk/broken.tif"
