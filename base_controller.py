@@ -120,6 +120,9 @@ class TaskIO(Protocol):
     def scratch(self, label: str = "task") -> AbstractContextManager[Path]:
         """A private temporary folder, removed on exit."""
 
+    def stage_results(self, job_id: str, stage: int, first: int, last: int) -> list[Any]:
+        """Results of the completed tasks ``first``..``last`` of one of the job's stages, in index order."""
+
 
 @dataclass(frozen=True)
 class TaskContext:
@@ -159,6 +162,8 @@ class Stage:
     parallelism: str = "n tasks"  # for people: "one task", "one task per input", "one task per tile",
     # "one task per chunk of items", "n tasks" (api_models.StageInfo lists them)
     tolerates_failures: bool = True  # False: any failed task fails the job, whatever the job type tolerates
+    plan_reads_results: bool = True  # False: the planner gets the previous stage's outcomes without their
+    # results (status and index only: a stage of any size plans in one small read; its tasks read the results)
 
 
 @dataclass(frozen=True)

@@ -126,7 +126,7 @@ def _synced(p: SyncParameters, outcomes: dict[int, list[TaskOutcome]]) -> dict[s
     return {"container": p.container, "collection_id": p.collection_id, "listed": listing.result["count"],
             "created": created, "updated": loaded - created,
             "failed": listing.result["count"] - sum(load["built"] for load in loads), "loaded": loaded,
-            "items": [i for load in loads for i in load["item_ids"]]}
+            "items": list(dict.fromkeys(i for load in loads for i in load["item_ids"]))}
 
 
 JOB_TYPES = (

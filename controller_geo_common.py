@@ -11,7 +11,7 @@ from pathlib import Path
 from contextlib import contextmanager
 from typing import Annotated, Any, ClassVar, Iterator
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 from pydantic_core import PydanticCustomError
 
 from base_controller import (
@@ -206,16 +206,27 @@ def upsert_catalog_item(io: Any, collection_id: str, item: dict[str, Any]) -> st
         return catalogue.upsert_item(item)
 
 
-LOAD_CHUNK_ITEMS = 500  # items per load task: one pypgstac Loader run (~2 MB of parameters, spilled to a blob)
+LOAD_CHUNK_ITEMS = 500  # items per load task: one pypgstac Loader run
 
 
 class LoadItemsTask(BaseModel):
-    """Parameters of one load task: a chunk of built items of one collection."""
+    """One load task: the items built by tasks ``first``..``last`` of stage ``stage`` (the task reads them
+    itself, so planning never holds a stage's items), or, from older plans, the items themselves."""
 
     collection_id: str = Field(min_length=1, max_length=200)
-    items: list[dict[str, Any]] = Field(min_length=1, max_length=LOAD_CHUNK_ITEMS)
-    built: int | None = Field(None, ge=0, description="build tasks these items came from (more than the items "
-                                                     "when several built one id); default: one per item")
+    stage: int | None = Field(None, ge=1, description="the build stage whose results hold the items")
+    first: int | None = Field(None, ge=0)
+    last: int | None = Field(None, ge=0)
+    items: list[dict[str, Any]] | None = Field(None, min_length=1, max_length=LOAD_CHUNK_ITEMS)
+    built: int | None = Field(None, ge=0, description="build tasks that succeeded in the range (items may be "
+                                                     "fewer when several built one id); default: one per item")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "LoadItemsTask":
+        ranged = None not in (self.stage, self.first, self.last)
+        if ranged == (self.items is not None) or (ranged and self.first > self.last):
+            raise ValueError("a load task names either a range of build tasks (stage, first <= last) or items")
+        return self
 
 
 def build_item_task(p: CatalogRun, ctx: TaskContext) -> dict[str, Any]:
@@ -226,43 +237,56 @@ def build_item_task(p: CatalogRun, ctx: TaskContext) -> dict[str, Any]:
 
 
 def plan_item_loads(collection_id: str, previous: list[TaskOutcome]) -> list[dict[str, Any]]:
-    """One load task per ``LOAD_CHUNK_ITEMS`` built items, in task order; of several items with one id
-    (``a.tif`` and ``a.tiff``), the last built wins, once."""
+    """One load task per ``LOAD_CHUNK_ITEMS`` build tasks, in task order, each naming its range (from the
+    outcomes' status alone: the items stay in the build tasks' results until their load task reads them)."""
+    done = sorted(o.index for o in succeeded(previous))
+    if not done:
+        return []
+    stage = previous[0].stage
+    chunks = [done[i:i + LOAD_CHUNK_ITEMS] for i in range(0, len(done), LOAD_CHUNK_ITEMS)]
+    return [{"collection_id": collection_id, "stage": stage, "first": chunk[0], "last": chunk[-1],
+             "built": len(chunk)} for chunk in chunks]
+
+
+def _chunk_items(p: LoadItemsTask, ctx: TaskContext) -> list[dict[str, Any]]:
+    """The task's items: read from its range of build results; of several with one id (``a.tif`` and
+    ``a.tiff``), the last built wins, once."""
+    if p.items is not None:
+        return p.items
     items: dict[str, dict[str, Any]] = {}
-    builds: dict[str, int] = {}
-    for outcome in succeeded(previous):
-        item = outcome.result["item"]
+    for result in ctx.io.stage_results(ctx.job_id, p.stage, p.first, p.last):
+        item = result["item"]
         items.pop(item["id"], None)
         items[item["id"]] = item
-        builds[item["id"]] = builds.get(item["id"], 0) + 1
-    ordered = list(items.values())
-    chunks = [ordered[i:i + LOAD_CHUNK_ITEMS] for i in range(0, len(ordered), LOAD_CHUNK_ITEMS)]
-    return [{"collection_id": collection_id, "items": chunk, "built": sum(builds[i["id"]] for i in chunk)}
-            for chunk in chunks]
+    if not items:
+        raise TaskError(f"no built items in tasks {p.first}..{p.last} of stage {p.stage}")
+    return list(items.values())
 
 
 def load_items_task(p: LoadItemsTask, ctx: TaskContext) -> dict[str, Any]:
     """Upsert a chunk of items with pypgstac's Loader: the collection ensured from the chunk's extent,
     then one bulk load. Safe to repeat (upsert: a repeated chunk rewrites nothing); a failure fails or
-    retries the whole chunk, whose items stay in this task's parameters."""
-    strays = sorted({i.get("collection") for i in p.items} - {p.collection_id}, key=str)
+    retries the whole chunk, whose items stay in the build tasks' results."""
+    items = _chunk_items(p, ctx)
+    strays = sorted({i.get("collection") for i in items} - {p.collection_id}, key=str)
     if strays:
         raise TaskError(f"load task for collection {p.collection_id!r} holds items of {strays}")
     catalogue = ctx.io.pgstac()
-    ids = [i["id"] for i in p.items]
+    ids = [i["id"] for i in items]
     stored = catalogue.stored_ids(p.collection_id, ids)  # before: what this load creates
-    catalogue.ensure_collection(_collection_of(p.collection_id, p.items))
+    catalogue.ensure_collection(_collection_of(p.collection_id, items))
     ctx.io.known_collections.add(p.collection_id)
-    loaded = catalogue.bulk_load(p.items, "upsert")
+    loaded = catalogue.bulk_load(items, "upsert")
     created = [i for i in dict.fromkeys(ids) if i not in stored]
     return {"collection_id": p.collection_id, "loaded": loaded, "created": len(created),
             "updated": loaded - len(created), "created_ids": created, "item_ids": list(dict.fromkeys(ids)),
-            "built": p.built if p.built is not None else len(p.items)}
+            "built": p.built if p.built is not None else len(items)}
 
 
 LOAD_ITEMS = Stage("load_items", "stac_load_items", lambda p, prev: plan_item_loads(p.collection_id, prev),
-                   f"Upsert the items into pgstac in bulk, {LOAD_CHUNK_ITEMS} per task (pypgstac Loader).",
-                   parallelism="one task per chunk of items", tolerates_failures=False)
+                   f"Upsert the items into pgstac in bulk, {LOAD_CHUNK_ITEMS} per task (pypgstac Loader); each "
+                   "task reads its range of built items.",
+                   parallelism="one task per chunk of items", tolerates_failures=False, plan_reads_results=False)
 
 
 def item_reports(built: list[dict[str, Any]], loads: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import engine_faults
 import engine_tracing
-from base_controller import JobController
+from base_controller import JobController, TaskOutcome
 from controller_factory import get_handler
 from engine_counters import shard_count
 from errors import ConflictError, OrchestratorError, TooLargeError, TransientError
@@ -50,7 +50,7 @@ def plan(engine: "Engine", job: JobRecord, controller: JobController, number: in
     """Each task's parameters for stage ``number``; None after failing the job (planning is deterministic:
     a retry would fail the same way)."""
     definition = controller.stage(number)
-    previous = engine.outcomes(job.job_id, number - 1) if number > 1 else []
+    previous = _previous(engine, job.job_id, number - 1, definition.plan_reads_results) if number > 1 else []
     try:
         params = controller.parameters_model.model_validate(job.parameters)
         if definition.plan_uses_io:
@@ -69,6 +69,14 @@ def plan(engine: "Engine", job: JobRecord, controller: JobController, number: in
         engine.finish_job(job.job_id, Status.FAILED, error=f"planning stage {number} ({definition.name}) "
                                                          f"failed: {describe(exc)}")
         return None
+
+
+def _previous(engine: "Engine", job_id: str, number: int, with_results: bool) -> list[TaskOutcome]:
+    """A stage's outcomes for the next planner: whole, or status and index only (one projected query)."""
+    if with_results:
+        return engine.outcomes(job_id, number)
+    return [TaskOutcome(task_id=make_task_id(job_id, number, index), stage=number, index=index, status=status)
+            for index, status in engine.store.task_statuses(job_id, number)]
 
 
 def new_stage(engine: "Engine", job: JobRecord, controller: JobController, number: int,

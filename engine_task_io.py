@@ -119,12 +119,20 @@ class TaskIO:
     _pgstac: object | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     known_collections: set[str] = field(default_factory=set, repr=False)  # ensured by this process
+    results_reader: Any = field(default=None, repr=False)  # (job_id, stage, first, last) -> results; by the engine
     intermediates: Intermediates = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         payloads = self.settings.payload_container
         self.intermediates = Intermediates(self.rasters.restricted_to((payloads,)), payloads)
         self.rasters = self.rasters.restricted_to(self.settings.job_containers)
+
+    def stage_results(self, job_id: str, stage: int, first: int, last: int) -> list[Any]:
+        """Results of the completed tasks ``first``..``last`` of a stage of the job, in index order (one range
+        query): how a task reads its share of an earlier stage's results."""
+        if self.results_reader is None:
+            raise TaskError("this worker cannot read task results (no engine)")
+        return self.results_reader(job_id, stage, first, last)
 
     def pgstac(self):
         """The pgstac repository; TaskError when no database is configured."""

@@ -40,6 +40,14 @@ class JobQueries:
         entities, nxt = self._page(self.tasks, flt, params, limit, token)
         return [self.unpack(TaskRecord, e, resolve=False) for e in entities], nxt
 
+    def task_statuses(self, job_id: str, stage: int) -> list[tuple[int, Status]]:
+        """(index, status) of every task of a stage, in index order: one projected query, no payloads."""
+        flt = "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi"
+        params = {"pk": job_id, "lo": f"task-{stage:02d}-", "hi": f"task-{stage:02d}."}
+        with translate_errors(f"query task statuses of {job_id} stage {stage}"):
+            return [(int(e["RowKey"].rsplit("-", 1)[1]), Status(e["status"])) for e in
+                    self.tasks.query_entities(flt, parameters=params, select=["RowKey", "status"])]
+
     def _page(self, table: TableClient, flt: str, params: dict[str, Any], limit: int,
               token: dict[str, str] | None) -> tuple[list[Any], dict[str, str] | None]:
         pager = table.query_entities(flt, parameters=params, results_per_page=limit).by_page(

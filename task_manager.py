@@ -54,6 +54,8 @@ class Engine:
         self.shards_per_stage = repos.settings.counter_shards
         self.max_attempts = max_attempts or max_dequeue_count()
         self.io = TaskIO(repos.settings, repos.rasters, STAC_EXTENTS)
+        self.io.results_reader = lambda job_id, stage, first, last: [
+            t.result for t in self.store.task_range(job_id, stage, first, last) if t.status == Status.COMPLETED]
         self.commits = GroupCommit(repos.store)
 
     @classmethod

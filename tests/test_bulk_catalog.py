@@ -9,11 +9,13 @@ from pathlib import Path
 import psycopg
 import pytest
 import rasterio
+from pydantic import ValidationError
 from pypgstac.load import Loader
 
 import api_jobs
 import controller_geo_common
 import engine_admin
+from controller_geo_common import LoadItemsTask
 from conftest_geo import smooth_image, write_raster
 from errors import TaskError
 from models import Status
@@ -89,9 +91,10 @@ def test_sync_builds_per_file_and_loads_every_item_in_chunks_with_a_true_extent(
     assert catalogue.count_items(collection_id) == N
     assert catalogue.stored_ids(collection_id, result["items"]) == set(result["items"])
     check_extent(geo_engine, collection_id)
-    loads = geo_engine.store.list_tasks(job_id, 3)
-    assert [len(t.parameters["items"]) for t in loads] == [4, 4, 2]
-    assert all(t.result["loaded"] == len(t.parameters["items"]) for t in loads)
+    loads = geo_engine.store.list_tasks(job_id, 3)  # each names a range of build tasks, not the items
+    assert [(t.parameters["stage"], t.parameters["first"], t.parameters["last"], t.parameters["built"])
+            for t in loads] == [(2, 0, 3, 4), (2, 4, 7, 4), (2, 8, 9, 2)]
+    assert [t.result["loaded"] for t in loads] == [4, 4, 2] and "items" not in loads[0].parameters
 
 
 def test_a_load_chunk_delivered_twice_changes_nothing(geo_engine, tmp_path):
@@ -106,7 +109,7 @@ def test_a_load_chunk_delivered_twice_changes_nothing(geo_engine, tmp_path):
     for task in geo_engine.store.list_tasks(job_id, 3):  # each load handler run again, as a late redelivery would
         outcome, result, error, _code = geo_engine._call_handler(task)  # issue #12: + error code
         assert (outcome, error) == (Status.COMPLETED, None)
-        assert (result["created"], result["updated"]) == (0, len(task.parameters["items"]))
+        assert (result["created"], result["updated"]) == (0, task.parameters["built"])
     assert snapshot(geo_engine, collection_id) == before  # same rows, same content, none rewritten (xmin)
     check_extent(geo_engine, collection_id)
 
@@ -185,9 +188,9 @@ def test_a_corrupt_file_fails_its_own_build_task_and_the_others_load(geo_engine,
     assert done["status"] == "completed", done.get("error_details")
     result = done["result_data"]
     assert (result["listed"], result["created"], result["failed"], result["loaded"]) == (6, 5, 1, 5)
-    # the result comes from the listing and the loads: the built items are read once (to plan the loads),
-    # not again to complete the job
-    assert read.count(2) == 1 and read.count(3) == 1 and sorted(result["items"]) == sorted(
+    # the built items are never read whole: the loads are planned from the build tasks' status alone, each
+    # load task reads its range, and the result comes from the listing and the loads
+    assert 2 not in read and read.count(3) == 1 and sorted(result["items"]) == sorted(
         geo_engine.io.pgstac().stored_ids(result["collection_id"], result["items"]))
     (failure,) = result["failed_tasks"]
     build = {t.task_id: t for t in geo_engine.store.list_tasks(job_id, 2)}
@@ -213,3 +216,28 @@ def test_batch_builds_each_cog_item_and_loads_them_in_bulk(geo_engine, tmp_path)
     stored = geo_engine.io.pgstac().get_item(collection_id, rasters[0]["item"]["item_id"])
     assert stored["assets"]["data"]["href"] == rasters[0]["cog"]["url"]
     check_extent(geo_engine, collection_id)
+
+
+def test_two_files_of_one_item_id_load_once_and_count_as_built_twice(geo_engine, tmp_path):
+    upload_rasters(geo_engine, tmp_path, n=3)
+    twin = tmp_path / "twin.tif"
+    twin.write_bytes((tmp_path / "r1.tif").read_bytes())
+    geo_engine.repos.rasters.upload(geo_engine.settings.input_container, "bulk/tile01.tiff", twin, "image/tiff")
+    job_id = submit(geo_engine)
+    QueueDriver(geo_engine).run(job_id, timeout=300)
+    done = status(geo_engine, job_id)
+    assert done["status"] == "completed", done.get("error_details")
+    result = done["result_data"]
+    assert (result["listed"], result["failed"], result["loaded"], result["created"]) == (4, 0, 3, 3)
+    assert sorted(result["items"]) == sorted(set(result["items"])) and len(result["items"]) == 3
+    assert geo_engine.io.pgstac().count_items(result["collection_id"]) == 3
+
+
+def test_a_load_task_names_a_range_or_items_never_both_nor_neither():
+    item = {"id": "a", "collection": "c"}
+    assert LoadItemsTask(collection_id="c", stage=2, first=0, last=3).items is None
+    assert LoadItemsTask(collection_id="c", items=[item]).stage is None  # plans written before ranges
+    for bad in ({}, {"stage": 2, "first": 0, "last": 3, "items": [item]}, {"stage": 2, "first": 4, "last": 3},
+                {"stage": 2, "first": 0}):
+        with pytest.raises(ValidationError):
+            LoadItemsTask(collection_id="c", **bad)
