@@ -333,12 +333,13 @@ class Engine:
             outcomes: dict[int, list[TaskOutcome]] = {}
             tolerated = []
             read = (set(controller.outcome_stages or stages) if controller.aggregates_outcomes else set()) & set(stages)
-            for number in sorted(read):
-                for o in self.outcomes(job.job_id, number):
-                    if o.status == Status.COMPLETED:
-                        outcomes.setdefault(o.stage, []).append(o)
-                    else:
-                        tolerated.append({"task_id": o.task_id, "error": o.error_details})
+            rows = self.outcomes(job.job_id) if read == set(stages) else [  # all stages: one query
+                o for number in sorted(read) for o in self.outcomes(job.job_id, number)]
+            for o in rows:
+                if o.status == Status.COMPLETED:
+                    outcomes.setdefault(o.stage, []).append(o)
+                else:
+                    tolerated.append({"task_id": o.task_id, "error": o.error_details})
             for number in sorted(n for n in set(stages) - read if stages[n].failed):  # only the failed ones
                 tolerated += [{"task_id": t.task_id, "error": t.error_details}
                               for t in self.store.list_tasks(job.job_id, number, status=Status.FAILED, resolve=False)]

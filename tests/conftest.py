@@ -85,3 +85,15 @@ def geo_engine(azurite, pgstac_server, tmp_path) -> Engine:
     engine = Engine(Repositories(settings).ensure())
     engine.repos.rasters.ensure_container(settings.input_container)
     return engine
+
+
+@pytest.fixture
+def loopback(tmp_path_factory):
+    """test_security_rasters' loopback listener (its own process), stopped by its pid after the test."""
+    from test_security_rasters import Listener
+
+    server = Listener(tmp_path_factory.mktemp("listener"))
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -16,7 +16,7 @@ from conftest_geo import SCHEMAS_DIR, needs_schemas, smooth_image, write_raster
 from rasterio.crs import CRS
 from rasterio.transform import from_bounds
 from test_real_world_rasters import AUX_GEOREF, GEOS, bare_scene, check_geojson, geos_disk, masked_scene, polar_grid
-from test_security_rasters import Listener, remote_vrt
+from test_security_rasters import remote_vrt
 
 import api_jobs
 import api_listing
@@ -30,16 +30,6 @@ from services_stac import PROCESSING_EXTENSION, validate_item_offline
 from task_manager import Engine, gave_up_code
 
 MIB = 1024 * 1024
-
-
-@pytest.fixture
-def loopback(tmp_path_factory):
-    """test_security_rasters' loopback listener (its own process), stopped by its pid after the test."""
-    server = Listener(tmp_path_factory.mktemp("listener"))
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def run_job(engine, job_type: str, params: dict) -> dict:

@@ -18,7 +18,7 @@ import rasterio
 from conftest_geo import SCHEMAS_DIR, needs_schemas, smooth_image, write_raster
 from rasterio.crs import CRS
 from rasterio.transform import from_bounds, from_origin
-from test_security_rasters import SECRET, Listener, no_secret_in, raw_vrt, remote_vrt, secret_file
+from test_security_rasters import SECRET, no_secret_in, raw_vrt, remote_vrt, secret_file
 
 from errors import ErrorCode, NoGeotransformError, NotARasterError, OffGlobeError, error_code
 from services_cog import CogOptions, CogProfile, create_cog
@@ -35,16 +35,6 @@ UTM33 = CRS.from_epsg(32633)
 GEOS = "+proj=geos +h=35785831 +lon_0=0 +x_0=0 +y_0=0 +ellps=WGS84 +sweep=y +units=m +no_defs +type=crs"
 GEOS_HALF = 5_434_894.7  # GOES-R full disk: half the scan extent in metres (the disk fills the grid)
 WHEN = "2020-01-02T03:04:05Z"
-
-
-@pytest.fixture
-def loopback(tmp_path_factory):
-    """test_security_rasters' loopback listener (its own process), stopped by its pid after the test."""
-    server = Listener(tmp_path_factory.mktemp("listener"))
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 # ------------------------------------------------------------------------------------------------ files

@@ -89,13 +89,9 @@ class Listener:
 
 
 @pytest.fixture
-def listener(tmp_path_factory):
-    """A loopback listener, stopped (by its pid) after the test."""
-    server = Listener(tmp_path_factory.mktemp("listener"))
-    try:
-        yield server
-    finally:
-        server.stop()
+def listener(loopback):
+    """A loopback listener (conftest's ``loopback``), stopped (by its pid) after the test."""
+    return loopback
 
 
 # ------------------------------------------------------------------------------------ hostile files
