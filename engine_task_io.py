@@ -17,6 +17,7 @@ import psutil
 
 from config import Settings
 from errors import CatalogueError, InputNotFoundError, NotFoundError, TaskError
+from repository_pgstac import PgstacRepository, PgstacSettings  # imported with the app, as the host indexes
 from repository_rasters import BlobInfo, RasterStore
 
 INTERMEDIATE_PREFIX = "tiles/"  # controller_raster names its tiles tiles/<container>/<output stem>/...
@@ -142,8 +143,6 @@ class TaskIO:
                     if not self.settings.pgstac_host:
                         raise CatalogueError("no STAC catalogue is configured: set PGSTAC_HOST (and PGSTAC_* "
                                              "settings)")
-                    from repository_pgstac import PgstacRepository, PgstacSettings
-
                     s = self.settings
                     self._pgstac = PgstacRepository(PgstacSettings(
                         host=s.pgstac_host, port=s.pgstac_port, dbname=s.pgstac_dbname, user=s.pgstac_user,

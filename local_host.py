@@ -24,12 +24,14 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Literal, Self
 
+import logs
 from local_host_blobs import RECEIPTS_TABLE, BlobEventOptions, BlobEventSource
 from local_host_http import LocalHttpServer, build_routes
 from local_host_queues import QueueOptions, QueuePoller
@@ -174,6 +176,22 @@ def load_local_settings(path: str | Path) -> int:
     return len(added)
 
 
+_LIVE_POLLERS: "weakref.WeakSet[QueuePoller]" = weakref.WeakSet()
+
+
+def _wake_on_enqueue(pollers: Iterable[QueuePoller]) -> None:
+    """Wake these pollers when this process enqueues to their queue, as the Functions host wakes a queue
+    listener for messages its functions enqueue through output bindings (the app announces its sends)."""
+    logs.watch_enqueued(_wake_pollers)
+    _LIVE_POLLERS.update(pollers)
+
+
+def _wake_pollers(queue_name: str) -> None:
+    for poller in list(_LIVE_POLLERS):
+        if poller.binding.queue_name == queue_name:
+            poller.wake()
+
+
 def storage_client(connection: str, service: Literal["queue", "blob", "table"]) -> Any:
     """A service client for a binding's ``connection``, resolved like the host.
 
@@ -275,6 +293,8 @@ class LocalHost:
                              name="http", daemon=True).start()
         for part in [*self._pollers, *self._timers, *self._blob_events]:
             part.start()
+        if self._pollers:
+            _wake_on_enqueue(self._pollers)
         return self
 
     def _blob_event_sources(self) -> list[BlobEventSource]:

@@ -103,6 +103,7 @@ class QueuePoller:
         self.options = options
         self.lease = max(1, math.ceil(lease_seconds))
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by wake() and stop(): ends a back-off wait early
         self._cond = threading.Condition()
         self._in_flight = 0
         self._held: dict[str, _Held] = {}
@@ -120,10 +121,15 @@ class QueuePoller:
         for thread in self._threads:
             thread.start()
 
+    def wake(self) -> None:
+        """Poll now, not after the back-off: this process just enqueued a message for this trigger."""
+        self._wake.set()
+
     def stop(self) -> None:
         """Fetch no more messages (running functions go on, their leases still renewed)."""
         with self._cond:
             self._stop.set()
+            self._wake.set()
             self._cond.notify_all()
 
     def wait_idle(self, timeout: float) -> bool:
@@ -144,6 +150,7 @@ class QueuePoller:
                                     or self._in_flight <= self.options.new_batch_threshold)
             if self._stop.is_set():
                 return
+            self._wake.clear()  # a message sent from now on is received below or wakes the wait
             try:
                 messages = self._receive()
             except Exception as exc:  # noqa: BLE001 - storage down or anything else: the poller keeps going
@@ -162,8 +169,9 @@ class QueuePoller:
                 delay = MIN_POLL_SECONDS
                 for message in messages:
                     self._dispatch(message)
+            elif self._wake.wait(delay) and not failing:
+                delay = MIN_POLL_SECONDS
             else:
-                self._stop.wait(delay)
                 delay = min(delay * 2, self.options.max_polling_interval)
 
     def _receive(self) -> list[QueueMessage]:

@@ -1,4 +1,5 @@
-"""Structured logs: one JSON object per line, keyed by job_id / task_id (the worker drops ``extra=``).
+"""Structured logs: one JSON object per line, keyed by job_id / task_id (the worker drops ``extra=``);
+and the one in-process signal a host listens to (``watch_enqueued``).
 
 Every line passes through ``redact``: SAS signatures, account keys, passwords, URL credentials, function
 keys and tokens never reach a log, whatever an error message carried. Tracebacks too: ``log_event``
@@ -82,3 +83,22 @@ def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, exc
     if exc_info and (text := format_exception(exc_info)):
         payload["traceback"] = text
     logger.log(level, redact(json.dumps(payload, default=str, separators=(",", ":"))))
+
+
+# ------------------------------------------------------------------ in-process signal: a message was enqueued
+_enqueued_watchers: list[Any] = []
+
+
+def watch_enqueued(callback: Any) -> None:
+    """Call ``callback(queue_name)`` after every message this process enqueues visible at once (a callback
+    subscribed twice is called once). The Functions host does this for messages a function enqueues through
+    an output binding (its ``SharedQueueWatcher`` cuts that queue listener's back-off short); ``local_host``
+    subscribes its pollers, so a stage's messages are taken at once, not after up to ``maxPollingInterval``."""
+    if callback not in _enqueued_watchers:
+        _enqueued_watchers.append(callback)
+
+
+def announce_enqueued(queue_name: str) -> None:
+    """Tell the watchers that this process just enqueued a message visible at once on ``queue_name``."""
+    for callback in _enqueued_watchers:
+        callback(queue_name)

@@ -18,6 +18,8 @@ import psycopg.errors
 from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
+from pypgstac.db import PgstacDB  # sets psycopg's JSON dumps/loads to orjson, process-wide, on import
+from pypgstac.load import Loader, Methods
 from pydantic import BaseModel, Field, SecretStr
 
 from errors import (
@@ -283,11 +285,6 @@ class PgstacRepository:
         covers every item a reader can see. In upsert mode, loading the same items again rewrites no
         row (pypgstac skips rows identical to the stored ones). A missing collection is NotFoundError.
         """
-        from pypgstac.db import (
-            PgstacDB,  # imported here: it changes psycopg's global JSON dumper
-        )
-        from pypgstac.load import Loader, Methods
-
         unique: dict[tuple[str, str], dict] = {}
         for item in items:
             key = self._keys(item)

@@ -11,6 +11,7 @@ from azure.storage.queue import (
 )
 
 from config import queue_message_encoding
+from logs import announce_enqueued
 from models import Message
 from repository_clients import translate_errors
 
@@ -59,6 +60,8 @@ class QueueProducer:
             raise ValueError(f"message of {len(body)} bytes exceeds the 64 KiB queue limit")
         with translate_errors(f"send to queue {self.name}"):
             self.client.send_message(body, visibility_timeout=delay_s or None)
+        if not delay_s:
+            announce_enqueued(self.name)
 
     def send_many(self, messages: Sequence[Message]) -> None:
         """Send messages in parallel (a queue has no batch send); raises the first error after all ran."""

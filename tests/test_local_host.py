@@ -25,6 +25,7 @@ import requests
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import (
     QueueClient,
+    QueueServiceClient,
     TextBase64DecodePolicy,
     TextBase64EncodePolicy,
 )
@@ -38,6 +39,8 @@ from local_host import LocalHost, LocalHostError, describe_functions, storage_cl
 from local_host_http import build_routes
 from local_host_queues import QueueOptions
 from local_host_timers import CronSchedule, parse_schedule, parse_timespan
+from models import Message
+from repository_queues import QueueProducer
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "tests" / "toy_function_app.py"
@@ -378,6 +381,25 @@ def test_batch_size_and_new_batch_threshold_bound_concurrency(toy, hosts):
     assert 4 < peak <= 6, f"peak concurrency {peak}"
     assert sorted(json.loads(r["body"])["n"] for r in got) == list(range(len(sleeps)))
     wait_for(lambda: queue_empty(toy.raw), 5, "all messages deleted")
+
+
+class _Tagged(Message):
+    tag: str
+
+
+def test_a_message_this_process_enqueues_wakes_the_backed_off_poller(toy, hosts, lh_azurite):
+    """Idle, the poller backs off (0.1, 0.2, ... 3.2 s); a send through ``repository_queues`` wakes it, as the
+    Functions host wakes a listener for its own output bindings. A raw send waits for the back-off."""
+    hosts(host_config(maxPollingInterval="00:00:30"), functions=["toy_queue"])
+    wait_for(lambda: _exists(toy.raw), 5, "the host to create the queue")
+    time.sleep(3.5)  # polls at about 0, 0.1, 0.3, 0.7, 1.5 and 3.1 s; the next one is due near 6.3 s
+    producer = QueueProducer(QueueServiceClient.from_connection_string(lh_azurite.connection_string),
+                             toy.queue, encoding="base64")
+    sent = time.monotonic()
+    producer.send(_Tagged(tag="woken"))
+    got = wait_for(lambda: records(toy.records), 10, "the message")
+    assert json.loads(got[0]["body"])["tag"] == "woken"
+    assert time.monotonic() - sent < 1.5, "the poller slept through its back-off: the send did not wake it"
 
 
 def test_lease_is_renewed_while_the_function_runs(toy, hosts, monkeypatch):
