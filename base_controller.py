@@ -176,6 +176,8 @@ class TaskHandler(Generic[P]):
     description: str = ""
     time_limit_s: int | None = None  # None: the TASK_TIME_LIMIT_S setting
     version: int = 1  # bump when the task's meaning or output changes; carried by rows, status and logs
+    tasks_per_message: int = 1  # > 1 for short tasks: fan-out sends one message per run of up to this many
+    # neighbouring tasks, which one invocation runs in order (each still claimed, retried and ended alone)
 
 
 def validation_errors(exc: ValidationError) -> list[dict[str, Any]]:

@@ -101,7 +101,8 @@ def list_geospatial_task(p: SyncParameters, ctx: TaskContext) -> dict[str, Any]:
 HANDLERS = (
     TaskHandler("container_inventory", ListParameters, inventory_task, "List a container's blobs."),
     TaskHandler("container_list_geospatial", SyncParameters, list_geospatial_task, "Find a container's GeoTIFFs."),
-    TaskHandler("stac_build_item", CatalogRun, build_item_task, "Build a raster blob's STAC item (no write)."),
+    TaskHandler("stac_build_item", CatalogRun, build_item_task, "Build a raster blob's STAC item (no write).",
+                tasks_per_message=8),
     TaskHandler("stac_load_items", LoadItemsTask, load_items_task, "Upsert a chunk of STAC items in bulk (pypgstac)."),
 )
 

@@ -12,6 +12,7 @@ from base_controller import JobController, TaskHandler
 from controller_hello_world import HANDLERS as HELLO_HANDLERS
 from controller_hello_world import HELLO_WORLD
 from errors import UnknownNameError
+from models import MAX_TASKS_PER_MESSAGE
 
 JOB_TYPES: dict[str, JobController] = {
     c.job_type: c for c in (HELLO_WORLD, *controller_raster.JOB_TYPES, *controller_tiles.JOB_TYPES,
@@ -41,10 +42,15 @@ def get_handler(task_type: str) -> TaskHandler:
 
 
 def check_registries() -> None:
-    """Every stage of every job type names a registered task type (run at import and in tests)."""
+    """Every stage of every job type names a registered task type, and every handler's run length fits a
+    message (run at import and in tests)."""
     for controller in JOB_TYPES.values():
         for stage in controller.stages:
             get_handler(stage.task_type)
+    for handler in TASK_HANDLERS.values():
+        if not 1 <= handler.tasks_per_message <= MAX_TASKS_PER_MESSAGE:
+            raise ValueError(f"task type {handler.task_type}: tasks_per_message must be 1..{MAX_TASKS_PER_MESSAGE}, "
+                             f"got {handler.tasks_per_message}")
 
 
 check_registries()

@@ -9,7 +9,8 @@ A stage of any size is fanned out by a chain of stage-message invocations, each 
 2. each invocation writes its chunk's task rows (batches in parallel), then sends their messages in
    index order on every sending thread (neighbouring tasks reach a host together), then moves the
    stage's ``fanned_out`` cursor with a conditional write and sends the continuation message
-   (``from_task``); the last chunk marks the stage ``dispatched``.
+   (``from_task``); the last chunk marks the stage ``dispatched``. Short tasks (a handler's
+   ``tasks_per_message``) go out as runs: one message names up to that many neighbouring tasks.
 
 A duplicate or late continuation whose ``from_task`` is not the cursor does nothing; an interrupted
 chunk is redone by the redelivered message (existing row batches are skipped, duplicate task
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 ROW_WRITERS = 4  # row transactions in flight ahead of the sends
+RUN_MIN_MESSAGES = 64  # a stage of runs keeps at least this many messages (four hosts' batchSize of 16)
 
 
 def plan_name(job_id: str, stage: int) -> str:
@@ -133,14 +135,16 @@ def fan_out_chunk(engine: "Engine", job: JobRecord, stage: StageRecord, planned:
     # rows exist (a host then receives neighbouring tasks together and group commit reads them in one
     # range query), so rows and sends overlap and a message never precedes its row.
     send = engine.repos.tasks_queue.send
+    per_message = run_length(get_handler(stage.task_type).tasks_per_message, stage.total)
     with ThreadPoolExecutor(max_workers=ROW_WRITERS) as rows, \
             ThreadPoolExecutor(max_workers=engine.settings.fanout_threads) as sends:
         written = [rows.submit(engine.store.create_tasks, b) for b in batches]
         sent = []
         for batch, done in zip(batches, written, strict=True):
             done.result()
-            sent += [sends.submit(send, TaskMessage(job_id=t.job_id, task_id=t.task_id, traceparent=traceparent))
-                     for t in batch if t.index in wanted]
+            sent += [sends.submit(send, TaskMessage(job_id=job.job_id, task_id=batch_ids[0], count=len(batch_ids),
+                                                    traceparent=traceparent))
+                     for batch_ids in runs([t for t in batch if t.index in wanted], per_message)]
         for future in sent:
             future.result()
     engine_tracing.fanned_out(stage.task_type, stage.name, end - start, end, time.perf_counter() - began)
@@ -153,6 +157,25 @@ def fan_out_chunk(engine: "Engine", job: JobRecord, stage: StageRecord, planned:
     log_event(logger, "stage_dispatched" if end >= stage.total else "stage_chunk_dispatched", job_id=job.job_id,
               stage=stage.stage, tasks=end - start, fanned_out=end, total=stage.total,
               send_ms=round((time.perf_counter() - began) * 1000))
+
+
+def run_length(tasks_per_message: int, total: int) -> int:
+    """Tasks per message for a stage: the handler's run length, but a stage keeps at least
+    ``RUN_MIN_MESSAGES`` messages, so a small stage still spreads over every host's batch."""
+    return max(1, min(tasks_per_message, total // RUN_MIN_MESSAGES))
+
+
+def runs(tasks: list[TaskRecord], length: int) -> list[list[str]]:
+    """Task ids in runs of up to ``length`` consecutive indices (a gap starts a new run)."""
+    out: list[list[str]] = []
+    previous = -2
+    for task in tasks:
+        if out and len(out[-1]) < length and task.index == previous + 1:
+            out[-1].append(task.task_id)
+        else:
+            out.append([task.task_id])
+        previous = task.index
+    return out
 
 
 def _backlogged(engine: "Engine", job: JobRecord, stage: StageRecord) -> bool:

@@ -63,12 +63,12 @@ def parse(spec: str) -> dict[str, Fault]:
     return faults
 
 
-def arm(point: str, mode: str, times: int | None = 1, probability: float = 1.0) -> None:
-    """Arm a fault in this process (tests)."""
+def arm(point: str, mode: str, times: int | None = 1, probability: float = 1.0, skip: int = 0) -> None:
+    """Arm a fault in this process (tests); it fires after ``skip`` hits have passed."""
     if point not in POINTS or mode not in MODES:
         raise ValueError(f"bad fault {point}={mode}")
     with _lock:
-        _armed[point] = Fault(mode, probability, times)
+        _armed[point] = Fault(mode, probability, times, skip)
 
 
 def disarm() -> None:

@@ -37,6 +37,13 @@ def on_task_poison(engine: Engine, body: str | bytes) -> None:
     except (ValueError, OrchestratorError):
         log_event(logger, "poison_unreadable", logging.ERROR, queue="tasks", body=str(body)[:2000])
         return
+    if msg.count > 1:  # a run whose split kept failing: each task gets its own message and attempts
+        try:
+            engine.repos.tasks_queue.send_many(msg.singles())
+            log_event(logger, "poison_run_split", job_id=msg.job_id, task_id=msg.task_id, count=msg.count)
+        except Exception as exc:  # noqa: BLE001 - the poison path must not poison itself
+            _poison_later(engine.repos.tasks_poison, msg, exc)
+        return
     try:
         task = engine.store.get_task(msg.job_id, stage, index)
         if task is None or task.status in TERMINAL or not _gave_up(task, msg.attempt):

@@ -406,13 +406,26 @@ class NotifyMessage(Message):
     attempt: int = Field(default=1, ge=1)
 
 
+MAX_TASKS_PER_MESSAGE = 16
+
+
 class TaskMessage(Message):
-    """Tasks queue: run one task."""
+    """Tasks queue: run one task, or a run of ``count`` neighbouring tasks from ``task_id`` on, in order."""
 
     kind: Literal["task"] = "task"
     job_id: str
     task_id: str
     attempt: int | None = Field(default=None, ge=0, description="on a poison message: the attempt that gave up")
+    count: int = Field(default=1, ge=1, le=MAX_TASKS_PER_MESSAGE, exclude_if=lambda v: v == 1,
+                       description="tasks in the run: task_id and the next count - 1 of its stage")
+
+    def singles(self) -> list["TaskMessage"]:
+        """One message per task of the run (the message itself when it names one task)."""
+        if self.count == 1:
+            return [self]
+        _, stage, first = parse_task_id(self.task_id)
+        return [TaskMessage(job_id=self.job_id, task_id=make_task_id(self.job_id, stage, first + i),
+                            traceparent=self.traceparent) for i in range(self.count)]
 
 
 JobQueueMessage = Annotated[Union[StageMessage, CompletionMessage, NotifyMessage], Field(discriminator="kind")]

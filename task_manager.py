@@ -125,12 +125,47 @@ class Engine:
         return previous is not None and previous.status == Status.COMPLETED
 
     # ------------------------------------------------------------------ one task
-    @engine_tracing.consumer("task.run")
     def run_task(self, msg: TaskMessage, dequeue_count: int = 1) -> None:
-        """Run one task once: claim it (lease), call its handler, record the outcome, advance if last."""
+        """Run one task once: claim it (lease), call its handler, record the outcome, advance if last.
+        A message naming a run of tasks runs them in order (see ``_run_many``)."""
+        if msg.count > 1:
+            self._run_many(msg, dequeue_count)
+            return
+        self._run_one(msg, dequeue_count)
+
+    def _run_many(self, msg: TaskMessage, dequeue_count: int) -> None:
+        """A run of neighbouring tasks: their rows read in one query, then each run as its own message would.
+
+        Redelivered (a task of it may have stopped its host, or storage failed), the run is split into one
+        message per task, so each is retried, deferred or poisoned alone; a task whose row has ended ignores
+        its message. If the engine fails on a task (storage), that task and the rest go on as single
+        messages; only if even that fails does the run come back whole, to be split then."""
+        singles = msg.singles()
+        if dequeue_count > 1:
+            self.repos.tasks_queue.send_many(singles)
+            log_event(logger, "task_run_split", job_id=msg.job_id, task_id=msg.task_id, count=msg.count,
+                      dequeue_count=dequeue_count)
+            return
+        _, stage_no, first = parse_task_id(msg.task_id)
+        rows = {t.index: t for t in self.store.task_range(msg.job_id, stage_no, first, first + msg.count - 1)}
+        for i, single in enumerate(singles):
+            try:
+                self._run_one(single, 1, rows.get(first + i))
+            except Exception as exc:
+                log_event(logger, "task_run_interrupted", logging.WARNING, job_id=msg.job_id,
+                          task_id=single.task_id, left=len(singles) - i, error=str(exc)[:500])
+                try:
+                    self.repos.tasks_queue.send_many(singles[i:])
+                except Exception:  # noqa: BLE001 - the run comes back after its lease and is split then
+                    raise exc from None
+                return
+
+    @engine_tracing.consumer("task.run")
+    def _run_one(self, msg: TaskMessage, dequeue_count: int, row: TaskRecord | None | bool = False) -> None:
+        """One task; ``row``: its row as a run read it (False: read it here)."""
         _, stage_no, index = parse_task_id(msg.task_id)
         with log_context(job_id=msg.job_id, task_id=msg.task_id):
-            task = self.commits.read(msg.job_id, stage_no, index)
+            task = self.commits.read(msg.job_id, stage_no, index) if row is False else row
             if task is not None:
                 handler = TASK_HANDLERS.get(task.task_type)
                 with log_context(task_type=task.task_type, task_version=handler.version if handler else None):

@@ -1,0 +1,178 @@
+"""Runs: one tasks-queue message naming several neighbouring short tasks, each still claimed, retried and
+ended on its own; a redelivered run is split into single messages, a storage fault mid-run hands the rest
+to single messages, at-least-once delivery of runs doubles nothing (real Azurite, the engine's own paths)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+
+import pytest
+
+import api_jobs
+import controller_factory
+import engine_fanout
+import engine_faults
+import engine_recovery
+from conftest import fresh_settings
+from engine_fanout import run_length, runs
+from models import TaskMessage, TaskRecord, decode_task_message, make_task_id
+from queue_driver import QueueDriver
+from repositories import Repositories
+from task_manager import Engine
+
+N = 64  # hello_world tasks per stage: with RUN_MIN_MESSAGES at 16, run_length(4, 64) = 4: 16 runs a stage
+RUN = 4
+
+
+@pytest.fixture
+def run_engine(azurite, monkeypatch) -> Engine:
+    """hello_world's two task types sent in runs of up to 4 (a stage keeps 16 messages, not 64, to keep
+    the tests small); short leases and no retry delay."""
+    monkeypatch.setattr(engine_fanout, "RUN_MIN_MESSAGES", 16)
+    for task_type in ("hello_greeting", "hello_reply"):
+        handler = controller_factory.TASK_HANDLERS[task_type]
+        monkeypatch.setitem(controller_factory.TASK_HANDLERS, task_type,
+                            dataclasses.replace(handler, tasks_per_message=RUN))
+    settings = fresh_settings(azurite.connection_string, task_time_limit_s=2, retry_base_delay_s=0)
+    yield Engine(Repositories(settings).ensure())
+    engine_faults.disarm()
+
+
+def submit(engine: Engine, **params) -> str:
+    code, body = api_jobs.submit(engine, "hello_world", json.dumps({"n": N, **params}).encode(), "http://t")
+    assert code == 202, body
+    return body["job_id"]
+
+
+def expected(job_id: str) -> dict:
+    s1 = [make_task_id(job_id, 1, i) for i in range(N)]
+    s2 = [make_task_id(job_id, 2, i) for i in range(N)]
+    return {"greetings": [f"hello from {t}!" for t in s1],
+            "replies": [f"hello {a} from {b}" for a, b in zip(s1, s2)], "task_count": 2 * N}
+
+
+def attempts(engine: Engine, job_id: str) -> dict[str, int]:
+    return {t.task_id: t.attempts for stage in (1, 2) for t in engine.store.list_tasks(job_id, stage)}
+
+
+def completed(engine: Engine, job_id: str) -> dict:
+    code, status = api_jobs.status(engine, job_id)
+    assert code == 200 and status["status"] == "completed", status
+    return status
+
+
+def test_run_length_and_runs_of_consecutive_tasks():
+    assert engine_fanout.RUN_MIN_MESSAGES == 64
+    assert run_length(8, 10) == 1 and run_length(8, 200) == 3 and run_length(8, 2000) == 8
+    rows = [TaskRecord(job_id="j" * 64, task_id=f"t{i}", stage=1, index=i, shard=0, task_type="x", parameters={})
+            for i in (0, 1, 2, 3, 4, 6, 7)]
+    assert runs(rows, 3) == [["t0", "t1", "t2"], ["t3", "t4"], ["t6", "t7"]]  # a gap starts a new run
+
+
+def test_a_stage_of_short_tasks_goes_out_in_runs_and_each_task_runs_once(run_engine):
+    job_id = submit(run_engine)
+    driver = QueueDriver(run_engine)
+    driver.run(job_id)
+    assert completed(run_engine, job_id)["result_data"] == expected(job_id)
+    assert driver.delivered["tasks"] == 2 * N // RUN  # one message per run of 4, not one per task
+    assert set(attempts(run_engine, job_id).values()) == {1}
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_runs_delivered_twice_shuffled_double_nothing(run_engine, seed):
+    job_id = submit(run_engine)
+    QueueDriver(run_engine, copies=2, shuffle_seed=seed).run(job_id)
+    status = completed(run_engine, job_id)
+    assert status["result_data"] == expected(job_id)
+    assert status["tasks"]["completed"] == 2 * N
+    assert set(attempts(run_engine, job_id).values()) == {1}
+
+
+def test_a_transient_task_failure_in_a_run_is_retried_alone(run_engine):
+    job_id = submit(run_engine, transient_failures=1)  # every stage-1 task fails its first attempt
+    driver = QueueDriver(run_engine)
+    driver.run(job_id)
+    assert completed(run_engine, job_id)["result_data"] == expected(job_id)
+    # stage 1: 16 runs, then 64 retries each in its own message; stage 2: 16 runs
+    assert driver.delivered["tasks"] == N // RUN + N + N // RUN
+    tries = attempts(run_engine, job_id)
+    assert {tries[make_task_id(job_id, 1, i)] for i in range(N)} == {2}
+    assert {tries[make_task_id(job_id, 2, i)] for i in range(N)} == {1}
+
+
+def test_a_storage_fault_mid_run_hands_the_rest_to_single_messages(run_engine):
+    job_id = submit(run_engine)
+    engine_faults.arm("task_claimed", "throttle", times=1, skip=1)  # the 2nd task claimed: storage 503
+    driver = QueueDriver(run_engine)
+    driver.run(job_id)
+    assert completed(run_engine, job_id)["result_data"] == expected(job_id)
+    assert driver.errors == []  # the run's invocation handed off its rest and succeeded
+    retried = [t for t, n in attempts(run_engine, job_id).items() if n != 1]
+    assert retried == [make_task_id(job_id, 1, 1)] and attempts(run_engine, job_id)[retried[0]] == 2
+    # the fault hit task 1 of the run 0..3: tasks 1, 2 and 3 went on as three single messages
+    assert driver.delivered["tasks"] == 2 * N // RUN + 3
+
+
+class _Died(BaseException):
+    """The process stopping mid-run (not an error the engine could catch)."""
+
+
+def test_a_run_whose_host_died_mid_way_is_split_when_redelivered(run_engine, monkeypatch, caplog):
+    job_id = submit(run_engine)
+    driver = QueueDriver(run_engine)
+    driver._round("jobs", run_engine.repos.jobs_queue, driver._queues[0][2])  # stage 1 fanned out
+    queue = run_engine.repos.tasks_queue.client
+    (first,) = queue.receive_messages(max_messages=1, visibility_timeout=60)
+    run = decode_task_message(first.content)
+    assert run.count == RUN
+    hits = []
+    real = engine_faults.point
+
+    def dies_after_the_second_handler(name: str) -> None:
+        real(name)
+        if name == "handler_returned":
+            hits.append(name)
+            if len(hits) == 2:
+                raise _Died()
+
+    monkeypatch.setattr(engine_faults, "point", dies_after_the_second_handler)
+    with pytest.raises(_Died):
+        run_engine.run_task(run, dequeue_count=first.dequeue_count)
+    monkeypatch.setattr(engine_faults, "point", real)
+    states = {t.index: t.status for t in run_engine.store.task_range(job_id, 1, 0, RUN - 1)}
+    assert [str(states[i]) for i in range(RUN)] == ["completed", "processing", "queued", "queued"]
+    queue.update_message(first, visibility_timeout=0)  # the lease runs out: delivered again, dequeue_count 2
+    with caplog.at_level(logging.INFO, logger="task_manager"):
+        driver.run(job_id)
+    splits = [json.loads(r.getMessage()) for r in caplog.records if '"task_run_split"' in r.getMessage()]
+    assert [(s["task_id"], s["count"], s["dequeue_count"]) for s in splits] == [(run.task_id, RUN, 2)]
+    assert completed(run_engine, job_id)["result_data"] == expected(job_id)
+    tries = attempts(run_engine, job_id)
+    assert tries[make_task_id(job_id, 1, 0)] == 1  # done before the death: its single message was ignored
+    assert tries[make_task_id(job_id, 1, 1)] == 2  # its lease ran out: taken over, once
+    assert [t for t, n in tries.items() if n != 1] == [make_task_id(job_id, 1, 1)]
+
+
+def test_a_poisoned_run_gives_each_task_its_own_message(run_engine):
+    job_id = submit(run_engine)
+    driver = QueueDriver(run_engine)
+    driver._round("jobs", run_engine.repos.jobs_queue, driver._queues[0][2])
+    queue = run_engine.repos.tasks_queue.client
+    (first,) = queue.receive_messages(max_messages=1, visibility_timeout=60)
+    queue.delete_message(first)
+    run = decode_task_message(first.content)
+    engine_recovery.on_task_poison(run_engine, run.encode())  # a run the host gave up on, not a task
+    states = {t.index: str(t.status) for t in run_engine.store.task_range(job_id, 1, 0, RUN - 1)}
+    assert set(states.values()) == {"queued"}  # nothing failed
+    driver.run(job_id)
+    assert completed(run_engine, job_id)["result_data"] == expected(job_id)
+    assert set(attempts(run_engine, job_id).values()) == {1}
+
+
+def test_a_message_names_one_task_unless_it_is_a_run():
+    single = TaskMessage(job_id="a" * 64, task_id=make_task_id("a" * 64, 2, 7))
+    assert "count" not in json.loads(single.encode()) and single.singles() == [single]
+    run = TaskMessage(job_id="a" * 64, task_id=make_task_id("a" * 64, 2, 7), count=3, traceparent="00-x")
+    assert [m.task_id for m in run.singles()] == [make_task_id("a" * 64, 2, i) for i in (7, 8, 9)]
+    assert {m.traceparent for m in run.singles()} == {"00-x"}
