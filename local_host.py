@@ -26,6 +26,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -44,6 +45,23 @@ logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent
 LEASE_SETTING = "LOCAL_HOST_LEASE_SECONDS"
+THREADS_SETTING = "PYTHON_THREADPOOL_THREAD_COUNT"
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def sync_pool() -> ThreadPoolExecutor:
+    """Where sync functions run, as in the Python worker: one process-wide pool of long-lived threads,
+    ``PYTHON_THREADPOOL_THREAD_COUNT`` of them, or Python's default min(32, CPUs + 4) when it is unset (the
+    worker's default on Python 3.9+). Triggers may hold more messages than it has threads; they wait for one."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            value = os.environ.get(THREADS_SETTING, "").strip()
+            if value and not (value.isdigit() and int(value) >= 1):
+                raise LocalHostError(f"{THREADS_SETTING} must be a whole number >= 1, got {value!r}")
+            _pool = ThreadPoolExecutor(max_workers=int(value) if value else None, thread_name_prefix="worker")
+        return _pool
 _SETTING_REF = re.compile(r"%([^%]+)%")
 _QUEUE_NAME = re.compile(r"^[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]$")
 
@@ -89,8 +107,9 @@ class FunctionBinding:
                 invocation_id=invocation_id or str(uuid.uuid4()), function_name=self.name,
                 function_directory=str(ROOT), thread_local_storage=threading.local(),
                 trace_context=None, retry_context=None)
-        result = self.func(**kwargs)
-        return asyncio.run(result) if inspect.isawaitable(result) else result
+        if inspect.iscoroutinefunction(self.func):
+            return asyncio.run(self.func(**kwargs))
+        return sync_pool().submit(self.func, **kwargs).result()
 
     def describe(self, route_prefix: str = "api") -> str:
         """One line like ``func start`` prints for the function."""

@@ -110,9 +110,10 @@ class QueuePoller:
         self._queue_ready = False
         self._threads = [threading.Thread(target=self._poll, name=f"poll-{binding.name}", daemon=True),
                          threading.Thread(target=self._renew, name=f"lease-{binding.name}", daemon=True)]
-        # Functions run on long-lived threads, as the Python worker's thread pool runs them: a new thread per
-        # message would redo each thread's one-time setup (GDAL's and PROJ's per-thread contexts cost about
-        # 15 ms a raster task). At most batchSize + newBatchThreshold messages are in flight, so as many threads.
+        # Each message in flight (at most batchSize + newBatchThreshold) waits on one of these long-lived
+        # threads while its invocation runs in the process's worker pool (local_host.sync_pool), whose threads
+        # are long-lived too: a new thread per message would redo GDAL's and PROJ's per-thread setup (about
+        # 15 ms a raster task).
         self._work: SimpleQueue[_Held] = SimpleQueue()
         self._workers: list[threading.Thread] = []
 

@@ -68,7 +68,7 @@ def loadavg() -> list[float]:
 def machine_facts(packages: Iterable[str] = (), stack: bool = True, **extra: Any) -> dict[str, Any]:
     """What the numbers were measured on: date, CPUs, Python, load, package versions, plus ``extra``.
 
-    ``stack`` adds Node, Azurite and host.json's queue settings (the storage stack the engine runs on).
+    ``stack`` adds Node, Azurite, host.json's queue settings and the hosts' worker threads (the stack the engine runs on).
     """
     facts: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), **extra,
                              "nproc": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(),
@@ -79,6 +79,8 @@ def machine_facts(packages: Iterable[str] = (), stack: bool = True, **extra: Any
         facts["azurite"] = json.loads(package.read_text()).get("version") if package.exists() else None
         host = json.loads((ROOT / "host.json").read_text())
         facts["host_json_queues"] = host.get("extensions", {}).get("queues", {})
+        local = json.loads((ROOT / "local.settings.json.example").read_text())["Values"]  # hosts get settings_env's
+        facts["python_threadpool_thread_count"] = local.get("PYTHON_THREADPOOL_THREAD_COUNT")
     facts["loadavg_start"] = loadavg()
     facts["packages"] = package_versions(packages)
     return facts

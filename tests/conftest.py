@@ -1,6 +1,7 @@
 """Fixtures layered settings -> repositories -> engine, over one private Azurite per test session."""
 from __future__ import annotations
 
+import json
 import sys
 import uuid
 from pathlib import Path
@@ -54,9 +55,15 @@ def engine(repos) -> Engine:
     return Engine(repos)
 
 
+WORKER_THREADS = json.loads((Path(__file__).resolve().parents[1] / "local.settings.json.example").read_text(
+    encoding="utf-8"))["Values"]["PYTHON_THREADPOOL_THREAD_COUNT"]
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
-    """Environment variables that make a host process use ``settings``."""
-    return {"AzureWebJobsStorage": settings.storage_connection_string or "",
+    """Environment variables that make a host process use ``settings`` (and run sync functions on as many
+    worker threads as the deployment gives the Python worker)."""
+    return {"PYTHON_THREADPOOL_THREAD_COUNT": WORKER_THREADS,
+            "AzureWebJobsStorage": settings.storage_connection_string or "",
             "JOBS_QUEUE": settings.jobs_queue, "TASKS_QUEUE": settings.tasks_queue,
             "JOBS_TABLE": settings.jobs_table, "TASKS_TABLE": settings.tasks_table,
             "PAYLOAD_CONTAINER": settings.payload_container, "SCHEDULES_TABLE": settings.schedules_table,

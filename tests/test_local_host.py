@@ -402,6 +402,31 @@ def test_a_message_this_process_enqueues_wakes_the_backed_off_poller(toy, hosts,
     assert time.monotonic() - sent < 1.5, "the poller slept through its back-off: the send did not wake it"
 
 
+def test_sync_functions_share_the_worker_pool_of_python_threadpool_thread_count(toy, hosts, monkeypatch):
+    """Like the Python worker: the host holds batchSize messages, but sync invocations run on a process-wide
+    pool of PYTHON_THREADPOOL_THREAD_COUNT threads, long-lived (reused, not one per message)."""
+    monkeypatch.setattr(local_host, "_pool", None)
+    monkeypatch.setenv(local_host.THREADS_SETTING, "2")
+    toy.raw.create_queue()
+    for i in range(8):
+        toy.b64.send_message(json.dumps({"sleep": 0.3, "n": i}))
+    host = hosts(host_config(batchSize=8, newBatchThreshold=4), functions=["toy_queue"])
+    got = wait_for(lambda: len(records(toy.records)) == 8 and records(toy.records), 20, "all messages")
+    events = sorted([(r["start"], 1) for r in got] + [(r["end"], -1) for r in got])
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    assert peak == 2, f"peak concurrency {peak} with a pool of 2"
+    assert len({r["thread"] for r in got}) == 2 and all(r["thread"].startswith("worker") for r in got)
+    host.stop(timeout=10)
+    local_host.sync_pool().shutdown(wait=True)
+    monkeypatch.setenv(local_host.THREADS_SETTING, "zero")
+    monkeypatch.setattr(local_host, "_pool", None)
+    with pytest.raises(LocalHostError, match="PYTHON_THREADPOOL_THREAD_COUNT must be a whole number"):
+        local_host.sync_pool()
+
+
 def test_lease_is_renewed_while_the_function_runs(toy, hosts, monkeypatch):
     monkeypatch.setenv(local_host.LEASE_SETTING, "2")
     first, second = hosts(functions=["toy_queue"]), hosts(functions=["toy_queue"])  # two instances, one queue

@@ -64,7 +64,7 @@ def toy_queue(msg: func.QueueMessage) -> None:
         record(kind="queue_start", id=msg.id, body=text, dequeue_count=msg.dequeue_count, start=started)
     time.sleep(float(options.get("sleep", 0)) + (float(options.get("sleep_first", 0)) if msg.dequeue_count == 1 else 0))
     record(kind="queue", id=msg.id, body=text, dequeue_count=msg.dequeue_count, pop_receipt=msg.pop_receipt,
-           inserted=str(msg.insertion_time), start=started, end=time.time())
+           inserted=str(msg.insertion_time), start=started, end=time.time(), thread=threading.current_thread().name)
     if options.get("fail"):
         raise ValueError(f"failing as asked (attempt {msg.dequeue_count})")
 

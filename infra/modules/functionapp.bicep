@@ -153,6 +153,9 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'APPLICATIONINSIGHTS_CONNECTION_STRING', value: appInsightsConnectionString }
         { name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING', value: 'Authorization=AAD' }
         { name: 'OTEL_TRACES_EXPORTER', value: 'none' }
+        // the Python worker runs sync functions on min(32, cores + 4) threads unless told: host.json's batchSize +
+        // newBatchThreshold (16 + 8), so every message the host holds can run, and group commit has company
+        { name: 'PYTHON_THREADPOOL_THREAD_COUNT', value: '24' }
       ]
     }
     functionAppConfig: {
