@@ -5,7 +5,8 @@ shard and (when that shard reaches zero) the stage row, each If-Match. Only one 
 the stage's ``shards_remaining`` to zero; its writer (``finisher``) sends the one advance message. A
 duplicate delivery cannot commit (its task ETag is stale) and re-reads to learn what happened.
 Every handler below is safe to repeat: a redelivered message finds the rows it would write.
-Recovery (poison, sweeper) is in ``engine_recovery.py``; retry and cancel in ``engine_admin.py``.
+Completion is in ``engine_complete.py``; recovery (poison, sweeper) in ``engine_recovery.py``; retry and cancel
+in ``engine_admin.py``.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Any, Callable
 
 from pydantic import ValidationError
 
+import engine_complete
 import engine_fanout
 import engine_faults
 import engine_jobs
@@ -39,7 +41,6 @@ from repositories import Repositories
 from repository_webhook_rules import check_url
 
 logger = logging.getLogger(__name__)
-MAX_ERROR_TASKS_LISTED = 20
 MAX_QUEUE_DELAY_S = 7 * 24 * 3600 - 60
 LEASE_EXPIRED = "did not finish within"  # in last_error when an attempt overran its lease (gave_up_code)
 
@@ -355,54 +356,7 @@ class Engine:
     @engine_tracing.consumer("job.complete")
     def complete(self, msg: CompletionMessage) -> None:
         """Write the job's final status: failed (naming the failed tasks) or completed with result_data."""
-        job = self.store.get_job(msg.job_id)
-        if job is None or job.status in TERMINAL:
-            return
-        controller = get_controller(job.job_type)
-        stages = {s.stage: s for s in self.store.stage_rows(job.job_id)[0]}
-        failed = [s for s in stages.values() if s.status == Status.FAILED]
-        last = stages.get(controller.total_stages)
-        if failed:
-            self.finish_job(job.job_id, Status.FAILED, error=self._failure_summary(failed[0]))
-        elif last is not None and last.status == Status.COMPLETED:
-            outcomes: dict[int, list[TaskOutcome]] = {}
-            tolerated = []
-            read = (set(controller.outcome_stages or stages) if controller.aggregates_outcomes else set()) & set(stages)
-            rows = self.outcomes(job.job_id) if read == set(stages) else [  # all stages: one query
-                o for number in sorted(read) for o in self.outcomes(job.job_id, number)]
-            for o in rows:
-                if o.status == Status.COMPLETED:
-                    outcomes.setdefault(o.stage, []).append(o)
-                else:
-                    tolerated.append({"task_id": o.task_id, "error": o.error_details})
-            for number in sorted(n for n in set(stages) - read if stages[n].failed):  # only the failed ones
-                tolerated += [{"task_id": t.task_id, "error": t.error_details}
-                              for t in self.store.list_tasks(job.job_id, number, status=Status.FAILED, resolve=False)]
-            tolerated.sort(key=lambda t: t["task_id"])
-            try:
-                params = controller.parameters_model.model_validate(job.parameters)
-                result = controller.aggregate(params, outcomes)
-            except TransientError:
-                raise
-            except Exception as exc:  # deterministic: fail now with a readable error, don't loop to poison
-                self.finish_job(job.job_id, Status.FAILED,
-                                error=f"aggregating results failed: {engine_fanout.describe(exc)}")
-                return
-            if tolerated:
-                result = {**result, "failed_tasks": tolerated} if isinstance(result, dict) else \
-                    {"result": result, "failed_tasks": tolerated}
-            engine_faults.point("completion_aggregated")
-            self.finish_job(job.job_id, Status.COMPLETED, result=result)
-        else:
-            log_event(logger, "completion_ignored", logging.WARNING, job_id=job.job_id,
-                      reason="no stage failed and the last stage has not completed")
-
-    def _failure_summary(self, stage: StageRecord) -> str:
-        failed = self.store.list_tasks(stage.job_id, stage.stage, status=Status.FAILED, resolve=False)
-        listed = "; ".join(f"{t.task_id}: {t.error_details}" for t in failed[:MAX_ERROR_TASKS_LISTED])
-        more = f"; and {len(failed) - MAX_ERROR_TASKS_LISTED} more" if len(failed) > MAX_ERROR_TASKS_LISTED else ""
-        return (f"stage {stage.stage} ({stage.name}) failed: {stage.failed} of {stage.total} tasks failed: "
-                f"{listed}{more}")
+        engine_complete.complete(self, msg)
 
     def outcomes(self, job_id: str, stage: int | None = None) -> list[TaskOutcome]:
         """Outcomes of a job's tasks (or one stage's), in stage then index order."""

@@ -1,0 +1,77 @@
+"""Completion: the job's final status from its stages, and its result from the stages it aggregates.
+
+Runs on the completion message the last stage's finisher sends; safe to repeat (a terminal job is left as
+it is, and the job row moves with a conditional write).
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import engine_fanout
+import engine_faults
+from base_controller import TaskOutcome
+from controller_factory import get_controller
+from errors import TransientError
+from logs import log_event
+from models import TERMINAL, CompletionMessage, StageRecord, Status
+
+if TYPE_CHECKING:
+    from task_manager import Engine
+
+logger = logging.getLogger(__name__)
+MAX_ERROR_TASKS_LISTED = 20
+
+
+def complete(engine: "Engine", msg: CompletionMessage) -> None:
+    """Write the job's final status: failed (naming the failed tasks) or completed with result_data."""
+    job = engine.store.get_job(msg.job_id)
+    if job is None or job.status in TERMINAL:
+        return
+    controller = get_controller(job.job_type)
+    stages = {s.stage: s for s in engine.store.stage_rows(job.job_id)[0]}
+    failed = [s for s in stages.values() if s.status == Status.FAILED]
+    last = stages.get(controller.total_stages)
+    if failed:
+        engine.finish_job(job.job_id, Status.FAILED, error=failure_summary(engine, failed[0]))
+    elif last is not None and last.status == Status.COMPLETED:
+        outcomes: dict[int, list[TaskOutcome]] = {}
+        tolerated = []
+        read = (set(controller.outcome_stages or stages) if controller.aggregates_outcomes else set()) & set(stages)
+        rows = engine.outcomes(job.job_id) if read == set(stages) else [  # all stages: one query
+            o for number in sorted(read) for o in engine.outcomes(job.job_id, number)]
+        for o in rows:
+            if o.status == Status.COMPLETED:
+                outcomes.setdefault(o.stage, []).append(o)
+            else:
+                tolerated.append({"task_id": o.task_id, "error": o.error_details})
+        for number in sorted(n for n in set(stages) - read if stages[n].failed):  # only the failed ones
+            tolerated += [{"task_id": t.task_id, "error": t.error_details}
+                          for t in engine.store.list_tasks(job.job_id, number, status=Status.FAILED, resolve=False)]
+        tolerated.sort(key=lambda t: t["task_id"])
+        try:
+            params = controller.parameters_model.model_validate(job.parameters)
+            result = controller.aggregate(params, outcomes)
+        except TransientError:
+            raise
+        except Exception as exc:  # deterministic: fail now with a readable error, don't loop to poison
+            engine.finish_job(job.job_id, Status.FAILED,
+                              error=f"aggregating results failed: {engine_fanout.describe(exc)}")
+            return
+        if tolerated:
+            result = {**result, "failed_tasks": tolerated} if isinstance(result, dict) else \
+                {"result": result, "failed_tasks": tolerated}
+        engine_faults.point("completion_aggregated")
+        engine.finish_job(job.job_id, Status.COMPLETED, result=result)
+    else:
+        log_event(logger, "completion_ignored", logging.WARNING, job_id=job.job_id,
+                  reason="no stage failed and the last stage has not completed")
+
+
+def failure_summary(engine: "Engine", stage: StageRecord) -> str:
+    """What failed a stage: its failed tasks and their errors (the first MAX_ERROR_TASKS_LISTED)."""
+    failed = engine.store.list_tasks(stage.job_id, stage.stage, status=Status.FAILED, resolve=False)
+    listed = "; ".join(f"{t.task_id}: {t.error_details}" for t in failed[:MAX_ERROR_TASKS_LISTED])
+    more = f"; and {len(failed) - MAX_ERROR_TASKS_LISTED} more" if len(failed) > MAX_ERROR_TASKS_LISTED else ""
+    return (f"stage {stage.stage} ({stage.name}) failed: {stage.failed} of {stage.total} tasks failed: "
+            f"{listed}{more}")
