@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 ROW_WRITERS = 4  # row transactions in flight ahead of the sends
-RUN_MIN_MESSAGES = 64  # a stage of runs keeps at least this many messages (four hosts' batchSize of 16)
+RUN_MIN_MESSAGES = 32  # a stage of runs keeps at least this many messages (two hosts' batchSize of 16)
 
 
 def plan_name(job_id: str, stage: int) -> str:

@@ -1,5 +1,5 @@
 """Runs of short tasks under real faults: sync_container over 256 small rasters sends its build tasks in runs
-of 4 (64 messages); two real hosts whose every storage request may lose its reply or fail, each first-
+of 8 (32 messages); two real hosts whose every storage request may lose its reply or fail, each first-
 generation host killed with SIGKILL in the middle of its runs. Every file must be catalogued exactly once
 (one item each, none failed), every stage advance once, and no message left (tests/test_chaos_transport)."""
 from __future__ import annotations
@@ -55,7 +55,7 @@ def sync_in_runs(tmp, pgstac_server) -> JobSpec:
 @pytest.mark.parametrize("kill", ["handler_returned=kill#5",
                                   pytest.param("task_claimed=kill#9", marks=pytest.mark.slow)])
 def test_sync_in_runs_under_transport_faults_and_a_kill_mid_run(azurite, tmp_path, pgstac_server, kill):
-    assert run_length(8, FILES) == 4  # the build stage really goes out in runs
+    assert run_length(8, FILES) == 8  # the build stage really goes out in runs
     result = run_transport(azurite, tmp_path / "hosts", f"runs-{kill}", lose=0.02, fail=0.02,
                            spec=sync_in_runs(tmp_path, pgstac_server), kill=kill, timeout=300)
     print(describe(result))

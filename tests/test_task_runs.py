@@ -63,8 +63,8 @@ def completed(engine: Engine, job_id: str) -> dict:
 
 
 def test_run_length_and_runs_of_consecutive_tasks():
-    assert engine_fanout.RUN_MIN_MESSAGES == 64
-    assert run_length(8, 10) == 1 and run_length(8, 200) == 3 and run_length(8, 2000) == 8
+    assert engine_fanout.RUN_MIN_MESSAGES == 32
+    assert run_length(8, 10) == 1 and run_length(8, 200) == 6 and run_length(8, 2000) == 8
     rows = [TaskRecord(job_id="j" * 64, task_id=f"t{i}", stage=1, index=i, shard=0, task_type="x", parameters={})
             for i in (0, 1, 2, 3, 4, 6, 7)]
     assert runs(rows, 3) == [["t0", "t1", "t2"], ["t3", "t4"], ["t6", "t7"]]  # a gap starts a new run
