@@ -412,7 +412,10 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)  # a second signal ends the process at once
     logger.info("stopping: waiting up to %.0f s for running invocations", args.shutdown_timeout)
-    return 0 if host.stop(args.shutdown_timeout) else 1
+    if host.stop(args.shutdown_timeout):
+        return 0
+    logging.shutdown()  # invocations still run on the worker pool, whose threads exit would wait for: end now
+    os._exit(1)
 
 
 if __name__ == "__main__":

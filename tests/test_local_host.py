@@ -505,6 +505,19 @@ def test_cli_prints_functions_serves_and_exits_on_sigterm(toy, tmp_path):
     assert " INFO local_host_http GET /api/items/5 -> item 200 " in log and " stopping" in log
 
 
+def test_cli_exits_after_its_shutdown_timeout_with_an_invocation_still_running(toy, tmp_path):
+    """The worker pool's threads would hold the interpreter's exit until the running function returns; past
+    the shutdown timeout the host exits anyway (1), and the message reappears after its lease."""
+    with _cli(tmp_path, dict(os.environ), "--no-timers", "--shutdown-timeout", "1") as proc:
+        _read_until(proc, "ready")
+        toy.b64.send_message(json.dumps({"sleep": 60, "announce": True}))
+        wait_for(lambda: records(toy.records, "queue_start"), 15, "the function to start")
+        stopped = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 1
+        assert time.monotonic() - stopped < 10, "the exit waited for the running function"
+
+
 @contextmanager
 def _cli(tmp_path: Path, env: dict[str, str], *args: str) -> Iterator[subprocess.Popen]:
     """``python local_host.py --app tests.toy_function_app ...`` as a child process, killed on exit."""
