@@ -196,17 +196,21 @@ def load_local_settings(path: str | Path) -> int:
 
 
 _LIVE_POLLERS: "weakref.WeakSet[QueuePoller]" = weakref.WeakSet()
+_pollers_lock = threading.Lock()
 
 
 def _wake_on_enqueue(pollers: Iterable[QueuePoller]) -> None:
     """Wake these pollers when this process enqueues to their queue, as the Functions host wakes a queue
     listener for messages its functions enqueue through output bindings (the app announces its sends)."""
     logs.watch_enqueued(_wake_pollers)
-    _LIVE_POLLERS.update(pollers)
+    with _pollers_lock:
+        _LIVE_POLLERS.update(pollers)
 
 
 def _wake_pollers(queue_name: str) -> None:
-    for poller in list(_LIVE_POLLERS):
+    with _pollers_lock:
+        pollers = list(_LIVE_POLLERS)
+    for poller in pollers:
         if poller.binding.queue_name == queue_name:
             poller.wake()
 
@@ -292,6 +296,7 @@ class LocalHost:
 
     def start(self) -> Self:
         """Listen for HTTP and start pollers and timers; returns at once."""
+        sync_pool()  # a bad PYTHON_THREADPOOL_THREAD_COUNT fails the start, not every invocation
         clients: dict[str, Any] = {}
         for b in self.bindings:
             if b.trigger == "queue" and b.connection:

@@ -99,6 +99,10 @@ def watch_enqueued(callback: Any) -> None:
 
 
 def announce_enqueued(queue_name: str) -> None:
-    """Tell the watchers that this process just enqueued a message visible at once on ``queue_name``."""
+    """Tell the watchers that this process just enqueued a message visible at once on ``queue_name`` (a
+    watcher's error is logged, never raised: the message was sent)."""
     for callback in _enqueued_watchers:
-        callback(queue_name)
+        try:
+            callback(queue_name)
+        except Exception:  # noqa: BLE001
+            logging.getLogger(__name__).warning("enqueue watcher failed", exc_info=True)

@@ -42,6 +42,7 @@ from repository_webhook_rules import check_url
 
 logger = logging.getLogger(__name__)
 MAX_QUEUE_DELAY_S = 7 * 24 * 3600 - 60
+RUN_BUDGET_S = 60  # a run starts no task after this; with a 300 s task limit it ends within 360 s of 600
 LEASE_EXPIRED = "did not finish within"  # in last_error when an attempt overran its lease (gave_up_code)
 
 
@@ -140,7 +141,9 @@ class Engine:
         Redelivered (a task of it may have stopped its host, or storage failed), the run is split into one
         message per task, so each is retried, deferred or poisoned alone; a task whose row has ended ignores
         its message. If the engine fails on a task (storage), that task and the rest go on as single
-        messages; only if even that fails does the run come back whole, to be split then."""
+        messages; only if even that fails does the run come back whole, to be split then. No task of a run
+        starts after ``RUN_BUDGET_S``: the rest go on as single messages, so a run of slow tasks ends well
+        inside ``functionTimeout`` (budget + one task's time limit)."""
         singles = msg.singles()
         if dequeue_count > 1:
             self.repos.tasks_queue.send_many(singles)
@@ -149,7 +152,13 @@ class Engine:
             return
         _, stage_no, first = parse_task_id(msg.task_id)
         rows = {t.index: t for t in self.store.task_range(msg.job_id, stage_no, first, first + msg.count - 1)}
+        began = time.monotonic()
         for i, single in enumerate(singles):
+            if i and time.monotonic() - began > RUN_BUDGET_S:  # slow tasks: the rest go on as single messages
+                self.repos.tasks_queue.send_many(singles[i:])
+                log_event(logger, "task_run_handed_on", job_id=msg.job_id, task_id=single.task_id,
+                          left=len(singles) - i, reason=f"the run took over {RUN_BUDGET_S} s")
+                return
             try:
                 self._run_one(single, 1, rows.get(first + i))
             except Exception as exc:

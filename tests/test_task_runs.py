@@ -14,9 +14,10 @@ import controller_factory
 import engine_fanout
 import engine_faults
 import engine_recovery
+import task_manager
 from conftest import fresh_settings
 from engine_fanout import run_length, runs
-from models import TaskMessage, TaskRecord, decode_task_message, make_task_id
+from models import TaskMessage, TaskRecord, decode_task_message, make_task_id, parse_task_id
 from queue_driver import QueueDriver
 from repositories import Repositories
 from task_manager import Engine
@@ -108,9 +109,12 @@ def test_a_storage_fault_mid_run_hands_the_rest_to_single_messages(run_engine):
     driver.run(job_id)
     assert completed(run_engine, job_id)["result_data"] == expected(job_id)
     assert driver.errors == []  # the run's invocation handed off its rest and succeeded
-    retried = [t for t, n in attempts(run_engine, job_id).items() if n != 1]
-    assert retried == [make_task_id(job_id, 1, 1)] and attempts(run_engine, job_id)[retried[0]] == 2
-    # the fault hit task 1 of the run 0..3: tasks 1, 2 and 3 went on as three single messages
+    tries = attempts(run_engine, job_id)
+    retried = [t for t, n in tries.items() if n != 1]
+    assert len(retried) == 1 and tries[retried[0]] == 2
+    # the fault hit the second task of the first run the driver ran (whichever run the queue gave first):
+    # that task and the two after it went on as three single messages
+    assert parse_task_id(retried[0])[2] % RUN == 1
     assert driver.delivered["tasks"] == 2 * N // RUN + 3
 
 
@@ -140,8 +144,9 @@ def test_a_run_whose_host_died_mid_way_is_split_when_redelivered(run_engine, mon
     with pytest.raises(_Died):
         run_engine.run_task(run, dequeue_count=first.dequeue_count)
     monkeypatch.setattr(engine_faults, "point", real)
-    states = {t.index: t.status for t in run_engine.store.task_range(job_id, 1, 0, RUN - 1)}
-    assert [str(states[i]) for i in range(RUN)] == ["completed", "processing", "queued", "queued"]
+    first_index = parse_task_id(run.task_id)[2]  # fan-out sends from several threads: any run may come first
+    states = {t.index: t.status for t in run_engine.store.task_range(job_id, 1, first_index, first_index + RUN - 1)}
+    assert [str(states[first_index + i]) for i in range(RUN)] == ["completed", "processing", "queued", "queued"]
     queue.update_message(first, visibility_timeout=0)  # the lease runs out: delivered again, dequeue_count 2
     with caplog.at_level(logging.INFO, logger="task_manager"):
         driver.run(job_id)
@@ -149,9 +154,9 @@ def test_a_run_whose_host_died_mid_way_is_split_when_redelivered(run_engine, mon
     assert [(s["task_id"], s["count"], s["dequeue_count"]) for s in splits] == [(run.task_id, RUN, 2)]
     assert completed(run_engine, job_id)["result_data"] == expected(job_id)
     tries = attempts(run_engine, job_id)
-    assert tries[make_task_id(job_id, 1, 0)] == 1  # done before the death: its single message was ignored
-    assert tries[make_task_id(job_id, 1, 1)] == 2  # its lease ran out: taken over, once
-    assert [t for t, n in tries.items() if n != 1] == [make_task_id(job_id, 1, 1)]
+    assert tries[make_task_id(job_id, 1, first_index)] == 1  # done before the death: its message was ignored
+    assert tries[make_task_id(job_id, 1, first_index + 1)] == 2  # its lease ran out: taken over, once
+    assert [t for t, n in tries.items() if n != 1] == [make_task_id(job_id, 1, first_index + 1)]
 
 
 def test_a_poisoned_run_gives_each_task_its_own_message(run_engine):
@@ -163,11 +168,52 @@ def test_a_poisoned_run_gives_each_task_its_own_message(run_engine):
     queue.delete_message(first)
     run = decode_task_message(first.content)
     engine_recovery.on_task_poison(run_engine, run.encode())  # a run the host gave up on, not a task
-    states = {t.index: str(t.status) for t in run_engine.store.task_range(job_id, 1, 0, RUN - 1)}
+    first_index = parse_task_id(run.task_id)[2]
+    states = {t.index: str(t.status) for t in run_engine.store.task_range(job_id, 1, first_index,
+                                                                           first_index + RUN - 1)}
     assert set(states.values()) == {"queued"}  # nothing failed
     driver.run(job_id)
     assert completed(run_engine, job_id)["result_data"] == expected(job_id)
     assert set(attempts(run_engine, job_id).values()) == {1}
+
+
+def test_a_task_taken_by_another_message_after_the_run_read_its_row_runs_once(run_engine, monkeypatch, caplog):
+    """The run claims with the ETag of the row it read first: a task claimed and ended meanwhile (here by its
+    own single message, as after a split) is not claimed again."""
+    job_id = submit(run_engine)
+    driver = QueueDriver(run_engine)
+    driver._round("jobs", run_engine.repos.jobs_queue, driver._queues[0][2])
+    queue = run_engine.repos.tasks_queue.client
+    (first,) = queue.receive_messages(max_messages=1, visibility_timeout=60)
+    run = decode_task_message(first.content)
+    taken = run.singles()[2]
+    real = run_engine.store.task_range
+
+    def read_then_lose_the_race(*args):
+        monkeypatch.setattr(run_engine.store, "task_range", real)  # once: group commit reads with it too
+        rows = real(*args)  # what the run will claim with
+        run_engine.run_task(taken)  # meanwhile another message runs task 2 of the run to its end
+        return rows
+
+    monkeypatch.setattr(run_engine.store, "task_range", read_then_lose_the_race)
+    with caplog.at_level(logging.INFO, logger="task_manager"):
+        run_engine.run_task(run, dequeue_count=first.dequeue_count)
+    lost = [json.loads(r.getMessage()) for r in caplog.records if '"task_claimed_elsewhere"' in r.getMessage()]
+    assert [e["task_id"] for e in lost] == [taken.task_id]  # the run's claim from its stale row failed
+    queue.delete_message(first)
+    driver.run(job_id)
+    assert completed(run_engine, job_id)["result_data"] == expected(job_id)
+    assert set(attempts(run_engine, job_id).values()) == {1}  # task 2 too: the run's stale claim failed
+
+
+def test_a_run_starts_no_task_after_its_budget(run_engine, monkeypatch):
+    monkeypatch.setattr(task_manager, "RUN_BUDGET_S", 0)  # every run hands on all but its first task
+    job_id = submit(run_engine)
+    driver = QueueDriver(run_engine)
+    driver.run(job_id)
+    assert completed(run_engine, job_id)["result_data"] == expected(job_id)
+    assert set(attempts(run_engine, job_id).values()) == {1}
+    assert driver.delivered["tasks"] == 2 * N // RUN + 2 * N // RUN * (RUN - 1)  # each run, then 3 singles
 
 
 def test_a_message_names_one_task_unless_it_is_a_run():
