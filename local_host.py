@@ -24,19 +24,17 @@ import sys
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Literal, Self
 
-import logs
 from local_host_blobs import RECEIPTS_TABLE, BlobEventOptions, BlobEventSource
 from local_host_http import LocalHttpServer, build_routes
-from local_host_queues import QueueOptions, QueuePoller
+from local_host_queues import QueueOptions, QueuePoller, wake_on_enqueue
 from local_host_timers import TimerRunner, parse_schedule, parse_timespan
+from local_host_worker import sync_pool
 
 __all__ = ["FunctionBinding", "LocalHost", "LocalHostError", "describe_functions", "load_host_config",
            "main", "parse_timespan", "resolve_settings", "storage_client"]
@@ -45,23 +43,6 @@ logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent
 LEASE_SETTING = "LOCAL_HOST_LEASE_SECONDS"
-THREADS_SETTING = "PYTHON_THREADPOOL_THREAD_COUNT"
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def sync_pool() -> ThreadPoolExecutor:
-    """Where sync functions run, as in the Python worker: one process-wide pool of long-lived threads,
-    ``PYTHON_THREADPOOL_THREAD_COUNT`` of them, or Python's default min(32, CPUs + 4) when it is unset (the
-    worker's default on Python 3.9+). Triggers may hold more messages than it has threads; they wait for one."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            value = os.environ.get(THREADS_SETTING, "").strip()
-            if value and not (value.isdigit() and int(value) >= 1):
-                raise LocalHostError(f"{THREADS_SETTING} must be a whole number >= 1, got {value!r}")
-            _pool = ThreadPoolExecutor(max_workers=int(value) if value else None, thread_name_prefix="worker")
-        return _pool
 _SETTING_REF = re.compile(r"%([^%]+)%")
 _QUEUE_NAME = re.compile(r"^[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]$")
 
@@ -195,26 +176,6 @@ def load_local_settings(path: str | Path) -> int:
     return len(added)
 
 
-_LIVE_POLLERS: "weakref.WeakSet[QueuePoller]" = weakref.WeakSet()
-_pollers_lock = threading.Lock()
-
-
-def _wake_on_enqueue(pollers: Iterable[QueuePoller]) -> None:
-    """Wake these pollers when this process enqueues to their queue, as the Functions host wakes a queue
-    listener for messages its functions enqueue through output bindings (the app announces its sends)."""
-    logs.watch_enqueued(_wake_pollers)
-    with _pollers_lock:
-        _LIVE_POLLERS.update(pollers)
-
-
-def _wake_pollers(queue_name: str) -> None:
-    with _pollers_lock:
-        pollers = list(_LIVE_POLLERS)
-    for poller in pollers:
-        if poller.binding.queue_name == queue_name:
-            poller.wake()
-
-
 def storage_client(connection: str, service: Literal["queue", "blob", "table"]) -> Any:
     """A service client for a binding's ``connection``, resolved like the host.
 
@@ -318,7 +279,7 @@ class LocalHost:
         for part in [*self._pollers, *self._timers, *self._blob_events]:
             part.start()
         if self._pollers:
-            _wake_on_enqueue(self._pollers)
+            wake_on_enqueue(self._pollers)
         return self
 
     def _blob_event_sources(self) -> list[BlobEventSource]:

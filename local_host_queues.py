@@ -11,18 +11,21 @@ import base64
 import json
 import logging
 import math
-from queue import SimpleQueue
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.functions.queue import QueueMessage as FunctionQueueMessage
 
+import logs
 from local_host_timers import parse_timespan
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from azure.storage.queue import QueueClient, QueueMessage
 
 logger = logging.getLogger(__name__)
@@ -110,12 +113,6 @@ class QueuePoller:
         self._queue_ready = False
         self._threads = [threading.Thread(target=self._poll, name=f"poll-{binding.name}", daemon=True),
                          threading.Thread(target=self._renew, name=f"lease-{binding.name}", daemon=True)]
-        # Each message in flight (at most batchSize + newBatchThreshold) waits on one of these long-lived
-        # threads while its invocation runs in the process's worker pool (local_host.sync_pool), whose threads
-        # are long-lived too: a new thread per message would redo GDAL's and PROJ's per-thread setup (about
-        # 15 ms a raster task).
-        self._work: SimpleQueue[_Held] = SimpleQueue()
-        self._workers: list[threading.Thread] = []
 
     def start(self) -> None:
         """Start polling and lease renewal."""
@@ -200,16 +197,9 @@ class QueuePoller:
         with self._cond:
             self._in_flight += 1
             self._held[message.id] = held
-        self._work.put(held)
-        if len(self._workers) < min(self._in_flight, self.options.batch_size + self.options.new_batch_threshold):
-            worker = threading.Thread(target=self._serve, name=f"run-{self.binding.name}-{len(self._workers)}",
-                                      daemon=True)
-            self._workers.append(worker)
-            worker.start()
-
-    def _serve(self) -> None:
-        while True:
-            self._process(self._work.get())
+        # This thread only holds the message and waits: the function runs on the process's worker pool
+        # (local_host_worker.sync_pool), whose long-lived threads keep GDAL's and PROJ's per-thread setup.
+        threading.Thread(target=self._process, args=(held,), name=f"run-{self.binding.name}", daemon=True).start()
 
     def _process(self, held: _Held) -> None:
         ok = False
@@ -300,3 +290,24 @@ class QueuePoller:
                         held.renew_at = time.monotonic() + tick
                         logger.warning("queue %s: lease renewal of message %s failed%s: %s", self.binding.queue_name,
                                        held.message.id, " (lease lost)" if lost else "", exc)
+
+
+# ------------------------------------------------------------------ wake-ups on this process's own sends
+_LIVE_POLLERS: "weakref.WeakSet[QueuePoller]" = weakref.WeakSet()
+_pollers_lock = threading.Lock()
+
+
+def wake_on_enqueue(pollers: Iterable[QueuePoller]) -> None:
+    """Wake these pollers when this process enqueues to their queue, as the Functions host wakes a queue
+    listener for messages its functions enqueue through output bindings (the app announces its sends)."""
+    logs.watch_enqueued(_wake_pollers)
+    with _pollers_lock:
+        _LIVE_POLLERS.update(pollers)
+
+
+def _wake_pollers(queue_name: str) -> None:
+    with _pollers_lock:
+        pollers = list(_LIVE_POLLERS)
+    for poller in pollers:
+        if poller.binding.queue_name == queue_name:
+            poller.wake()

@@ -35,6 +35,7 @@ from azurite_proc import Azurite, free_port
 
 import local_host
 import local_host_http
+import local_host_worker
 from local_host import LocalHost, LocalHostError, describe_functions, storage_client
 from local_host_http import build_routes
 from local_host_queues import QueueOptions
@@ -405,8 +406,8 @@ def test_a_message_this_process_enqueues_wakes_the_backed_off_poller(toy, hosts,
 def test_sync_functions_share_the_worker_pool_of_python_threadpool_thread_count(toy, hosts, monkeypatch):
     """Like the Python worker: the host holds batchSize messages, but sync invocations run on a process-wide
     pool of PYTHON_THREADPOOL_THREAD_COUNT threads, long-lived (reused, not one per message)."""
-    monkeypatch.setattr(local_host, "_pool", None)
-    monkeypatch.setenv(local_host.THREADS_SETTING, "2")
+    monkeypatch.setattr(local_host_worker, "_pool", None)
+    monkeypatch.setenv(local_host_worker.THREADS_SETTING, "2")
     toy.raw.create_queue()
     for i in range(8):
         toy.b64.send_message(json.dumps({"sleep": 0.3, "n": i}))
@@ -420,11 +421,12 @@ def test_sync_functions_share_the_worker_pool_of_python_threadpool_thread_count(
     assert peak == 2, f"peak concurrency {peak} with a pool of 2"
     assert len({r["thread"] for r in got}) == 2 and all(r["thread"].startswith("worker") for r in got)
     host.stop(timeout=10)
-    local_host.sync_pool().shutdown(wait=True)
-    monkeypatch.setenv(local_host.THREADS_SETTING, "zero")
-    monkeypatch.setattr(local_host, "_pool", None)
-    with pytest.raises(LocalHostError, match="PYTHON_THREADPOOL_THREAD_COUNT must be a whole number"):
-        local_host.sync_pool()
+    local_host_worker.sync_pool().shutdown(wait=True)
+    monkeypatch.setenv(local_host_worker.THREADS_SETTING, "zero")
+    monkeypatch.setattr(local_host_worker, "_pool", None)
+    with pytest.raises(local_host_worker.WorkerSettingError,
+                       match="PYTHON_THREADPOOL_THREAD_COUNT must be a whole number"):
+        local_host_worker.sync_pool()
 
 
 def test_lease_is_renewed_while_the_function_runs(toy, hosts, monkeypatch):
