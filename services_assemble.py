@@ -2,7 +2,7 @@
 
 The tiles are in the final COG's compression, predictor and 512 px blocks, and start on the block
 grid: the COG's full resolution and each overview level the tiles give exactly (``tile_levels``) are
-their compressed blocks, copied into GDAL's COG layout (``services_tiff.write_cog``); the coarser levels
+their compressed blocks, copied into GDAL's COG layout (``services_tiff_write.write_cog``); the coarser levels
 are computed from a small mosaic of the finest exact level, by GDAL's own overview code, as
 ``create_cog`` computes them. A tile's level equals the whole raster's only when GDAL's overview of the
 whole raster samples the same pixels: nearest resampling, and every level above of even width and
@@ -38,7 +38,8 @@ from services_cog import CogOptions, CogResult, cog_env, creation_options, gdal_
 from services_gdal import GDAL_ERRORS, RasterLimits, gdal_message, open_user_raster
 from services_mosaic import TileFacts, mosaic_xml, place_tiles, tile_facts
 from services_raster import RasterInfo, validate_raster
-from services_tiff import BlockRef, Image, TiffError, TiffFile, read_tiff, tiff_image, write_cog
+from services_tiff import TiffError, TiffFile, read_tiff
+from services_tiff_write import BlockRef, Image, tiff_image, write_cog
 
 EXACT_TILE_RESAMPLING = frozenset({"nearest"})  # tile overviews equal the whole raster's (when sizes allow)
 COMPRESSION_CODES = {"deflate": {8, 32946}, "lzw": {5}, "zstd": {50000}, "webp": {50001}, "jpeg": {7}}

@@ -5,7 +5,7 @@ own, a GDAL VRT joins them).
 Each tile does its share of the work once: it reads its window (reprojected when asked: tiles cut the
 output grid ``create_cog`` would make), writes it straight from the source in the final COG's
 compression, predictor and 512 px blocks, builds its own overviews in place, and is rewritten in the
-COG layout (``services_tiff.pack_tiff``, copying its blocks), so every tile is a valid COG. Tiles are
+COG layout (``services_tiff_write.pack_tiff``, copying its blocks), so every tile is a valid COG. Tiles are
 multiples of the block size and start on the block grid, so the assembly copies their blocks.
 
 Same pixels as ``create_cog``: tiles follow its rules (nodata kept; data under alpha = 0, or under a
@@ -40,7 +40,8 @@ from services_gdal import GDAL_ERRORS, RasterLimits, check_limits, gdal_message,
 from services_mosaic import RGB, mosaic_xml, tile_facts
 from services_raster import RasterInfo, crs_string
 from services_source import RasterSource, as_source
-from services_tiff import TiffError, pack_levels, pack_tiff
+from services_tiff import TiffError
+from services_tiff_write import pack_levels, pack_tiff
 
 __all__ = ["TileGrid", "TileResult", "TileWindow", "assemble_tiles", "mosaic_vrt", "output_grid", "plan_grid",
            "plan_tiles", "process_tile", "tile_levels"]

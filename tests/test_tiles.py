@@ -22,7 +22,8 @@ from queue_driver import QueueDriver
 from services_cog import CogOptions, create_cog
 from services_gdal import open_user_raster
 from services_raster import validate_raster
-from services_tiff import TiffError, pack_tiff, read_tiff, tiff_image, write_cog
+from services_tiff import TiffError, read_tiff
+from services_tiff_write import pack_tiff, tiff_image, write_cog
 from services_tiles import TileWindow, assemble_tiles, plan_tiles, process_tile, tile_levels
 
 RGBA = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
