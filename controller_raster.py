@@ -19,7 +19,8 @@ from controller_sources import open_blob
 from errors import TaskError
 from models import BlobName
 from pystac import MediaType
-from services_cog import CogOptions, CogProfile, cog_output_name, create_cog
+from services_cog import create_cog
+from services_cog_options import CogOptions, CogProfile, cog_output_name
 from services_raster import validate_raster
 from services_sidecars import is_sidecar_name
 from services_stac import file_sha256

@@ -26,7 +26,7 @@ from controller_geo_common import (
 from controller_raster import ProcessRasterParameters
 from controller_sources import open_blob
 from models import BlobName
-from services_cog import CogOptions, CogProfile, cog_output_name
+from services_cog_options import CogOptions, CogProfile, cog_output_name
 from services_mosaic import MEDIA_TYPE_VRT
 from services_raster import validate_raster
 from services_stac import file_sha256

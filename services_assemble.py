@@ -34,7 +34,8 @@ from rasterio.shutil import copy as rio_copy
 from rasterio.windows import Window
 
 from errors import TaskError
-from services_cog import CogOptions, CogResult, cog_env, creation_options, gdal_cache_limit, translate_to_cog
+from services_cog import cog_env, gdal_cache_limit, translate_to_cog
+from services_cog_options import CogOptions, CogResult, creation_options
 from services_gdal import GDAL_ERRORS, RasterLimits, gdal_message, open_user_raster
 from services_mosaic import TileFacts, mosaic_xml, place_tiles, tile_facts
 from services_raster import RasterInfo, validate_raster

@@ -35,7 +35,8 @@ from rasterio.windows import Window
 
 from errors import TaskError, TooLargeError
 from services_assemble import assemble_tiles, tile_levels
-from services_cog import ALPHA_MASK_DTYPES, CogOptions, cog_env, creation_options, gdal_cache_limit
+from services_cog import cog_env, gdal_cache_limit
+from services_cog_options import ALPHA_MASK_DTYPES, CogOptions, creation_options
 from services_gdal import GDAL_ERRORS, RasterLimits, check_limits, gdal_message, open_user_raster
 from services_mosaic import RGB, mosaic_xml, tile_facts
 from services_raster import RasterInfo, crs_string

@@ -161,7 +161,8 @@ def _do(mode: str, spec: dict[str, Any]) -> dict[str, Any]:
     import rasterio
     from rasterio.shutil import copy
 
-    from services_cog import CogOptions, create_cog
+    from services_cog import create_cog
+    from services_cog_options import CogOptions
     from controller_tiles import TILE_THREADS
     from services_tiles import TileWindow, assemble_tiles, plan_tiles, process_tile
 

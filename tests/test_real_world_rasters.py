@@ -21,7 +21,8 @@ from rasterio.transform import from_bounds, from_origin
 from test_security_rasters import SECRET, no_secret_in, raw_vrt, remote_vrt, secret_file
 
 from errors import ErrorCode, NoGeotransformError, NotARasterError, OffGlobeError, error_code
-from services_cog import CogOptions, CogProfile, create_cog
+from services_cog import create_cog
+from services_cog_options import CogOptions, CogProfile
 from services_footprint import footprint_wgs84
 from services_raster import validate_raster
 from services_sidecars import (

@@ -31,7 +31,8 @@ import api_jobs
 from errors import NotFoundError, ParameterValidationError, TaskError, TooLargeError, http_status_for
 from queue_driver import QueueDriver
 from repositories import Repositories
-from services_cog import CogOptions, create_cog
+from services_cog import create_cog
+from services_cog_options import CogOptions
 from services_gdal import RasterLimits, open_user_raster, user_crs
 from services_raster import validate_raster
 from services_tiles import TileWindow, assemble_tiles, plan_tiles, process_tile

@@ -19,7 +19,8 @@ from rasterio.warp import transform_bounds
 from rio_cogeo import cog_validate
 
 from errors import TaskError
-from services_cog import CogOptions, cog_output_name, create_cog
+from services_cog import create_cog
+from services_cog_options import CogOptions, cog_output_name
 from services_raster import validate_raster
 from services_tiles import assemble_tiles, plan_tiles, process_tile
 

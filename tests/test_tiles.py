@@ -19,7 +19,8 @@ from rio_cogeo import cog_validate
 import api_jobs
 from errors import TaskError
 from queue_driver import QueueDriver
-from services_cog import CogOptions, create_cog
+from services_cog import create_cog
+from services_cog_options import CogOptions
 from services_gdal import open_user_raster
 from services_raster import validate_raster
 from services_tiff import TiffError, read_tiff
