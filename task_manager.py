@@ -23,6 +23,7 @@ import engine_complete
 import engine_fanout
 import engine_faults
 import engine_jobs
+import engine_runs
 import engine_tracing
 from base_controller import JobController, TaskContext, TaskOutcome, validation_errors
 from config import Settings, max_dequeue_count
@@ -42,7 +43,6 @@ from repository_webhook_rules import check_url
 
 logger = logging.getLogger(__name__)
 MAX_QUEUE_DELAY_S = 7 * 24 * 3600 - 60
-RUN_BUDGET_S = 60  # a run starts no task after this; with a 300 s task limit it ends within 360 s of 600
 LEASE_EXPIRED = "did not finish within"  # in last_error when an attempt overran its lease (gave_up_code)
 
 
@@ -129,49 +129,14 @@ class Engine:
     # ------------------------------------------------------------------ one task
     def run_task(self, msg: TaskMessage, dequeue_count: int = 1) -> None:
         """Run one task once: claim it (lease), call its handler, record the outcome, advance if last.
-        A message naming a run of tasks runs them in order (see ``_run_many``)."""
+        A message naming a run of tasks runs them in order (``engine_runs``)."""
         if msg.count > 1:
-            self._run_many(msg, dequeue_count)
+            engine_runs.run_many(self, msg, dequeue_count)
             return
-        self._run_one(msg, dequeue_count)
-
-    def _run_many(self, msg: TaskMessage, dequeue_count: int) -> None:
-        """A run of neighbouring tasks: their rows read in one query, then each run as its own message would.
-
-        Redelivered (a task of it may have stopped its host, or storage failed), the run is split into one
-        message per task, so each is retried, deferred or poisoned alone; a task whose row has ended ignores
-        its message. If the engine fails on a task (storage), that task and the rest go on as single
-        messages; only if even that fails does the run come back whole, to be split then. No task of a run
-        starts after ``RUN_BUDGET_S``: the rest go on as single messages, so a run of slow tasks ends well
-        inside ``functionTimeout`` (budget + one task's time limit)."""
-        singles = msg.singles()
-        if dequeue_count > 1:
-            self.repos.tasks_queue.send_many(singles)
-            log_event(logger, "task_run_split", job_id=msg.job_id, task_id=msg.task_id, count=msg.count,
-                      dequeue_count=dequeue_count)
-            return
-        _, stage_no, first = parse_task_id(msg.task_id)
-        rows = {t.index: t for t in self.store.task_range(msg.job_id, stage_no, first, first + msg.count - 1)}
-        began = time.monotonic()
-        for i, single in enumerate(singles):
-            if i and time.monotonic() - began > RUN_BUDGET_S:  # slow tasks: the rest go on as single messages
-                self.repos.tasks_queue.send_many(singles[i:])
-                log_event(logger, "task_run_handed_on", job_id=msg.job_id, task_id=single.task_id,
-                          left=len(singles) - i, reason=f"the run took over {RUN_BUDGET_S} s")
-                return
-            try:
-                self._run_one(single, 1, rows.get(first + i))
-            except Exception as exc:
-                log_event(logger, "task_run_interrupted", logging.WARNING, job_id=msg.job_id,
-                          task_id=single.task_id, left=len(singles) - i, error=str(exc)[:500])
-                try:
-                    self.repos.tasks_queue.send_many(singles[i:])
-                except Exception:  # noqa: BLE001 - the run comes back after its lease and is split then
-                    raise exc from None
-                return
+        self.run_one(msg, dequeue_count)
 
     @engine_tracing.consumer("task.run")
-    def _run_one(self, msg: TaskMessage, dequeue_count: int, row: TaskRecord | None | bool = False) -> None:
+    def run_one(self, msg: TaskMessage, dequeue_count: int, row: TaskRecord | None | bool = False) -> None:
         """One task; ``row``: its row as a run read it (False: read it here)."""
         _, stage_no, index = parse_task_id(msg.task_id)
         with log_context(job_id=msg.job_id, task_id=msg.task_id):
