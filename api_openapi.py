@@ -233,7 +233,7 @@ def _sign(prefix: str) -> dict[str, dict[str, Any]]:
     kinds = [{"$ref": REF.format(model=m.__name__)} for m in (HrefRequest, StacItem, StacItemCollection)]
     post = _operation(
         "sign", "An href, a STAC item or an item collection, with every asset href signed", {}, (400, 413, 503),
-        tag="catalogue", description="The pystac-client modifier of the README posts each search page here. "
+        tag="catalogue", description="The pystac-client modifier of docs/api.md posts each search page here. "
         "Each signed href gets `expires_at` beside it (SAS_TTL_MINUTES from now).",
         requestBody={"required": True, "content": {JSON: {"schema": {"anyOf": kinds}}}})
     post["responses"]["200"] = {"description": "the same, signed", "content": {JSON: {"schema": {"anyOf": [
