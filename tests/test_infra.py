@@ -31,6 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 from config import Settings  # noqa: E402
 
+pytestmark = pytest.mark.infra
+
 INFRA = ROOT / "infra"
 CHECKOV = "checkov==3.3.30"
 CHECKOV_VENV = ROOT / ".venv-checkov"
