@@ -344,3 +344,14 @@ class ProgressReporter:
             except (ConflictError, TransientError) as exc:
                 log_event(logger, "task_progress_not_written", job_id=self.task.job_id, task_id=self.task.task_id,
                           error=str(exc)[:200])
+                if isinstance(exc, ConflictError):  # perhaps our own earlier write, its reply lost: carry on from it
+                    self._adopt()
+
+    def _adopt(self) -> None:
+        """Take the stored row as ours if it is still under our claim (moved only by our own progress writes)."""
+        try:
+            current = self.commits.store.get_task(self.task.job_id, self.task.stage, self.task.index)
+        except TransientError:
+            return
+        if current is not None and current.same_claim(self.task):
+            self.task = current
