@@ -55,7 +55,8 @@ def on_task_poison(engine: Engine, body: str | bytes) -> None:
                       status=task.status if task else None, attempt=msg.attempt)
             return
         if msg.attempt is None and task.attempts < engine.max_attempts:  # moved by the host, attempts left
-            engine.repos.tasks_queue.send(msg.model_copy(update={"attempt": task.attempts}))
+            engine.repos.tasks_queue.send(msg.model_copy(update={"attempt": task.attempts}),
+                                          delay_s=engine.retry_delay_s(task.attempts))
             log_event(logger, "poison_redriven", logging.WARNING, job_id=msg.job_id, task_id=msg.task_id,
                       attempt=task.attempts, max_attempts=engine.max_attempts)
             return

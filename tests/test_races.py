@@ -298,3 +298,20 @@ def test_case9b_a_host_moved_poison_message_still_ends_a_task_out_of_attempts(az
     engine_recovery.on_task_poison(engine, TaskMessage(job_id=job_id, task_id=task.task_id).encode())
     task = engine.store.get_task(job_id, 1, 0)
     assert task.status == Status.FAILED and task.error_code == "timeout", (task.status, task.error_details)
+
+
+def test_case9b_a_redriven_message_moved_again_at_the_same_attempt_ends_the_task(azurite, faults):
+    """The re-drive is bounded: its message names the attempt it was sent at, so if the host moves it to poison
+    too while the task is still at that attempt (its deliveries never reached the task), the task ends."""
+    engine = make_engine(azurite)
+    job_id = submit(engine, {"n": 1})
+    engine.run_stage(take_job_message(engine))
+    take_task_message(engine)
+    task = engine.store.get_task(job_id, 1, 0)
+    engine.store.replace_task(task.model_copy(update={"attempts": 1, "last_error": "storage answered 503"}))
+    engine_recovery.on_task_poison(engine, TaskMessage(job_id=job_id, task_id=task.task_id).encode())
+    redriven = take_task_message(engine)
+    assert redriven.attempt == 1 and engine.store.get_task(job_id, 1, 0).status == Status.QUEUED
+    engine_recovery.on_task_poison(engine, redriven.encode())
+    task = engine.store.get_task(job_id, 1, 0)
+    assert task.status == Status.FAILED and "gave up after 1 attempts" in task.error_details
