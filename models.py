@@ -9,7 +9,7 @@ import hashlib
 import json
 import re
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal, Union
 
@@ -316,6 +316,28 @@ class TaskRecord(Row):
 
     JSON_FIELDS: ClassVar[tuple[str, ...]] = ("parameters", "result")
 
+    def lease_held(self, now: datetime, skew_s: float) -> bool:
+        """Whether a worker may still hold this task, judged at ``now`` by the reader's clock.
+
+        A lease is written with its claimer's clock and read with another host's: it counts as held until
+        ``skew_s`` (settings.max_clock_skew_s) past its end, so clocks up to that far apart never take a
+        live lease over. Every judgement of a lease goes through here (the sweeper's query through
+        ``lease_cutoff``)."""
+        return (self.status == Status.PROCESSING and self.lease_until is not None
+                and now < self.lease_until + timedelta(seconds=skew_s))
+
+    def same_claim(self, other: "TaskRecord") -> bool:
+        """Whether ``other`` is this row under the same claim (same attempt, same lease, still processing):
+        the two differ at most by the claimer's own progress writes."""
+        return (self.status == other.status == Status.PROCESSING and self.attempts == other.attempts
+                and self.started_at == other.started_at and self.lease_until == other.lease_until)
+
+
+def lease_cutoff(now: datetime, skew_s: float) -> datetime:
+    """Leases that ended before this moment (by their claimers' clocks) are over by ``now`` on any host whose
+    clock is within ``skew_s`` of theirs (the query form of ``TaskRecord.lease_held``)."""
+    return now - timedelta(seconds=skew_s)
+
 
 def row_keys(row: Row) -> tuple[str, str]:
     """(PartitionKey, RowKey) of any row."""
@@ -415,7 +437,8 @@ class TaskMessage(Message):
     kind: Literal["task"] = "task"
     job_id: str
     task_id: str
-    attempt: int | None = Field(default=None, ge=0, description="on a poison message: the attempt that gave up")
+    attempt: int | None = Field(default=None, ge=0, description="on a poison message: the attempt that gave up (on a "
+                         "message re-driven from a host-moved poison message: the attempt it was sent at)")
     count: int = Field(default=1, ge=1, le=MAX_TASKS_PER_MESSAGE, exclude_if=lambda v: v == 1,
                        description="tasks in the run: task_id and the next count - 1 of its stage")
 

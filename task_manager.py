@@ -155,10 +155,10 @@ class Engine:
             return
         if task.attempts > 0 and self._cancelled(task):  # a retry or a takeover: honour a cancel first
             return
-        now = utcnow()
+        now, skew = utcnow(), self.settings.max_clock_skew_s
         if task.status == Status.PROCESSING:
-            if task.lease_until is not None and task.lease_until > now:
-                delay = math.ceil((task.lease_until - now).total_seconds()) + 1
+            if task.lease_held(now, skew):  # live, or might be by its claimer's clock
+                delay = math.ceil((task.lease_until - now).total_seconds() + skew) + 1
                 self.repos.tasks_queue.send(msg, delay_s=min(delay, MAX_QUEUE_DELAY_S))
                 log_event(logger, "task_busy_deferred", delay_s=delay, **ids)
                 return
@@ -204,7 +204,7 @@ class Engine:
             self._retry_later(task, error or "transient error")
             return
         engine_faults.point("handler_returned")
-        self.end_task(task, status, result, error, code)
+        self.end_task(task, status, result, error, code, claimer=True)
 
     def _call_handler(self, task: TaskRecord, reporter: Callable[[float], None] | None = None
                       ) -> tuple[Status, Any, str | None, ErrorCode | None]:
@@ -257,7 +257,7 @@ class Engine:
         stage = self.store.get_stage(task.job_id, task.stage)
         if stage is None or not stage.cancelled:
             return False
-        if task.status == Status.PROCESSING and task.lease_until is not None and task.lease_until > utcnow():
+        if task.lease_held(utcnow(), self.settings.max_clock_skew_s):
             return False  # its worker finishes it; the cancelled job advances nothing
         self.cancel_task(task)
         log_event(logger, "task_cancelled", job_id=task.job_id, task_id=task.task_id, status=task.status)
@@ -272,14 +272,30 @@ class Engine:
 
     def _release(self, task: TaskRecord, error: str) -> TaskRecord | None:
         """Hand a claimed task back (queued, with its error); None if someone else moved it meanwhile."""
-        released = task.model_copy(update={"status": Status.QUEUED, "last_error": error, "lease_until": None,
-                                           "progress": None})
-        change = Change(task.shard, task_id=task.task_id, error=error, attempt=task.attempts,
-                        progress=-(task.progress or 0))
+        def release(t: TaskRecord) -> TaskWrite:
+            return TaskWrite("release", t.model_copy(update={
+                "status": Status.QUEUED, "last_error": error, "lease_until": None, "progress": None}),
+                Change(t.shard, task_id=t.task_id, error=error, attempt=t.attempts, progress=-(t.progress or 0)))
+
         try:
-            return self.commits.write(task.job_id, TaskWrite("release", released, change)).written
+            return self._commit_own(task, release).written
         except (ConflictError, TransientError):
             return None
+
+    def _commit_own(self, task: TaskRecord, build: Callable[[TaskRecord], TaskWrite]) -> TaskWrite:
+        """Commit ``build(task)``. If the row moved only by this worker's own progress writes (one whose reply
+        was lost and whose re-read failed leaves the worker on an old ETag), commit it on the stored row.
+        ConflictError when the row is someone else's now (another attempt, a cancel, an end)."""
+        try:
+            return self.commits.write(task.job_id, build(task))
+        except ConflictError:
+            current = self.store.get_task(task.job_id, task.stage, task.index)
+            if current is None or current.etag == task.etag or not current.same_claim(task):
+                raise ConflictError(f"task {task.task_id} is {current.status if current else 'gone'}, "
+                                    f"attempt {current.attempts if current else '-'}") from None
+            log_event(logger, "task_row_moved_by_own_progress", job_id=task.job_id, task_id=task.task_id,
+                      attempt=task.attempts, progress=current.progress)
+            return self.commits.write(task.job_id, build(current))
 
     def cancel_task(self, task: TaskRecord) -> bool:
         """Mark a queued task cancelled (conditional); False if it was claimed meanwhile."""
@@ -290,22 +306,24 @@ class Engine:
             return False
 
     def end_task(self, task: TaskRecord, status: Status, result: Any, error: str | None,
-                 code: ErrorCode | None = None) -> None:
+                 code: ErrorCode | None = None, claimer: bool = False) -> None:
         """Commit the task's end with its counters (group-committed with other ends of the job); the one
-        commit that ends the stage advances it. A superseded end (the row moved) commits nothing.
-        ``code``: why it failed (``task_failed`` when a failure gives none)."""
+        commit that ends the stage advances it. A superseded end (the row is someone else's now) commits nothing;
+        for the worker holding the claim (``claimer``), a row moved only by its own progress writes does not
+        (``_commit_own``). ``code``: why it failed (``task_failed`` when a failure gives none)."""
         code = (code or ErrorCode.TASK_FAILED) if status == Status.FAILED else None
-        ended = task.model_copy(update={"status": status, "result": result, "error_details": error,
-                                        "error_code": code, "ended_at": utcnow(), "lease_until": None,
-                                        "progress": 100 if status == Status.COMPLETED else task.progress})
-        change = Change(task.shard, ended=status, task_id=task.task_id, error=error, error_code=code,
-                        attempt=task.attempts, progress=-(task.progress or 0))
+
+        def end(t: TaskRecord) -> TaskWrite:
+            return TaskWrite("end", t.model_copy(update={
+                "status": status, "result": result, "error_details": error, "error_code": code, "ended_at": utcnow(),
+                "lease_until": None, "progress": 100 if status == Status.COMPLETED else t.progress}),
+                Change(t.shard, ended=status, task_id=t.task_id, error=error, error_code=code, attempt=t.attempts,
+                       progress=-(t.progress or 0)))
+
         try:
-            write = self.commits.write(task.job_id, TaskWrite("end", ended, change))
-        except ConflictError:
-            current = self.store.get_task(task.job_id, task.stage, task.index)
-            log_event(logger, "task_end_superseded", job_id=task.job_id, task_id=task.task_id,
-                      status=current.status if current else None)
+            write = self._commit_own(task, end) if claimer else self.commits.write(task.job_id, end(task))
+        except ConflictError as exc:
+            log_event(logger, "task_end_superseded", job_id=task.job_id, task_id=task.task_id, error=exc.message)
             return
         if write.finished is not None:
             engine_faults.point("stage_decided")
