@@ -96,6 +96,10 @@ def _resume(engine: Engine, job: JobRecord, reopened: list[TaskRecord]) -> None:
 def cancel(engine: Engine, job_id: str) -> JobRecord:
     """Cancel a job: queued tasks never start, running ones finish but advance nothing.
 
+    Before it answers, every counter shard of the job's unfinished stages is marked; a claim commits
+    If-Match on its shard, so once the cancel is acknowledged no task starts, not even one a fan-out
+    chunk in flight writes afterwards (its worker finds the mark and cancels the task).
+
     Safe to repeat: a lost reply to the cancel write is recognised (write id); cancelling a cancelled
     job still flips whatever queued tasks a crash left behind, then answers 409 as before.
     """
@@ -121,12 +125,13 @@ def cancel(engine: Engine, job_id: str) -> JobRecord:
 
 
 def _flip_queued(engine: Engine, job_id: str) -> int:
-    """Mark every queued task of the job's unfinished stages cancelled (conditional, idempotent)."""
+    """Mark the job's unfinished stages and their counter shards cancelled, then every queued task of them
+    (conditional, idempotent)."""
     flipped = 0
     for stage in engine.store.stage_rows(job_id)[0]:
         if stage.status in TERMINAL:
             continue
-        engine.store.mark_stage(job_id, stage.stage, cancelled=True)
+        engine.store.mark_cancelled(job_id, stage.stage, stage.shards)
         queued = engine.store.list_tasks(job_id, stage.stage, status=Status.QUEUED, resolve=False)
         with ThreadPoolExecutor(max_workers=engine.settings.fanout_threads) as pool:
             here = sum(pool.map(engine.cancel_task, queued))

@@ -282,6 +282,7 @@ class ShardRecord(Row):
     retried: int = 0  # claims after a task's first (attempts beyond the first)
     progress: int = 0  # sum of the running tasks' reported percentages (ended tasks count in ``remaining``)
     errors: list[dict[str, Any]] = Field(default_factory=list)  # the shard's latest failures (bounded)
+    cancelled: bool = False  # set by a cancel: every claim commits If-Match on its shard, so none lands after
     finisher: str | None = None
     schema_version: int = SCHEMA_VERSION
 

@@ -262,6 +262,21 @@ class JobStore(JobQueries):
                 if attempt == 2:
                     raise
 
+    def mark_cancelled(self, job_id: str, stage: int, shards: int) -> None:
+        """Mark a stage row and its ``shards`` counter shards cancelled, in one transaction of merges (no ETag
+        needed; a repeat, or a repeat after a lost reply, is harmless). A merge changes each row's ETag, and a
+        claim commits If-Match on its shard: no claim can land after this returns."""
+        ops = [("update", {"PartitionKey": job_id, "RowKey": key, "cancelled": True}, {"mode": UpdateMode.MERGE})
+               for key in (stage_row_key(stage), *(shard_row_key(stage, s) for s in range(shards)))]
+        for attempt in range(3):
+            try:
+                with translate_errors(f"mark stage {stage} of {job_id} cancelled"):
+                    submit_transaction(self.tasks, ops)
+                return
+            except TransientError:
+                if attempt == 2:
+                    raise
+
     def reopen_chunks(self, tasks: list[TaskRecord]) -> list[list[TaskRecord]]:
         """Tasks grouped so each group fits one transaction beside its shard and stage rows."""
         by_key = {task_row_key(t.stage, t.index): t for t in tasks}

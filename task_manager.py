@@ -32,7 +32,9 @@ from controller_geo_common import STAC_EXTENTS
 from engine_counters import Change
 from engine_group_commit import GroupCommit, ProgressReporter, TaskWrite
 from engine_task_io import TaskIO
-from errors import BadRequestError, ConflictError, ErrorCode, OrchestratorError, TransientError, error_code
+from errors import (
+    BadRequestError, ConflictError, ErrorCode, JobCancelledError, OrchestratorError, TransientError, error_code,
+)
 from logs import log_context, log_event, redact
 from models import (
     TERMINAL, CompletionMessage, JobRecord, NotifyMessage, StageMessage, StageRecord, Status, TaskMessage,
@@ -176,6 +178,10 @@ class Engine:
                         progress=-(task.progress or 0))
         try:
             task = self.commits.write(task.job_id, TaskWrite("claim", claim, change)).written
+        except JobCancelledError:  # the job was cancelled before this claim could land: the task never starts
+            self.cancel_task(task)
+            log_event(logger, "task_cancelled", status=task.status, **ids)
+            return
         except ConflictError:
             log_event(logger, "task_claimed_elsewhere", **ids)
             return
