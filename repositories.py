@@ -178,9 +178,11 @@ class JobStore(JobQueries):
             raise TransientError(f"stage {stage.stage} of job {stage.job_id}: its counters could not be written")
         return stored
 
-    def create_tasks(self, tasks: list[TaskRecord]) -> None:
+    def create_tasks(self, tasks: list[TaskRecord]) -> bool:
         """Create task rows in deterministic transactions; a batch that exists already (a repeat, or a lost
-        reply) fails whole with a conflict and is skipped; a transient failure is tried again."""
+        reply) fails whole with a conflict and is skipped; a transient failure is tried again. True when
+        some rows existed already (their tasks may have been sent, run or ended since)."""
+        existed = False
         for batch in chunk_for_transactions([self.pack(t) for t in tasks]):
             for attempt in range(3):
                 try:
@@ -188,10 +190,12 @@ class JobStore(JobQueries):
                         submit_transaction(self.tasks, [("create", e) for e in batch])
                     break
                 except ConflictError:
+                    existed = True
                     break
                 except TransientError:
                     if attempt == 2:
                         raise
+        return existed
 
     def replace_stage(self, stage: StageRecord) -> StageRecord:
         """Conditional update of a stage row (write id recognises a lost reply)."""

@@ -108,7 +108,6 @@ class Engine:
             log_event(logger, "stage_chunk_ignored", job_id=job.job_id, stage=msg.stage, from_task=msg.from_task,
                       fanned_out=stage.fanned_out)
             return
-        redo = stage is not None and msg.from_task is None  # a redelivery or the sweeper: the chunk may have run
         if stage is None or not stage.plan_stored:  # deterministic: planning again gives the same tasks
             planned = engine_fanout.plan(self, job, controller, msg.stage)
             if planned is None:
@@ -120,7 +119,7 @@ class Engine:
         engine_faults.point("stage_rows_written")
         if not self._move_job(job, stage=msg.stage, stage_name=stage.name):
             return
-        engine_fanout.fan_out_chunk(self, job, stage, planned, redo=redo)
+        engine_fanout.fan_out_chunk(self, job, stage, planned)
 
     def _previous_stage_ended(self, job: JobRecord, number: int) -> bool:
         if number == 1:
