@@ -211,6 +211,8 @@ class JobRecord(Row):
     result_data: Any = None
     error_details: str | None = None
     retries: int = 0
+    reopen_stage: int | None = None  # a retry under way: the stage whose failed tasks it hands back (cleared
+    # once their messages are sent); a repeated retry or the sweeper finishes what a crash interrupted
     counter_shards: int | None = None  # most counter shards per stage, fixed when the job is created
     callback_url: str | None = None
     webhook: str | None = None  # pending | delivered | failed | refused
