@@ -18,6 +18,10 @@ transaction landed, and each write is then judged by its own row: still ours, or
 another writer (an end that landed counts; a claim, release or progress whose row moved is a conflict).
 Counter rows are cached per job with their ETags, so a host that is the only writer of a stage never
 reads them again.
+
+A cancel marks every counter shard of the job's stages, and a claim commits If-Match on its shard, so no
+claim lands after a cancel: a stale cached shard fails the transaction, is read again, and then refuses the
+claim. A claim costs no request more for it.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from engine_counters import Change, apply_changes
-from errors import ConflictError, TransientError
+from errors import ConflictError, JobCancelledError, TransientError
 from logs import log_event
 from models import TERMINAL, ShardRecord, StageRecord, TaskRecord, new_write_id
 from repositories import BatchTooLarge, JobStore
@@ -184,6 +188,8 @@ class GroupCommit:
                 if stage_no not in job.counters:
                     job.counters[stage_no] = self.store.stage_counters(job_id, stage_no)
                 stage, shards = job.counters[stage_no]
+                if not _refuse_cancelled_claims(pending, shards):
+                    return
                 changes = [w.change for w in pending if w.change is not None]
                 try:
                     shard_rows, stage_row = apply_changes(stage, shards, changes, token) if changes else ([], None)
@@ -290,6 +296,15 @@ class GroupCommit:
             if finished is not None and w.kind == "end":
                 w.finished, finished = finished, None  # exactly one caller advances the stage
             w.settle(row)
+
+
+def _refuse_cancelled_claims(pending: list[TaskWrite], shards: dict[int, ShardRecord]) -> bool:
+    """Fail the claims whose counter shard a cancel has marked (the claim would commit If-Match on that shard,
+    so a stale copy fails there and is read again); False if nothing is left to commit."""
+    for w in [w for w in pending if w.kind == "claim" and shards[w.row.shard].cancelled]:
+        pending.remove(w)
+        w.settle(error=JobCancelledError(f"task {w.row.task_id}: its job was cancelled"))
+    return bool(pending)
 
 
 def _take(waiting: list[TaskWrite]) -> list[TaskWrite]:

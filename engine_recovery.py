@@ -14,6 +14,7 @@ from models import (
     TERMINAL, CompletionMessage, JobRecord, Message, NotifyMessage, StageMessage, Status, TaskMessage, TaskRecord,
     decode_job_message, decode_task_message, lease_cutoff, parse_task_id, utcnow,
 )
+import engine_admin
 import engine_tracing
 from engine_jobs import next_message
 from task_manager import Engine, gave_up_code
@@ -129,6 +130,11 @@ def sweep_job(engine: Engine, job: JobRecord, now: datetime) -> list[str]:
     """The re-drive actions one job needs (already taken when this returns)."""
     grace = timedelta(seconds=engine.settings.sweeper_grace_s)
     cutoff = now - grace
+    if job.reopen_stage is not None:  # a retry a crash interrupted: finished once its own request had the grace
+        if job.updated_at >= cutoff:
+            return []
+        engine_admin.finish_retry(engine, job)
+        return _logged(job, ["finished_retry"])
     rows, shards = engine.store.stage_rows(job.job_id)  # the one query every pass makes per active job
     stages = {s.stage: s for s in rows}
     send_job = engine.repos.jobs_queue.send

@@ -211,6 +211,8 @@ class JobRecord(Row):
     result_data: Any = None
     error_details: str | None = None
     retries: int = 0
+    reopen_stage: int | None = None  # a retry under way: the stage whose failed tasks it hands back (cleared
+    # once their messages are sent); a repeated retry or the sweeper finishes what a crash interrupted
     counter_shards: int | None = None  # most counter shards per stage, fixed when the job is created
     callback_url: str | None = None
     webhook: str | None = None  # pending | delivered | failed | refused
@@ -282,6 +284,7 @@ class ShardRecord(Row):
     retried: int = 0  # claims after a task's first (attempts beyond the first)
     progress: int = 0  # sum of the running tasks' reported percentages (ended tasks count in ``remaining``)
     errors: list[dict[str, Any]] = Field(default_factory=list)  # the shard's latest failures (bounded)
+    cancelled: bool = False  # set by a cancel: every claim commits If-Match on its shard, so none lands after
     finisher: str | None = None
     schema_version: int = SCHEMA_VERSION
 

@@ -178,9 +178,11 @@ class JobStore(JobQueries):
             raise TransientError(f"stage {stage.stage} of job {stage.job_id}: its counters could not be written")
         return stored
 
-    def create_tasks(self, tasks: list[TaskRecord]) -> None:
+    def create_tasks(self, tasks: list[TaskRecord]) -> bool:
         """Create task rows in deterministic transactions; a batch that exists already (a repeat, or a lost
-        reply) fails whole with a conflict and is skipped; a transient failure is tried again."""
+        reply) fails whole with a conflict and is skipped; a transient failure is tried again. True when
+        some rows existed already (their tasks may have been sent, run or ended since)."""
+        existed = False
         for batch in chunk_for_transactions([self.pack(t) for t in tasks]):
             for attempt in range(3):
                 try:
@@ -188,10 +190,12 @@ class JobStore(JobQueries):
                         submit_transaction(self.tasks, [("create", e) for e in batch])
                     break
                 except ConflictError:
+                    existed = True
                     break
                 except TransientError:
                     if attempt == 2:
                         raise
+        return existed
 
     def replace_stage(self, stage: StageRecord) -> StageRecord:
         """Conditional update of a stage row (write id recognises a lost reply)."""
@@ -257,6 +261,21 @@ class JobStore(JobQueries):
             try:
                 with translate_errors(f"mark stage {stage} of {job_id}"):
                     self.tasks.update_entity(entity, mode=UpdateMode.MERGE)
+                return
+            except TransientError:
+                if attempt == 2:
+                    raise
+
+    def mark_cancelled(self, job_id: str, stage: int, shards: int) -> None:
+        """Mark a stage row and its ``shards`` counter shards cancelled, in one transaction of merges (no ETag
+        needed; a repeat, or a repeat after a lost reply, is harmless). A merge changes each row's ETag, and a
+        claim commits If-Match on its shard: no claim can land after this returns."""
+        ops = [("update", {"PartitionKey": job_id, "RowKey": key, "cancelled": True}, {"mode": UpdateMode.MERGE})
+               for key in (stage_row_key(stage), *(shard_row_key(stage, s) for s in range(shards)))]
+        for attempt in range(3):
+            try:
+                with translate_errors(f"mark stage {stage} of {job_id} cancelled"):
+                    submit_transaction(self.tasks, ops)
                 return
             except TransientError:
                 if attempt == 2:

@@ -114,6 +114,6 @@ class JobQueries:
         return self._query(self.jobs, JobRecord, flt, {"before": before}, resolve=False)
 
     def active_jobs(self) -> list[JobRecord]:
-        """Jobs that are queued or processing (the sweeper's work list)."""
-        flt = "status eq 'queued' or status eq 'processing'"
+        """Jobs that are queued or processing, or that a retry left part-way (the sweeper's work list)."""
+        flt = "status eq 'queued' or status eq 'processing' or reopen_stage ge 1"
         return self._query(self.jobs, JobRecord, flt, {}, resolve=False)

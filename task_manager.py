@@ -32,7 +32,9 @@ from controller_geo_common import STAC_EXTENTS
 from engine_counters import Change
 from engine_group_commit import GroupCommit, ProgressReporter, TaskWrite
 from engine_task_io import TaskIO
-from errors import BadRequestError, ConflictError, ErrorCode, OrchestratorError, TransientError, error_code
+from errors import (
+    BadRequestError, ConflictError, ErrorCode, JobCancelledError, OrchestratorError, TransientError, error_code,
+)
 from logs import log_context, log_event, redact
 from models import (
     TERMINAL, CompletionMessage, JobRecord, NotifyMessage, StageMessage, StageRecord, Status, TaskMessage,
@@ -106,7 +108,6 @@ class Engine:
             log_event(logger, "stage_chunk_ignored", job_id=job.job_id, stage=msg.stage, from_task=msg.from_task,
                       fanned_out=stage.fanned_out)
             return
-        redo = stage is not None and msg.from_task is None  # a redelivery or the sweeper: the chunk may have run
         if stage is None or not stage.plan_stored:  # deterministic: planning again gives the same tasks
             planned = engine_fanout.plan(self, job, controller, msg.stage)
             if planned is None:
@@ -118,7 +119,7 @@ class Engine:
         engine_faults.point("stage_rows_written")
         if not self._move_job(job, stage=msg.stage, stage_name=stage.name):
             return
-        engine_fanout.fan_out_chunk(self, job, stage, planned, redo=redo)
+        engine_fanout.fan_out_chunk(self, job, stage, planned)
 
     def _previous_stage_ended(self, job: JobRecord, number: int) -> bool:
         if number == 1:
@@ -176,6 +177,10 @@ class Engine:
                         progress=-(task.progress or 0))
         try:
             task = self.commits.write(task.job_id, TaskWrite("claim", claim, change)).written
+        except JobCancelledError:  # the job was cancelled before this claim could land: the task never starts
+            self.cancel_task(task)
+            log_event(logger, "task_cancelled", status=task.status, **ids)
+            return
         except ConflictError:
             log_event(logger, "task_claimed_elsewhere", **ids)
             return
