@@ -11,12 +11,15 @@ from typing import Any, ClassVar
 
 from pydantic import ConfigDict, Field, field_validator
 
-from base_controller import JobController, Stage, TaskContext, TaskHandler, TaskOutcome, outcomes_in_order, succeeded
+from base_controller import (
+    JobController, Stage, TaskContext, TaskHandler, TaskIO, TaskOutcome, outcomes_in_order, succeeded,
+)
 from controller_geo_common import (
     LOAD_ITEMS, RASTER_SUFFIXES, CatalogOptions, CatalogRun, CatalogTask, JobContainer, LoadItemsTask, SettingsDefaults,
     build_item_task, load_items_task,
 )
 from errors import InputNotFoundError, NotFoundError, TaskError
+from models import BlobInfo
 from services_sidecars import companions, is_sidecar_name, sidecar_names
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
@@ -52,7 +55,7 @@ class SyncParameters(CatalogOptions):
     prefix: str | None = Field(default=None, max_length=1024)
 
 
-def _listing(io: Any, container: str, prefix: str | None) -> list:
+def _listing(io: TaskIO, container: str, prefix: str | None) -> list[BlobInfo]:
     try:
         return list(io.rasters.list(container, prefix))
     except NotFoundError as exc:
@@ -77,7 +80,7 @@ def inventory_task(p: ListParameters, ctx: TaskContext) -> dict[str, Any]:
             "sidecar_count": sum(1 for b in blobs if b.name in attached), "blobs": entries}
 
 
-def _is_geospatial(io: Any, blob) -> bool:
+def _is_geospatial(io: TaskIO, blob: BlobInfo) -> bool:
     """A GeoTIFF/COG by extension, by content type, or by its first bytes (TIFF signature); never a sidecar."""
     if is_sidecar_name(blob.name):
         return False

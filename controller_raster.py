@@ -10,7 +10,9 @@ from typing import Any, ClassVar
 
 from pydantic import ConfigDict, Field, model_validator
 
-from base_controller import JobController, Stage, TaskContext, TaskHandler, TaskOutcome, outcomes_in_order, succeeded
+from base_controller import (
+    JobController, Stage, TaskContext, TaskHandler, TaskIO, TaskOutcome, outcomes_in_order, succeeded,
+)
 from controller_geo_common import (
     LOAD_ITEMS, RASTER_SUFFIXES, BlobRef, CatalogOptions, CatalogRun, CrsParameter, JobContainer, catalog_blob,
     item_reports, links, raster_limits,
@@ -148,7 +150,7 @@ def _job_type(p: Any) -> str:
     return next((c.job_type for c in JOB_TYPES if type(p) is c.parameters_model), "unknown")
 
 
-def _batch_inputs(p: BatchParameters, previous: list[TaskOutcome], io: Any) -> list[dict[str, Any]]:
+def _batch_inputs(p: BatchParameters, previous: list[TaskOutcome], io: TaskIO) -> list[dict[str, Any]]:
     """The batch's blobs: the list given, or every raster under the prefix (listed once, then fixed).
     Sidecars (``scene.tif.msk``, ``scene.tif.aux.xml``, ...) go with their raster, never as inputs."""
     if p.blobs is not None:
