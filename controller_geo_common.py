@@ -20,7 +20,7 @@ from base_controller import (
 from config import Settings
 from controller_sources import open_blob
 from errors import InputNotFoundError, NotFoundError, TaskError
-from models import BlobName, ContainerName
+from models import BlobInfo, BlobName, ContainerName
 from services_gdal import RasterLimits, user_crs
 from services_raster import crs_string, validate_raster
 import services_stac
@@ -132,7 +132,7 @@ def named_as_blob(path: Path | str, container: str, blob: str) -> Iterator[None]
         raise type(exc)(message, **exc.details) from exc  # keeps the class (and code), e.g. too_large
 
 
-def fetch(io: TaskIO, container: str, blob: str, folder: Path, name: str = "input") -> tuple[Path, Any]:
+def fetch(io: TaskIO, container: str, blob: str, folder: Path, name: str = "input") -> tuple[Path, BlobInfo]:
     """Download a blob into ``folder``; a missing blob is a permanent, readable failure."""
     suffix = Path(blob).suffix or ".bin"
     path = folder / f"{name}{suffix}"
@@ -271,7 +271,19 @@ def _chunk_items(p: LoadItemsTask, ctx: TaskContext) -> list[dict[str, Any]]:
     return list(items.values())
 
 
-def load_items_task(p: LoadItemsTask, ctx: TaskContext) -> dict[str, Any]:
+class LoadedItems(BaseModel):
+    """What a load task leaves: how many items it loaded, created and updated, and their ids."""
+
+    collection_id: str
+    loaded: int
+    created: int
+    updated: int
+    created_ids: list[str]
+    item_ids: list[str]
+    built: int  # build tasks of the range that succeeded
+
+
+def load_items_task(p: LoadItemsTask, ctx: TaskContext) -> LoadedItems:
     """Upsert a chunk of items with pypgstac's Loader: the collection ensured from the chunk's extent,
     then one bulk load. Safe to repeat (upsert: a repeated chunk rewrites nothing); a failure fails or
     retries the whole chunk, whose items stay in the build tasks' results."""
@@ -286,9 +298,9 @@ def load_items_task(p: LoadItemsTask, ctx: TaskContext) -> dict[str, Any]:
     ctx.io.known_collections.add(p.collection_id)
     loaded = catalogue.bulk_load(items, "upsert")
     created = [i for i in dict.fromkeys(ids) if i not in stored]
-    return {"collection_id": p.collection_id, "loaded": loaded, "created": len(created),
-            "updated": loaded - len(created), "created_ids": created, "item_ids": list(dict.fromkeys(ids)),
-            "built": p.built if p.built is not None else len(items)}
+    return LoadedItems(collection_id=p.collection_id, loaded=loaded, created=len(created),
+                       updated=loaded - len(created), created_ids=created, item_ids=list(dict.fromkeys(ids)),
+                       built=p.built if p.built is not None else len(items))
 
 
 LOAD_ITEMS = Stage("load_items", "stac_load_items", lambda p, prev: plan_item_loads(p.collection_id, prev),

@@ -31,14 +31,20 @@ class NoopTaskParameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class NoopResult(BaseModel):
+    """What a noop task leaves: its index."""
+
+    i: int
+
+
 def plan_noops(p: NoopParameters, previous: list[TaskOutcome]) -> list[dict[str, Any]]:
     """n empty task parameter sets."""
     return [{} for _ in range(p.n)]
 
 
-def noop(p: NoopTaskParameters, ctx: TaskContext) -> dict[str, int]:
+def noop(p: NoopTaskParameters, ctx: TaskContext) -> NoopResult:
     """Does nothing; returns its index."""
-    return {"i": ctx.index}
+    return NoopResult(i=ctx.index)
 
 
 def aggregate(p: NoopParameters, outcomes: dict[int, list[TaskOutcome]]) -> dict[str, int]:

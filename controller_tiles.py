@@ -90,8 +90,18 @@ class CatalogOutputTask(CatalogRun):
                                                            "once it is catalogued")
 
 
+class TilePlan(BaseModel):
+    """What the plan_tiles task leaves: the output grid and its tiles."""
+
+    width: int
+    height: int
+    tile_size: int
+    grid: TileGrid
+    tiles: list[TileWindow]
+
+
 # ------------------------------------------------------------------ handlers
-def plan_tiles_task(p: PlanTilesTask, ctx: TaskContext) -> dict[str, Any]:
+def plan_tiles_task(p: PlanTilesTask, ctx: TaskContext) -> TilePlan:
     """Describe the raster (read in place: header and a few blocks) and cut its output grid into tiles."""
     with ctx.io.scratch("plan") as tmp:
         found = open_blob(ctx.io, p.container, p.blob, tmp)  # the .tif only: tiles read no sidecar either
@@ -102,8 +112,7 @@ def plan_tiles_task(p: PlanTilesTask, ctx: TaskContext) -> dict[str, Any]:
             grid = plan_grid(found.source, options, limits) if p.target_crs else None
             tiles = plan_tiles(info, p.tile_size, ctx.io.settings.max_tiles_per_job, options, limits, grid)
     grid = grid or TileGrid(width=info.width, height=info.height, crs=info.crs, transform=info.transform)
-    return {"width": grid.width, "height": grid.height, "tile_size": p.tile_size, "grid": grid.model_dump(),
-            "tiles": [t.model_dump() for t in tiles]}
+    return TilePlan(width=grid.width, height=grid.height, tile_size=p.tile_size, grid=grid, tiles=tiles)
 
 
 def tile_task(p: TileTask, ctx: TaskContext) -> dict[str, Any]:
@@ -257,7 +266,7 @@ def _by_stage(outcomes: dict[int, list[TaskOutcome]], stage: int) -> list[dict[s
     return [o.result for o in outcomes_in_order(outcomes.get(stage, []))]
 
 
-def _processed_large(p: Any, outcomes: dict[int, list[TaskOutcome]]) -> dict[str, Any]:
+def _processed_large(p: LargeRasterParameters, outcomes: dict[int, list[TaskOutcome]]) -> dict[str, Any]:
     plan, tiles, (made,), items = (_by_stage(outcomes, s) for s in (1, 2, 3, 4))
     summary = {"tiles": len(tiles), "tile_size": plan[0]["tile_size"], "output": p.output}
     if p.output == "tiles":
