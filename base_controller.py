@@ -162,7 +162,7 @@ class TaskIO(Protocol):
     def measure(self, folder: Path) -> Meter:
         """A meter of peak memory and of ``folder``'s size."""
 
-    def stage_results(self, job_id: str, stage: int, first: int, last: int) -> list[Any]:
+    def stage_results(self, job_id: str, stage: int, first: int, last: int) -> list[dict[str, Any]]:
         """Results of the completed tasks ``first``..``last`` of one of the job's stages, in index order."""
 
 

@@ -134,7 +134,7 @@ def new_watch(container: str, prefix: str, job_type: str, options: dict[str, Any
                        options=options, source=source, created_at=now)
 
 
-def arrival_from_event(event_id: str | None, event_type: str, subject: str, data: Any) -> BlobArrival | None:
+def arrival_from_event(event_id: str | None, event_type: str, subject: str, data: object) -> BlobArrival | None:
     """The blob version a BlobCreated event announces; None for other events; ValueError if malformed."""
     return parse_blob_event(event_id, event_type, subject, data)
 

@@ -109,7 +109,7 @@ class Intermediates:
             raise InputNotFoundError(exc.message) from None
 
 
-ResultsReader = Callable[[str, int, int, int], list[Any]]  # (job_id, stage, first, last) -> completed results
+ResultsReader = Callable[[str, int, int, int], list[dict[str, Any]]]  # (job_id, stage, first, last) -> results
 
 
 @dataclass
@@ -135,7 +135,7 @@ class StorageTaskIO:
         self.intermediates = Intermediates(self.rasters.restricted_to((payloads,)), payloads)
         self.rasters = self.rasters.restricted_to(self.settings.job_containers)
 
-    def stage_results(self, job_id: str, stage: int, first: int, last: int) -> list[Any]:
+    def stage_results(self, job_id: str, stage: int, first: int, last: int) -> list[dict[str, Any]]:
         """Results of the completed tasks ``first``..``last`` of a stage of the job, in index order (one range
         query): how a task reads its share of an earlier stage's results."""
         if self.results_reader is None:
