@@ -25,13 +25,15 @@ import engine_faults
 import engine_jobs
 import engine_runs
 import engine_tracing
-from base_controller import JobController, TaskContext, TaskOutcome, validation_errors
+from base_controller import (
+    Completed, Failed, JobController, Retry, TaskContext, TaskOutcome, TaskResult, output_json, validation_errors,
+)
 from config import Settings, max_dequeue_count
 from controller_factory import TASK_HANDLERS, get_controller, get_handler
 from controller_geo_common import STAC_EXTENTS
 from engine_counters import Change
 from engine_group_commit import GroupCommit, ProgressReporter, TaskWrite
-from engine_task_io import TaskIO
+from engine_task_io import StorageTaskIO
 from errors import (
     BadRequestError, ConflictError, ErrorCode, JobCancelledError, OrchestratorError, TransientError, error_code,
 )
@@ -57,7 +59,7 @@ class Engine:
         self.settings = repos.settings
         self.shards_per_stage = repos.settings.counter_shards
         self.max_attempts = max_attempts or max_dequeue_count()
-        self.io = TaskIO(repos.settings, repos.rasters, STAC_EXTENTS)
+        self.io = StorageTaskIO(repos.settings, repos.rasters, STAC_EXTENTS)
         self.io.results_reader = lambda job_id, stage, first, last: [
             t.result for t in self.store.task_range(job_id, stage, first, last) if t.status == Status.COMPLETED]
         self.commits = GroupCommit(repos.store)
@@ -197,8 +199,10 @@ class Engine:
         engine_tracing.task_started(task)
         started = time.perf_counter()
         reporter = ProgressReporter(self.commits, task, self.settings.progress_interval_s)
-        status, result, error, code = self._call_handler(task, reporter)
+        outcome = self._call_handler(task, reporter)
         task = reporter.task  # its progress writes moved the row on
+        status, result = outcome.status, outcome.result if isinstance(outcome, Completed) else None
+        error, code = (None, None) if isinstance(outcome, Completed) else (outcome.error, outcome.code)
         error = redact(error) if error else error  # error text is shown to users: no SAS, keys or passwords
         log_event(logger, "task_ended", logging.INFO if status == Status.COMPLETED else logging.WARNING,
                   job_id=task.job_id, task_id=task.task_id, stage=stage_no, task_type=task.task_type,
@@ -211,29 +215,25 @@ class Engine:
         engine_faults.point("handler_returned")
         self.end_task(task, status, result, error, code, claimer=True)
 
-    def _call_handler(self, task: TaskRecord, reporter: Callable[[float], None] | None = None
-                      ) -> tuple[Status, Any, str | None, ErrorCode | None]:
-        """(completed, result, None, None), (failed, None, error, code), or (queued, None, error, code) for a
-        transient error; ``code`` is the error's machine-readable reason (errors.ErrorCode)."""
+    def _call_handler(self, task: TaskRecord, reporter: Callable[[float], None] | None = None) -> TaskResult:
+        """Run the task's handler once: ``Completed`` (its output as JSON), ``Failed`` (a permanent error), or
+        ``Retry`` (a transient one); each error with its machine-readable reason (errors.ErrorCode)."""
         ctx = TaskContext(task.job_id, task.task_id, task.stage, task.index, task.attempts, self.io, reporter)
         try:
             handler = get_handler(task.task_type)
             params = handler.parameters_model.model_validate(task.parameters)
-            result = handler.run(params, ctx)
-            if hasattr(result, "model_dump"):
-                result = result.model_dump(mode="json")
-            return Status.COMPLETED, result, None, None
+            return Completed(output_json(handler.run(params, ctx)))
         except TransientError as exc:
-            return Status.QUEUED, None, exc.message, error_code(exc)
+            return Retry(exc.message, error_code(exc))
         except ValidationError as exc:
             fields = "; ".join(f"{e['field']}: {e['message']}" for e in validation_errors(exc))
-            return Status.FAILED, None, f"invalid task parameters: {fields}", ErrorCode.INVALID_PARAMETERS
+            return Failed(f"invalid task parameters: {fields}", ErrorCode.INVALID_PARAMETERS)
         except OrchestratorError as exc:
-            return Status.FAILED, None, exc.message, error_code(exc)
+            return Failed(exc.message, error_code(exc))
         except Exception as exc:  # a handler bug must end the task, not hang the job
             log_event(logger, "task_crashed", logging.ERROR, exc_info=True, job_id=task.job_id,
                       task_id=task.task_id)
-            return Status.FAILED, None, f"{type(exc).__name__}: {exc}", ErrorCode.INTERNAL_ERROR
+            return Failed(f"{type(exc).__name__}: {exc}", ErrorCode.INTERNAL_ERROR)
 
     def retry_cap_s(self, attempt: int) -> float:
         """Backoff before attempt ``attempt + 1`` without jitter: base * 2^(attempt-1), capped."""
