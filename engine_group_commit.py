@@ -10,8 +10,9 @@ messages at once), so here they queue per job and one *leader* thread serves the
   tasks combined, ``engine_counters.apply_changes``) and the stage row when a shard reaches zero.
 
 There is no timer: the leader flushes at once, and whatever arrives meanwhile forms the next batch,
-so a lone task pays no latency and a busy host batches naturally. A conflict on one task row fails
-that caller only (the service names the operation) and the rest are resubmitted; a conflict on the
+so a lone task pays no latency and a busy host batches naturally. A conflict on one task row, or a row
+refused for its size, fails that caller only (the service or ``commit_rows`` names the operation) and the
+rest are resubmitted; a conflict on the
 counters re-reads them. A lost reply is recognised by the write ids of the task rows (a transaction
 is atomic: the first row tells for all). Counter rows are cached per job with their ETags, so a
 host that is the only writer of a stage never reads them again.
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from engine_counters import Change, apply_changes
-from errors import ConflictError, TransientError
+from errors import ConflictError, OrchestratorError, TransientError
 from logs import log_event
 from models import TERMINAL, ShardRecord, StageRecord, TaskRecord, new_write_id
 from repositories import BatchTooLarge, JobStore
@@ -218,6 +219,12 @@ class GroupCommit:
                     if transient >= MAX_TRANSIENT_TRIES:
                         raise
                     continue  # not applied: try again
+                except OrchestratorError as exc:  # a row refused for what it holds (its size): that caller only
+                    op = exc.details.get("operation")
+                    if not (isinstance(op, int) and op < len(pending)):
+                        raise
+                    pending.pop(op).settle(error=exc)
+                    continue
                 self._remember(job, stage_no, stage, shards, shard_rows, stage_row, etags[len(rows):])
                 self._settle(pending, [r.model_copy(update={"etag": e}) for r, e in zip(rows, etags, strict=False)],
                              stage_row if stage_row is not None and stage_row.status in TERMINAL else None)
