@@ -226,3 +226,12 @@ def test_a_row_the_store_refuses_fails_only_its_own_caller_in_a_group_commit(azu
     assert [r.status for r in rows].count(Status.PROCESSING) == 5 and rows[2].status == Status.QUEUED
     _, shards = engine.store.stage_counters(job_id, 1)
     assert sum(s.started for s in shards.values()) == 5
+
+
+def test_redacting_a_long_error_takes_linear_time():
+    """Every error is redacted whole before it is stored: a 70,000-letter word took over a minute (quadratic)."""
+    from logs import redact
+
+    started = time.perf_counter()
+    assert redact("x" * 70_000 + " https://user:secret@host/") == "x" * 70_000 + " https://user:***@host/"
+    assert time.perf_counter() - started < 2
