@@ -9,15 +9,15 @@ messages at once), so here they queue per job and one *leader* thread serves the
   task row, each with its own If-Match, plus each touched counter shard once (the deltas of all its
   tasks combined, ``engine_counters.apply_changes``) and the stage row when a shard reaches zero.
 
-There is no timer: the leader flushes at once, and whatever arrives meanwhile forms the next batch,
-so a lone task pays no latency and a busy host batches naturally. A conflict on one task row fails
-that caller only (the service names the operation) and the rest are resubmitted; a conflict on the
-counters re-reads them. A lost reply is recognised row by row: every task row carries its own write
-id and every counter row the transaction's token, so one row still bearing its mark shows the (atomic)
-transaction landed, and each write is then judged by its own row: still ours, or moved since by
-another writer (an end that landed counts; a claim, release or progress whose row moved is a conflict).
-Counter rows are cached per job with their ETags, so a host that is the only writer of a stage never
-reads them again.
+There is no timer: the leader flushes at once, and whatever arrives meanwhile forms the next batch, so a lone
+task pays no latency and a busy host batches naturally. A conflict on one task row, or a row refused for its
+size, fails that caller only (the service or ``commit_rows`` names the operation) and the rest are
+resubmitted; a conflict on the counters re-reads them. A lost reply is recognised row by row: every task row
+carries its own write id and every counter row the transaction's token, so one row still bearing its mark
+shows the (atomic) transaction landed, and each write is then judged by its own row: still ours, or moved
+since by another writer (an end that landed counts; a claim, release or progress whose row moved is a
+conflict). Counter rows are cached per job with their ETags, so a host that is the only writer of a stage
+never reads them again.
 
 A cancel marks every counter shard of the job's stages, and a claim commits If-Match on its shard, so no
 claim lands after a cancel: a stale cached shard fails the transaction, is read again, and then refuses the
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from engine_counters import Change, apply_changes
-from errors import ConflictError, JobCancelledError, TransientError
+from errors import ConflictError, JobCancelledError, OrchestratorError, TransientError
 from logs import log_event
 from models import TERMINAL, ShardRecord, StageRecord, TaskRecord, new_write_id
 from repositories import BatchTooLarge, JobStore
@@ -228,6 +228,12 @@ class GroupCommit:
                     if transient >= MAX_TRANSIENT_TRIES:
                         raise
                     continue  # not applied: try again
+                except OrchestratorError as exc:  # a row refused for what it holds (its size): that caller only
+                    op = exc.details.get("operation")
+                    if not (isinstance(op, int) and op < len(pending)):
+                        raise
+                    pending.pop(op).settle(error=exc)
+                    continue
                 self._remember(job, stage_no, stage, shards, shard_rows, stage_row, etags[len(rows):])
                 self._settle(pending, [r.model_copy(update={"etag": e}) for r, e in zip(rows, etags, strict=False)],
                              stage_row if stage_row is not None and stage_row.status in TERMINAL else None)

@@ -35,7 +35,8 @@ from engine_counters import Change
 from engine_group_commit import GroupCommit, ProgressReporter, TaskWrite
 from engine_task_io import StorageTaskIO
 from errors import (
-    BadRequestError, ConflictError, ErrorCode, JobCancelledError, OrchestratorError, TransientError, error_code,
+    BadRequestError, ConflictError, EntityTooLargeError, ErrorCode, JobCancelledError, OrchestratorError,
+    TransientError, error_code,
 )
 from logs import log_context, log_event, redact
 from models import (
@@ -48,6 +49,7 @@ from repository_webhook_rules import check_url
 logger = logging.getLogger(__name__)
 MAX_QUEUE_DELAY_S = 7 * 24 * 3600 - 60
 LEASE_EXPIRED = "did not finish within"  # in last_error when an attempt overran its lease (gave_up_code)
+UNSTORABLE_END = "the task's end could not be stored (over Azure Table Storage's limits); see the function logs"
 
 
 class Engine:
@@ -329,6 +331,13 @@ class Engine:
             write = self._commit_own(task, end) if claimer else self.commits.write(task.job_id, end(task))
         except ConflictError as exc:
             log_event(logger, "task_end_superseded", job_id=task.job_id, task_id=task.task_id, error=exc.message)
+            return
+        except EntityTooLargeError as exc:  # this end cannot be stored as it is: end with a fixed-size error
+            if error == UNSTORABLE_END:
+                raise
+            log_event(logger, "task_end_refused", logging.ERROR, job_id=task.job_id, task_id=task.task_id,
+                      status=status, error=exc.message[:500])
+            self.end_task(task, Status.FAILED, None, UNSTORABLE_END, ErrorCode.INTERNAL_ERROR, claimer=claimer)
             return
         if write.finished is not None:
             engine_faults.point("stage_decided")
