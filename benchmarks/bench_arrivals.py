@@ -46,7 +46,7 @@ import numpy as np
 from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient
 from azurite_proc import Azurite
-from conftest import fresh_settings, settings_env
+from support import fresh_settings, settings_env
 from conftest_geo import write_raster
 from host_proc import HostProcess
 

@@ -42,7 +42,7 @@ from bench_common import machine_facts, progress_log, run_benchmark
 from bench_engine_report import markdown
 from bench_hosts import drop_storage, run_job_on_hosts
 from bench_requests import TALLY, by_service, diff
-from conftest import fresh_settings
+from support import fresh_settings
 
 import api_jobs
 import engine_fanout

@@ -28,7 +28,7 @@ import requests
 from azure.core.exceptions import ResourceNotFoundError
 from azurite_proc import wait_for_port
 from bench_common import LogTail, log_event, stats_ms
-from conftest import fresh_settings, settings_env
+from support import fresh_settings, settings_env
 from host_proc import HostProcess
 
 import api_jobs

@@ -26,7 +26,7 @@ from azurite_proc import Azurite
 from bench_common import RESULTS, progress_log
 import bench_requests
 from bench_requests import TALLY, by_service, diff
-from conftest import fresh_settings
+from support import fresh_settings
 
 import api_jobs
 import engine_fanout

@@ -56,7 +56,7 @@ from azurite_proc import Azurite
 from bench_common import LogTail, markdown_table, progress_log, read_host_log, run_benchmark, stats_ms
 from bench_hosts import CountedHost, HostWatch
 from bench_hosts import _requests as job_requests
-from conftest import fresh_settings, settings_env
+from support import fresh_settings, settings_env
 from conftest_geo import smooth_image, write_raster
 from postgres_proc import Postgres, pg_bin
 from rasterio.transform import from_origin

@@ -36,13 +36,12 @@ from bench_common import ROOT  # importing it puts the repository root and tests
 import engine_faults  # noqa: E402
 import api_jobs  # noqa: E402
 from azurite_proc import Azurite  # noqa: E402
-from conftest import fresh_settings  # noqa: E402
+from support import expected_hello, fresh_settings  # noqa: E402
 from models import Status  # noqa: E402
 from queue_driver import QueueDriver  # noqa: E402
 from repositories import Repositories  # noqa: E402
 from task_manager import Engine  # noqa: E402
-from test_chaos_processes import expected, run_with_kills  # noqa: E402
-from test_chaos_transport import Outcome, hello_job, run_transport  # noqa: E402
+from chaos_cluster import Outcome, hello_job, run_transport, run_with_kills  # noqa: E402
 
 KILL_POINTS = [p for p in engine_faults.POINTS if p != "job_row_written"]  # a killed submit is the client's retry
 _TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})")
@@ -70,7 +69,7 @@ def raise_run(azurite: Azurite, point: str, n: int) -> str:
     kinds = Counter((m["kind"], m.get("stage")) for m in map(json.loads, driver.job_bodies))
     if any(v > 1 for v in kinds.values()):
         return "double advance"
-    if job.status == Status.COMPLETED and job.result_data == expected(job_id, n, params["message"]):
+    if job.status == Status.COMPLETED and job.result_data == expected_hello(job_id, n, params["message"]):
         return "completed"
     return "failed" if job.status == Status.FAILED else "stuck"
 

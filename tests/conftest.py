@@ -1,7 +1,10 @@
-"""Fixtures layered settings -> repositories -> engine, over one private Azurite per test session."""
+"""Fixtures layered settings -> repositories -> engine, over one private Azurite per test session.
+
+Fixtures only: pytest finds them here. Helpers the tests share live in support.py (and conftest_geo.py);
+a test module never imports this file (tests/test_layout.py checks it).
+"""
 from __future__ import annotations
 
-import json
 import sys
 import uuid
 from pathlib import Path
@@ -15,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from azurite_proc import Azurite  # noqa: E402
 from config import Settings  # noqa: E402
 from repositories import Repositories  # noqa: E402
+from support import Listener, fresh_settings  # noqa: E402
 from task_manager import Engine  # noqa: E402
 
 
@@ -26,15 +30,6 @@ def azurite(tmp_path_factory):
         yield instance
     finally:
         instance.stop()
-
-
-def fresh_settings(connection_string: str, **overrides) -> Settings:
-    """Settings with table/queue/container names no other test run uses."""
-    run = uuid.uuid4().hex[:10]
-    overrides = {"schedules_table": f"sched{run}", "max_clock_skew_s": 0, **overrides}  # tests share one clock
-    return Settings(storage_connection_string=connection_string, jobs_queue=f"jobs-{run}",
-                    tasks_queue=f"tasks-{run}", jobs_table=f"jobs{run}", tasks_table=f"tasks{run}",
-                    payload_container=f"payloads-{run}", **overrides)
 
 
 @pytest.fixture
@@ -53,21 +48,6 @@ def repos(settings) -> Repositories:
 def engine(repos) -> Engine:
     """The engine over this test's storage."""
     return Engine(repos)
-
-
-WORKER_THREADS = json.loads((Path(__file__).resolve().parents[1] / "local.settings.json.example").read_text(
-    encoding="utf-8"))["Values"]["PYTHON_THREADPOOL_THREAD_COUNT"]
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """Environment variables that make a host process use ``settings`` (and run sync functions on as many
-    worker threads as the deployment gives the Python worker)."""
-    return {"PYTHON_THREADPOOL_THREAD_COUNT": WORKER_THREADS,
-            "AzureWebJobsStorage": settings.storage_connection_string or "",
-            "JOBS_QUEUE": settings.jobs_queue, "TASKS_QUEUE": settings.tasks_queue,
-            "JOBS_TABLE": settings.jobs_table, "TASKS_TABLE": settings.tasks_table,
-            "PAYLOAD_CONTAINER": settings.payload_container, "SCHEDULES_TABLE": settings.schedules_table,
-            "COUNTER_SHARDS": str(settings.counter_shards), "MAX_CLOCK_SKEW_S": str(settings.max_clock_skew_s)}
 
 
 @pytest.fixture(scope="session")
@@ -96,9 +76,7 @@ def geo_engine(azurite, pgstac_server, tmp_path) -> Engine:
 
 @pytest.fixture
 def loopback(tmp_path_factory):
-    """test_security_rasters' loopback listener (its own process), stopped by its pid after the test."""
-    from test_security_rasters import Listener
-
+    """A loopback file server (support.Listener, its own process), stopped by its pid after the test."""
     server = Listener(tmp_path_factory.mktemp("listener"))
     try:
         yield server

@@ -4,7 +4,6 @@ and the counters after a retry."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import threading
 
 import pytest
@@ -13,14 +12,13 @@ import api_jobs
 import engine_admin
 import engine_faults
 import engine_recovery
-from conftest import fresh_settings
+from support import expected_hello, fresh_settings, submit, take_job_message
 from controller_factory import TASK_HANDLERS
 from errors import ConflictError
-from models import Status, TaskMessage, decode_job_message, decode_task_message, make_task_id
+from models import Status, TaskMessage, decode_task_message, make_task_id
 from queue_driver import QueueDriver
 from repositories import Repositories
 from task_manager import Engine
-from test_engine import expected_hello
 
 FAILING = [0, 1, 2, 3, 5]  # 20 tasks over 4 counter shards (index % 4): every shard has a failure
 
@@ -31,19 +29,6 @@ def engine(azurite):
                               sweeper_grace_s=0, fanout_chunk=100)
     yield Engine(Repositories(settings).ensure())
     engine_faults.disarm()
-
-
-def submit(engine: Engine, params: dict) -> str:
-    code, body = api_jobs.submit(engine, "hello_world", json.dumps(params).encode(), "http://test")
-    assert code == 202, body
-    return body["job_id"]
-
-
-def take_job_message(engine: Engine):
-    """Receive and delete the one jobs-queue message."""
-    (msg,) = list(engine.repos.jobs_queue.client.receive_messages())
-    engine.repos.jobs_queue.client.delete_message(msg)
-    return decode_job_message(msg.content)
 
 
 def queued_task_ids(engine: Engine) -> list[str]:

@@ -11,17 +11,13 @@ import api_listing
 import api_system
 import api_jobs
 from azurite_proc import Azurite
-from conftest import fresh_settings
+from support import fresh_settings, submit
 from controller_factory import JOB_TYPES
 from errors import BadRequestError, NotFoundError
 from models import StageMessage, make_task_id
 from queue_driver import QueueDriver
 from repositories import Repositories
 from task_manager import Engine
-
-
-def submit(engine, params: dict) -> str:
-    return api_jobs.submit(engine, "hello_world", json.dumps(params).encode(), "http://t")[1]["job_id"]
 
 
 def test_jobs_are_listed_newest_first_filtered_and_paged(engine):

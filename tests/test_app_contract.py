@@ -70,7 +70,7 @@ def test_queue_names_come_from_settings(functions):
 def test_producer_encoding_agrees_with_what_the_host_decodes(azurite, encoding):
     """What our producer puts on the wire is what a host configured by host.json hands the function."""
     from repositories import Repositories
-    from conftest import fresh_settings
+    from support import fresh_settings
 
     settings = fresh_settings(azurite.connection_string)
     repos = Repositories(settings)

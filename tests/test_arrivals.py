@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient
-from conftest import fresh_settings, settings_env
+from support import fresh_settings, settings_env
 from conftest_geo import write_raster
 from host_proc import HostProcess
 

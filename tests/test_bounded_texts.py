@@ -3,16 +3,14 @@ measure, head and tail kept, the whole text in a blob linked from the task), so 
 a job from ending. Each case runs the real engine paths against Azurite."""
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
 
-import api_jobs
 import api_listing
 import engine_recovery
 import repository_faults
-from conftest import fresh_settings
+from support import make_engine, submit, take, together
 from controller_factory import TASK_HANDLERS
 from engine_counters import Change
 from engine_group_commit import TaskWrite
@@ -20,9 +18,7 @@ from errors import EntityTooLargeError, TaskError, TransientError
 from models import TEXT_BUDGET, Status, bound_text, decode_job_message, decode_task_message, is_cut, utf16_len
 from base_controller import TaskHandler
 from queue_driver import QueueDriver
-from repositories import Repositories
 from task_manager import Engine
-from test_group_commit import together
 
 
 # ---------------------------------------------------------------- the bounding helper (pure)
@@ -73,25 +69,6 @@ def faults():
         yield injector
     finally:
         repository_faults.install(None)
-
-
-def make_engine(azurite, max_attempts: int | None = None, **overrides) -> Engine:
-    settings = fresh_settings(azurite.connection_string, **{"retry_base_delay_s": 0, "sweeper_grace_s": 0,
-                                                             **overrides})
-    return Engine(Repositories(settings).ensure(), max_attempts=max_attempts)
-
-
-def submit(engine: Engine, params: dict) -> str:
-    code, body = api_jobs.submit(engine, "hello_world", json.dumps(params).encode(), "http://t")
-    assert code == 202, body
-    return body["job_id"]
-
-
-def take(queue) -> list:
-    taken = list(queue.client.receive_messages(max_messages=32, messages_per_page=32))
-    for m in taken:
-        queue.client.delete_message(m)
-    return taken
 
 
 def replace_greeting(monkeypatch, run) -> None:

@@ -2,7 +2,6 @@
 pypgstac's Loader. In-process engine on real Azurite and real PostGIS + pgstac."""
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from errors import TaskError
 from models import Status
 from queue_driver import QueueDriver
 from repository_pgstac import PgstacRepository
+from support import submit
 
 N = 10
 CHUNK = 4  # so N items make three load tasks (4, 4, 2)
@@ -43,11 +43,10 @@ def upload_rasters(engine, tmp: Path, n: int = N, prefix: str = "bulk/") -> list
     return names
 
 
-def submit(engine, job_type: str = "sync_container", **params) -> str:
+def submit_bulk(engine, job_type: str = "sync_container", **params) -> str:
+    """A bulk job over the input container's bulk/ prefix."""
     body = {"container": engine.settings.input_container, "prefix": "bulk/", **params}
-    code, answer = api_jobs.submit(engine, job_type, json.dumps(body).encode(), "http://test")
-    assert code in (200, 202), answer
-    return answer["job_id"]
+    return submit(engine, body, job_type=job_type, codes=(200, 202))
 
 
 def status(engine, job_id: str) -> dict:
@@ -77,7 +76,7 @@ def check_extent(engine, collection_id: str) -> None:
 
 def test_sync_builds_per_file_and_loads_every_item_in_chunks_with_a_true_extent(geo_engine, tmp_path):
     upload_rasters(geo_engine, tmp_path)
-    job_id = submit(geo_engine)
+    job_id = submit_bulk(geo_engine)
     QueueDriver(geo_engine).run(job_id, timeout=300)
     done = status(geo_engine, job_id)
     assert done["status"] == "completed", done.get("error_details")
@@ -99,7 +98,7 @@ def test_sync_builds_per_file_and_loads_every_item_in_chunks_with_a_true_extent(
 
 def test_a_load_chunk_delivered_twice_changes_nothing(geo_engine, tmp_path):
     upload_rasters(geo_engine, tmp_path)
-    job_id = submit(geo_engine)
+    job_id = submit_bulk(geo_engine)
     QueueDriver(geo_engine, copies=2, shuffle_seed=7).run(job_id, timeout=300)  # every message twice
     done = status(geo_engine, job_id)
     assert done["status"] == "completed", done.get("error_details")
@@ -127,7 +126,7 @@ def test_a_load_chunk_that_fails_midway_is_retried_and_loses_no_item(geo_engine,
         return original(self, iter(items), *args, **kwargs)
 
     monkeypatch.setattr(Loader, "load_items", flaky)
-    job_id = submit(geo_engine)
+    job_id = submit_bulk(geo_engine)
     QueueDriver(geo_engine).run(job_id, timeout=300)
     done = status(geo_engine, job_id)
     assert done["status"] == "completed", done.get("error_details")
@@ -156,7 +155,7 @@ def test_a_chunk_that_fails_for_good_fails_the_job_and_a_retry_loads_it(geo_engi
         return original(self, items, mode)
 
     monkeypatch.setattr(PgstacRepository, "bulk_load", refuse_one_chunk)
-    job_id = submit(geo_engine)
+    job_id = submit_bulk(geo_engine)
     QueueDriver(geo_engine).run(job_id, timeout=300)
     failed = status(geo_engine, job_id)
     assert failed["status"] == "failed"
@@ -179,7 +178,7 @@ def test_a_corrupt_file_fails_its_own_build_task_and_the_others_load(geo_engine,
     broken = tmp_path / "broken.tif"
     broken.write_bytes((tmp_path / "r0.tif").read_bytes()[:300])
     geo_engine.repos.rasters.upload(geo_engine.settings.input_container, "bulk/broken.tif", broken, "image/tiff")
-    job_id = submit(geo_engine)
+    job_id = submit_bulk(geo_engine)
     read: list[int | None] = []  # which stages' outcomes the engine reads back
     original = geo_engine.outcomes
     geo_engine.outcomes = lambda job, stage=None: read.append(stage) or original(job, stage)
@@ -202,7 +201,7 @@ def test_a_corrupt_file_fails_its_own_build_task_and_the_others_load(geo_engine,
 
 def test_batch_builds_each_cog_item_and_loads_them_in_bulk(geo_engine, tmp_path):
     upload_rasters(geo_engine, tmp_path, n=5)
-    job_id = submit(geo_engine, "process_raster_batch")
+    job_id = submit_bulk(geo_engine, "process_raster_batch")
     QueueDriver(geo_engine).run(job_id, timeout=300)
     done = status(geo_engine, job_id)
     assert done["status"] == "completed", done.get("error_details")
@@ -223,7 +222,7 @@ def test_two_files_of_one_item_id_load_once_and_count_as_built_twice(geo_engine,
     twin = tmp_path / "twin.tif"
     twin.write_bytes((tmp_path / "r1.tif").read_bytes())
     geo_engine.repos.rasters.upload(geo_engine.settings.input_container, "bulk/tile01.tiff", twin, "image/tiff")
-    job_id = submit(geo_engine)
+    job_id = submit_bulk(geo_engine)
     QueueDriver(geo_engine).run(job_id, timeout=300)
     done = status(geo_engine, job_id)
     assert done["status"] == "completed", done.get("error_details")

@@ -12,7 +12,7 @@ import rasterio
 from conftest_geo import smooth_image, write_raster
 from controller_geo_common import STAC_EXTENTS
 from engine_fanout import run_length
-from test_chaos_transport import JobSpec, describe, run_transport
+from chaos_cluster import JobSpec, describe, run_transport
 
 pytestmark = pytest.mark.chaos
 

@@ -22,7 +22,7 @@ import rasterio
 import engine_faults
 from conftest_geo import smooth_image, write_raster
 from controller_geo_common import STAC_EXTENTS
-from test_chaos_transport import JobSpec, describe, hello_job, run_transport
+from chaos_cluster import JobSpec, describe, hello_job, run_transport
 
 pytestmark = pytest.mark.chaos
 

@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import pytest
 import requests
-from conftest import fresh_settings, settings_env
+from support import fresh_settings, settings_env
 from host_proc import HostProcess
 
 import cli

@@ -7,11 +7,10 @@ import pytest
 import requests
 
 from config import load_host_json
-from conftest import fresh_settings, settings_env
+from support import fresh_settings, settings_env, wait_terminal
 from host_proc import HostProcess
 from models import make_task_id
 from repositories import Repositories
-from test_http_api import wait_terminal
 
 HOSTS = 2
 

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 import api_jobs
 from base_controller import TaskContext
 from config import Settings
-from conftest import fresh_settings
+from support import fresh_settings
 from conftest_geo import smooth_image, write_raster
 from controller_factory import get_handler
 from errors import TaskError
@@ -27,7 +27,7 @@ HOST_CONTAINER = "azure-webjobs-hosts"
 UNLISTED = "not-on-the-list"
 
 
-def submit(engine, job_type: str, params: dict) -> tuple[int, dict]:
+def submit_answer(engine, job_type: str, params: dict) -> tuple[int, dict]:
     return api_jobs.respond(lambda: api_jobs.submit(engine, job_type, json.dumps(params).encode(), "http://t"))
 
 
@@ -74,7 +74,7 @@ def test_host_and_payload_containers_are_a_startup_error(overrides):
 @pytest.mark.parametrize("which", ["host", "payloads", "unlisted"])
 def test_a_refused_container_is_a_400_naming_the_allowed_ones(engine, job_type, extra, which):
     container = {"host": HOST_CONTAINER, "payloads": engine.settings.payload_container, "unlisted": UNLISTED}[which]
-    code, body = submit(engine, job_type, {"container": container, **extra})
+    code, body = submit_answer(engine, job_type, {"container": container, **extra})
     assert code == 400, body
     assert body["error"] == "invalid_parameters"
     assert body["allowed_containers"] == ["rasters", "cogs"]
@@ -86,16 +86,16 @@ def test_a_refused_container_is_a_400_naming_the_allowed_ones(engine, job_type, 
 @pytest.mark.parametrize("field", ["output_container", "container"])
 def test_every_container_field_is_checked(engine, field):
     body = {"blobs": ["a.tif"], field: engine.settings.payload_container}
-    code, answer = submit(engine, "process_raster_batch", body)
+    code, answer = submit_answer(engine, "process_raster_batch", body)
     assert code == 400 and answer["errors"][0]["field"] == field
-    code, answer = submit(engine, "process_large_raster", {"blob": "a.tif", field: HOST_CONTAINER})
+    code, answer = submit_answer(engine, "process_large_raster", {"blob": "a.tif", field: HOST_CONTAINER})
     assert code == 400 and answer["errors"][0]["field"] == field
 
 
 def test_allowed_containers_are_accepted_at_submit(engine):
-    assert submit(engine, "list_container", {})[0] == 202
-    assert submit(engine, "process_raster", {"container": "cogs", "blob": "a.tif", "output_container": "rasters"})[0] \
-        == 202
+    assert submit_answer(engine, "list_container", {})[0] == 202
+    assert submit_answer(engine, "process_raster",
+                         {"container": "cogs", "blob": "a.tif", "output_container": "rasters"})[0] == 202
 
 
 # ------------------------------------------------------------------ end to end with an explicit list
@@ -117,7 +117,7 @@ def listed_engine(azurite, pgstac_server, tmp_path) -> Engine:
 def test_listed_containers_work_end_to_end(listed_engine, tmp_path):
     scenes, published = listed_engine.settings.job_containers
     listed_engine.repos.rasters.upload(scenes, "in/r.tif", raster(tmp_path))
-    code, body = submit(listed_engine, "process_raster", {"container": scenes, "blob": "in/r.tif",
+    code, body = submit_answer(listed_engine, "process_raster", {"container": scenes, "blob": "in/r.tif",
                                                           "output_container": published})
     assert code == 202, body
     QueueDriver(listed_engine).run(body["job_id"], timeout=120)
@@ -127,7 +127,7 @@ def test_listed_containers_work_end_to_end(listed_engine, tmp_path):
     assert output["container"] == published and output["href"].startswith(output["url"] + "?")
     assert [b.name for b in listed_engine.repos.rasters.list(published)] == [output["blob"]]
     # the settings' input container is not on this list: a job defaulting to it is refused
-    code, body = submit(listed_engine, "list_container", {})
+    code, body = submit_answer(listed_engine, "list_container", {})
     assert code == 400 and body["allowed_containers"] == [scenes, published]
 
 
@@ -167,7 +167,7 @@ def test_a_stored_job_naming_a_container_no_longer_allowed_fails_its_task(azurit
     submitter = Engine(Repositories(before).ensure())
     submitter.repos.rasters.ensure_container(UNLISTED)
     submitter.repos.rasters.upload(UNLISTED, "r.tif", raster(tmp_path))
-    code, body = submit(submitter, "list_container", {"container": UNLISTED})
+    code, body = submit_answer(submitter, "list_container", {"container": UNLISTED})
     assert code == 202, body
     after = Settings(**{**before.model_dump(), "allowed_containers": ()})
     worker = Engine(Repositories(after).ensure())

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 import api_jobs
-from conftest import fresh_settings
+from support import fresh_settings
 from queue_driver import QueueDriver
 from repositories import Repositories
 from task_manager import Engine

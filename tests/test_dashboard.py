@@ -18,7 +18,7 @@ from pathlib import Path
 import pystac
 import pytest
 import requests
-from conftest import fresh_settings, settings_env
+from support import fresh_settings, post_job, settings_env, wait_for
 from host_proc import HostProcess
 
 import api_dashboard
@@ -220,23 +220,6 @@ def site(azurite, tmp_path_factory):
             catalogue.__exit__(None, None, None)
 
 
-def submit(host: HostProcess, params: dict) -> str:
-    r = requests.post(f"{host.url}/jobs/submit/hello_world", json=params, timeout=30)
-    assert r.status_code in (200, 202), r.text
-    return r.json()["job_id"]
-
-
-def wait_for(condition, timeout: float = 30, every: float = 0.1, what: str = "condition"):
-    """The first truthy value of ``condition()`` within ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def job_status(host: HostProcess, job_id: str) -> str:
     return requests.get(f"{host.url}/jobs/status/{job_id}", timeout=10).json()["status"]
 
@@ -248,12 +231,12 @@ def test_the_dashboard_in_headless_chromium(browser, site):
 
     host, repos, catalogued = site
     find = browser.find_element
-    failing = submit(host, {"n": 3, "message": "dashboard retry", "fail_indices": [1]})
-    submit(host, {"n": 5, "message": "dashboard done"})
+    failing = post_job(host.url, {"n": 3, "message": "dashboard retry", "fail_indices": [1]}, codes=(200, 202))
+    post_job(host.url, {"n": 5, "message": "dashboard done"}, codes=(200, 202))
     missing = requests.post(f"{host.url}/jobs/submit/validate_raster", json={"blob": "incoming/scene-042.tif"},
                             timeout=30)  # fails: no such blob
     assert missing.status_code == 202, missing.text
-    submit(host, {"n": 8, "message": "dashboard more"})
+    post_job(host.url, {"n": 8, "message": "dashboard more"}, codes=(200, 202))
     requests.post(f"{host.url}/schedules", json={"job_type": "hello_world", "parameters": {"n": 2},
                                                  "expression": "0 0 2 * * *", "name": "nightly hello"}, timeout=30)
     requests.post(f"{host.url}/watches", json={"container": "rasters", "prefix": "incoming/",
@@ -261,7 +244,7 @@ def test_the_dashboard_in_headless_chromium(browser, site):
     wait_for(lambda: job_status(host, failing) == "failed", what="the job with fail_indices to fail")
 
     # the page, opened with a function key, loads without a console error
-    running = submit(host, {"n": 40, "sleep_ms": 900, "message": "dashboard progress"})
+    running = post_job(host.url, {"n": 40, "sleep_ms": 900, "message": "dashboard progress"}, codes=(200, 202))
     browser.get(f"{host.url}/dashboard/?code={KEY}")
     wait_for(lambda: browser.execute_script("return document.body.dataset.ready === 'true'"), what="the page")
     assert [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")] == []
@@ -333,7 +316,7 @@ def test_the_dashboard_in_headless_chromium(browser, site):
     assert params["n"] == 2 and params["message"] == "from the form"
 
     # a running job is cancelled by its button
-    slow = submit(host, {"n": 30, "sleep_ms": 3000, "message": "dashboard cancel"})
+    slow = post_job(host.url, {"n": 30, "sleep_ms": 3000, "message": "dashboard cancel"}, codes=(200, 202))
     wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f"tr[data-job-id='{slow}']"), what="the slow job")
     find(By.CSS_SELECTOR, f"tr[data-job-id='{slow}'] button.job-open").click()
     wait_for(lambda: find(By.ID, "cancel-button").is_enabled(), what="Cancel to be enabled")

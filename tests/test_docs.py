@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from config import Settings
+from support import settings_read_by_code
 
 ROOT = Path(__file__).resolve().parents[1]
 README_MAX_LINES = 250
@@ -108,18 +108,8 @@ def documented_settings() -> set[str]:
     return names
 
 
-def settings_read_by_config() -> set[str]:
-    """Every environment name config.Settings reads (each field's validation aliases but its own name)."""
-    names = set()
-    for field_name, field in Settings.model_fields.items():
-        alias = field.validation_alias
-        choices = getattr(alias, "choices", [alias] if alias else [])
-        names |= {choice for choice in choices if isinstance(choice, str) and choice != field_name}
-    return names
-
-
 def test_the_settings_table_names_every_setting():
-    documented, read = documented_settings(), settings_read_by_config()
+    documented, read = documented_settings(), settings_read_by_code()
     assert not read - documented, f"settings config.py reads that {SETTINGS_DOC.name} does not list"
     assert documented - read == set(READ_ELSEWHERE), "a listed setting nobody reads (or say which module does)"
     for name, module in READ_ELSEWHERE.items():

@@ -1,7 +1,6 @@
 """The engine against real Azurite, messages delivered in-process through the app's queue functions."""
 from __future__ import annotations
 
-import json
 import threading
 
 import pytest
@@ -14,21 +13,7 @@ from models import (
 )
 from queue_driver import QueueDriver
 from engine_counters import shard_count
-
-
-def submit(engine, params: dict) -> str:
-    code, body = api_jobs.submit(engine, "hello_world", json.dumps(params).encode(), "http://test")
-    assert code == 202, body
-    return body["job_id"]
-
-
-def expected_hello(job_id: str, n: int, message: str = "hello") -> dict:
-    """What the issue says hello_world returns, built from the task-id scheme."""
-    s1 = [make_task_id(job_id, 1, i) for i in range(n)]
-    s2 = [make_task_id(job_id, 2, i) for i in range(n)]
-    return {"greetings": [f"{message} from {t}!" for t in s1],
-            "replies": [f"{message} {a} from {b}" for a, b in zip(s1, s2)],
-            "task_count": 2 * n}
+from support import expected_hello, submit
 
 
 def job_messages(driver: QueueDriver) -> list:

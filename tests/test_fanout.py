@@ -1,12 +1,10 @@
 """Fan-out in bounded chunks: resumable by any instance, never doubled, paused while the queue is full."""
 from __future__ import annotations
 
-import json
 
 import pytest
 
-import api_jobs
-from conftest import fresh_settings
+from support import fresh_settings, submit
 from models import StageMessage, decode_job_message, decode_task_message
 from queue_driver import QueueDriver
 from repositories import Repositories
@@ -17,10 +15,6 @@ from task_manager import Engine
 def chunky(azurite) -> Engine:
     """An engine fanning out 100 tasks per invocation."""
     return Engine(Repositories(fresh_settings(azurite.connection_string, fanout_chunk=100)).ensure())
-
-
-def submit(engine: Engine, n: int) -> str:
-    return api_jobs.submit(engine, "hello_world", json.dumps({"n": n}).encode(), "http://t")[1]["job_id"]
 
 
 def take_job_messages(engine: Engine) -> list:
@@ -41,7 +35,7 @@ def task_ids(engine: Engine) -> list[str]:
 
 
 def test_a_stage_fans_out_chunk_by_chunk_through_continuations(chunky):
-    job_id = submit(chunky, 350)
+    job_id = submit(chunky, {"n": 350})
     chain = take_job_messages(chunky)
     invocations = 0
     while chain:
@@ -58,7 +52,7 @@ def test_a_stage_fans_out_chunk_by_chunk_through_continuations(chunky):
 
 
 def test_a_duplicate_or_late_continuation_does_nothing(chunky):
-    job_id = submit(chunky, 250)
+    job_id = submit(chunky, {"n": 250})
     (first,) = take_job_messages(chunky)
     chunky.run_stage(first)
     (continuation,) = take_job_messages(chunky)
@@ -76,7 +70,7 @@ def test_a_duplicate_or_late_continuation_does_nothing(chunky):
 
 
 def test_an_interrupted_chunk_is_redone_without_duplicate_rows(chunky, monkeypatch):
-    job_id = submit(chunky, 150)
+    job_id = submit(chunky, {"n": 150})
     (first,) = take_job_messages(chunky)
     real = chunky.store.replace_stage
 
@@ -99,7 +93,7 @@ def test_an_interrupted_chunk_is_redone_without_duplicate_rows(chunky, monkeypat
 def test_the_chain_pauses_while_the_tasks_queue_is_full(azurite):
     engine = Engine(Repositories(fresh_settings(azurite.connection_string, fanout_chunk=100,
                                                 fanout_max_backlog=50, fanout_pause_s=1)).ensure())
-    job_id = submit(engine, 150)
+    job_id = submit(engine, {"n": 150})
     (first,) = take_job_messages(engine)
     engine.run_stage(first)  # the first chunk always goes: 100 messages now wait in the tasks queue
     (continuation,) = take_job_messages(engine)

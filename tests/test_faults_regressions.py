@@ -10,7 +10,7 @@ import json
 import threading
 import time
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from functools import partial
 
 import pytest
 from azure.functions.queue import QueueMessage
@@ -24,18 +24,20 @@ import function_app
 import repository_clients
 import repository_faults
 from base_controller import JobController, Stage, TaskHandler
-from conftest import fresh_settings
+from support import (
+    NoRetryClients, Receiver, assert_completed_exactly, replace_handler, submit, take,
+    take_job_message, take_task_message,
+)
+from support import make_engine as any_engine
 from controller_factory import JOB_TYPES, TASK_HANDLERS
 from errors import TaskError, TransientError
 from models import (
-    CompletionMessage, StageMessage, Status, TaskMessage, decode_job_message, decode_task_message, make_task_id,
+    CompletionMessage, StageMessage, Status, TaskMessage, make_task_id,
     task_row_key, utcnow,
 )
 from queue_driver import QueueDriver
 from repositories import Repositories
-from repository_clients import StorageClients
 from task_manager import Engine
-from test_engine import expected_hello
 
 JOB_ROW = "RowKey='job')"  # URL path of a job row (the listing rows have other keys)
 SECRET = "regression secret"
@@ -93,11 +95,8 @@ def faults(monkeypatch):
     repository_faults.install(previous)
 
 
-def make_engine(azurite, clients: type[StorageClients] = StorageClients, **overrides) -> Engine:
-    """An engine over fresh storage names: no backoff, no sweeper grace, 2 s leases (unless overridden)."""
-    settings = fresh_settings(azurite.connection_string, **{
-        "retry_base_delay_s": 0, "sweeper_grace_s": 0, "task_time_limit_s": 2, **overrides})
-    return Engine(Repositories(settings, clients(settings)).ensure())
+# An engine over fresh storage names: no backoff, no sweeper grace, 2 s leases (unless overridden).
+make_engine = partial(any_engine, task_time_limit_s=2)
 
 
 @pytest.fixture
@@ -106,41 +105,9 @@ def engine(azurite, faults):
     return make_engine(azurite)
 
 
-class NoRetryClients(StorageClients):
-    """Clients whose SDKs do not retry: a storage fault reaches the caller at once, as it does after the
-    SDK's own retries have run out (without their 5 s of backoff)."""
-
-    def _kwargs(self, service: str) -> dict:
-        return {**super()._kwargs(service), "retry_total": 0}
-
-
-def submit(engine: Engine, params: dict, callback_url: str | None = None) -> str:
-    code, body = api_jobs.submit(engine, "hello_world", json.dumps(params).encode(), "http://t", callback_url)
-    assert code == 202, body
-    return body["job_id"]
-
-
 def http(call) -> tuple[int, dict]:
     """What the HTTP client sees: domain errors as their status codes."""
     return api_jobs.respond(call)
-
-
-def take(queue) -> list:
-    """Receive and delete every visible message of a queue (the host holds them; deleted when done)."""
-    taken = list(queue.client.receive_messages(max_messages=32, messages_per_page=32))
-    for m in taken:
-        queue.client.delete_message(m)
-    return taken
-
-
-def take_job_message(engine: Engine):
-    (msg,) = take(engine.repos.jobs_queue)
-    return decode_job_message(msg.content)
-
-
-def take_task_message(engine: Engine) -> TaskMessage:
-    (msg,) = take(engine.repos.tasks_queue)
-    return decode_task_message(msg.content)
 
 
 def depth(queue) -> int:
@@ -151,19 +118,6 @@ def depth(queue) -> int:
 def task_row(stage: int, index: int) -> str:
     """URL path fragment of one task row."""
     return f"RowKey='{task_row_key(stage, index)}')"
-
-
-def replace_handler(monkeypatch, task_type: str, run) -> TaskHandler:
-    """Swap a task type's function for ``run``; returns the real handler."""
-    real = TASK_HANDLERS[task_type]
-    monkeypatch.setitem(TASK_HANDLERS, task_type, TaskHandler(task_type, real.parameters_model, run))
-    return real
-
-
-def assert_completed_exactly(engine: Engine, job_id: str, n: int, message: str = "hello") -> None:
-    job = engine.store.get_job(job_id)
-    assert job.status == Status.COMPLETED, (job.status, job.error_details)
-    assert job.result_data == expected_hello(job_id, n, message)
 
 
 # ---------------------------------------------------------------- 1. release after a transient error
@@ -518,37 +472,11 @@ def test_case10_instances_with_different_counter_shards_still_end_the_stage(azur
 
 
 # ---------------------------------------------------------------- 11. one webhook delivery chain
-class SlowReceiver:
-    """A loopback webhook receiver whose first request is answered only once ``release`` is set."""
-
-    def __init__(self) -> None:
-        self.requests: list[bytes] = []
-        self.release = threading.Event()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's name
-                outer.requests.append(self.rfile.read(int(self.headers["Content-Length"])))
-                if len(outer.requests) == 1:
-                    outer.release.wait(8)  # under webhook_timeout_s (10 s)
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def close(self) -> None:
-        self.release.set()
-        self.server.shutdown()
 
 
 def test_case11_sweeper_passes_while_a_webhook_is_pending_send_no_duplicates(azurite):
     engine = make_engine(azurite, webhook_secret=SECRET, webhook_allow_loopback=True)
-    receiver = SlowReceiver()
+    receiver = Receiver(hold_first=True)
     try:
         job_id = submit(engine, {"n": 1}, receiver.url)
         runner = threading.Thread(target=QueueDriver(engine).run, args=(job_id,), daemon=True)

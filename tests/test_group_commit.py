@@ -1,50 +1,17 @@
 """Group commit: concurrent task invocations of one job share round trips, and stay exactly once."""
 from __future__ import annotations
 
-import json
-import threading
 
 import pytest
 
-import api_jobs
 import repository_faults
-from conftest import fresh_settings
+from support import fanned_out, fresh_settings, together
 from engine_counters import Change
 from engine_group_commit import GroupCommit, TaskWrite
 from errors import ConflictError
-from models import Status, decode_job_message
+from models import Status
 from repositories import Repositories
 from task_manager import Engine
-
-
-def fanned_out(engine: Engine, n: int, message: str = "hello") -> str:
-    """A hello_world job with stage 1 fanned out (task messages left in the queue)."""
-    job_id = api_jobs.submit(engine, "hello_world", json.dumps({"n": n, "message": message}).encode(), "http://t")[1][
-        "job_id"]
-    (msg,) = list(engine.repos.jobs_queue.client.receive_messages())
-    engine.repos.jobs_queue.client.delete_message(msg)
-    engine.run_stage(decode_job_message(msg.content))
-    engine.repos.tasks_queue.client.clear_messages()
-    return job_id
-
-
-def together(fn, items: list) -> list:
-    """Run ``fn(item)`` for every item in its own thread, all released at once; results or exceptions."""
-    barrier, out = threading.Barrier(len(items)), [None] * len(items)
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            out[i] = fn(items[i])
-        except Exception as exc:  # noqa: BLE001 - returned to the test
-            out[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(items))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return out
 
 
 def count_calls(monkeypatch, obj, name: str) -> list:

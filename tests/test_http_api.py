@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import requests
 
-from conftest import fresh_settings, settings_env
+from support import fresh_settings, settings_env, wait_terminal
 from host_proc import HostProcess
 from models import make_task_id
 from repositories import Repositories
@@ -33,16 +32,6 @@ def http_only_host(env, tmp_path):
     proc = HostProcess(settings_env(env), tmp_path / "http.log", functions=["submit_job", "job_status"]).start()
     yield proc
     proc.stop()
-
-
-def wait_terminal(base: str, job_id: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = requests.get(f"{base}/jobs/status/{job_id}", timeout=10).json()
-        if body["status"] in ("completed", "failed"):
-            return body
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} not terminal after {timeout}s: {body}")
 
 
 def test_hello_world_end_to_end_through_http_and_queues(host):

@@ -1,16 +1,16 @@
 """Managed-identity paths that Azurite cannot exercise end to end: how clients and SAS are built."""
 from __future__ import annotations
 
-import base64
 from datetime import datetime, timedelta, timezone
 from urllib.parse import parse_qs
 
 import pytest
-from azure.storage.blob import BlobServiceClient, UserDelegationKey
+from azure.storage.blob import BlobServiceClient
 
 from config import Settings
 from repository_clients import StorageClients
 from repository_rasters import RasterStore, build_read_sas
+from support import delegation_key
 
 
 def test_identity_based_settings_build_https_clients_with_default_credential():
@@ -32,27 +32,18 @@ def test_missing_storage_settings_say_what_to_set():
         StorageClients(Settings()).tables  # noqa: B018 - the property builds the client
 
 
-def _delegation_key() -> UserDelegationKey:
-    key = UserDelegationKey()
-    key.signed_oid, key.signed_tid = "11111111-2222-3333-4444-555555555555", "66666666-7777-8888-9999-000000000000"
-    key.signed_start, key.signed_expiry = "2026-11-22T00:00:00Z", "2026-11-23T00:00:00Z"
-    key.signed_service, key.signed_version = "b", "2025-01-05"
-    key.value = base64.b64encode(b"k" * 32).decode()
-    return key
-
-
 def test_user_delegation_sas_is_read_only_time_limited_and_names_the_identity():
     expiry = datetime(2026, 11, 22, 13, 0, tzinfo=timezone.utc)
-    token = build_read_sas("geoacct", "cogs", "a/b.tif", expiry, delegation_key=_delegation_key(),
+    token = build_read_sas("geoacct", "cogs", "a/b.tif", expiry, delegation_key=delegation_key(),
                            start=expiry - timedelta(hours=1))
     q = {k: v[0] for k, v in parse_qs(token).items()}
     assert q["sp"] == "r" and q["sr"] == "b" and q["se"] == "2026-11-22T13:00:00Z"
     assert q["skoid"] == "11111111-2222-3333-4444-555555555555" and q["sktid"].startswith("66666666")
     assert q["sks"] == "b" and q["skv"] == "2025-01-05" and q["sig"]
-    again = build_read_sas("geoacct", "cogs", "a/b.tif", expiry, delegation_key=_delegation_key(),
+    again = build_read_sas("geoacct", "cogs", "a/b.tif", expiry, delegation_key=delegation_key(),
                            start=expiry - timedelta(hours=1))
     assert again == token  # deterministic: same key, same inputs, same signature
-    other = build_read_sas("geoacct", "cogs", "a/c.tif", expiry, delegation_key=_delegation_key(),
+    other = build_read_sas("geoacct", "cogs", "a/c.tif", expiry, delegation_key=delegation_key(),
                            start=expiry - timedelta(hours=1))
     assert parse_qs(other)["sig"] != parse_qs(token)["sig"]
     with pytest.raises(ValueError, match="exactly one"):
@@ -68,7 +59,7 @@ def test_store_signs_with_a_delegation_key_under_identity_and_caches_it():
 
         def get_user_delegation_key(self, start, expiry):
             FakeService.calls += 1
-            return _delegation_key()
+            return delegation_key()
 
         def get_blob_client(self, container, blob):
             return BlobServiceClient("https://geoacct.blob.core.windows.net").get_blob_client(container, blob)

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from config import Settings  # noqa: E402
+from support import settings_read_by_code  # noqa: E402
 
 pytestmark = pytest.mark.infra
 
@@ -188,16 +189,6 @@ def app_settings(bicep: dict[str, Any]) -> dict[str, Any]:
     names = [entry["name"] for entry in entries]
     assert len(names) == len(set(names)), f"duplicate app settings: {sorted(n for n in names if names.count(n) > 1)}"
     return {entry["name"]: entry["value"] for entry in entries}
-
-
-def settings_read_by_code() -> set[str]:
-    """Every environment name config.Settings reads (each field's validation aliases but its own name)."""
-    names = set()
-    for field_name, field in Settings.model_fields.items():
-        alias = field.validation_alias
-        choices = getattr(alias, "choices", [alias] if alias else [])
-        names |= {choice for choice in choices if isinstance(choice, str) and choice != field_name}
-    return names
 
 
 def missing_settings(template_names: set[str]) -> set[str]:

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +32,7 @@ from azure.storage.queue import (
 
 # tests/ and the repository root are on sys.path (pytest and conftest.py put them there)
 from azurite_proc import Azurite, free_port
+from support import wait_for
 
 import local_host
 import local_host_http
@@ -105,17 +106,6 @@ def host_config(**queues: Any) -> dict[str, Any]:
     base = {"batchSize": 16, "newBatchThreshold": 8, "maxDequeueCount": 5, "visibilityTimeout": "00:00:00",
             "maxPollingInterval": "00:00:00.2", "messageEncoding": "base64"}
     return {"version": "2.0", "extensions": {"queues": {**base, **queues}}}
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll until ``predicate()`` is truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def records(path: Path, kind: str = "queue") -> list[dict[str, Any]]:

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from dataclasses import dataclass
 
 import pytest
 import requests
 import schemathesis
-from conftest import fresh_settings, settings_env
+from support import fresh_settings, post_job, settings_env, wait_terminal
 from host_proc import HostProcess
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -65,22 +64,6 @@ class Live:
         return self.host.url.removesuffix("/api")
 
 
-def _submit(url: str, job_type: str, params: dict) -> str:
-    r = requests.post(f"{url}/jobs/submit/{job_type}", json=params, timeout=30)
-    assert r.status_code == 202, r.text
-    return r.json()["job_id"]
-
-
-def _wait(url: str, job_id: str, want: str, timeout: float = 60) -> None:
-    deadline, body = time.monotonic() + timeout, {}
-    while time.monotonic() < deadline:
-        body = requests.get(f"{url}/jobs/status/{job_id}", timeout=10).json()
-        if body["status"] == want:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} not {want} after {timeout}s: {body}")
-
-
 @pytest.fixture(scope="module")
 def live(azurite, tmp_path_factory):
     """Seed a completed and a failed job with a full host, then serve HTTP only (new jobs stay queued)."""
@@ -89,17 +72,17 @@ def live(azurite, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("openapi")
     full = HostProcess(settings_env(env), tmp / "seed.log").start()
     try:
-        completed = _submit(full.url, "hello_world", {"n": 2, "message": "seed"})
-        failed = _submit(full.url, "hello_world", {"n": 2, "message": "seed", "fail_indices": [1]})
-        _wait(full.url, completed, "completed")
-        _wait(full.url, failed, "failed")
+        completed = post_job(full.url, {"n": 2, "message": "seed"})
+        failed = post_job(full.url, {"n": 2, "message": "seed", "fail_indices": [1]})
+        wait_terminal(full.url, completed, want=("completed",))
+        wait_terminal(full.url, failed, want=("failed",))
     finally:
         full.stop()
     printed = (tmp / "seed.out").read_text().splitlines()
     routes = [m.groups() for m in map(HTTP_ROUTE.match, printed) if m]
     host = HostProcess(settings_env(env), tmp / "http.log", functions=[name for _, _, name in routes]).start()
     try:
-        queued = _submit(host.url, "hello_world", {"n": 1, "message": "queued"})
+        queued = post_job(host.url, {"n": 1, "message": "queued"})
         r = requests.get(f"{host.url}/openapi.json", timeout=30)
         assert r.status_code == 200 and r.headers["Content-Type"].startswith("application/json"), r.text
         yield Live(host, routes, completed, failed, queued, r.json())

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -11,19 +10,12 @@ import rasterio
 from rio_cogeo.cogeo import cog_validate
 
 import api_jobs
+from support import download, run_job
 from conftest_geo import (
     CUSTOM_LAEA_WKT, REAL_RASTERS, SCHEMAS_DIR, needs_rasters, needs_schemas, smooth_image, write_raster,
 )
 from models import Status
-from queue_driver import QueueDriver
 from services_stac import validate_item_offline
-
-
-def run_job(engine, job_type: str, params: dict) -> dict:
-    code, body = api_jobs.submit(engine, job_type, json.dumps(params).encode(), "http://test")
-    assert code in (200, 202), body
-    QueueDriver(engine).run(body["job_id"], timeout=300)
-    return api_jobs.status(engine, body["job_id"])[1]
 
 
 def upload(engine, path: Path, blob: str, container: str | None = None) -> str:
@@ -31,12 +23,6 @@ def upload(engine, path: Path, blob: str, container: str | None = None) -> str:
     content_type = "image/tiff" if path.read_bytes()[:2] in (b"II", b"MM") else "text/plain"
     engine.repos.rasters.upload(container, blob, path, content_type)
     return blob
-
-
-def download(engine, container: str, blob: str, tmp: Path) -> Path:
-    path = tmp / f"dl-{uuid.uuid4().hex[:6]}.tif"
-    engine.repos.rasters.download(container, blob, path)
-    return path
 
 
 def check_processed(engine, status: dict, tmp: Path) -> dict:
@@ -151,7 +137,7 @@ def test_batch_by_prefix_and_idempotent_rerun(geo_engine, tmp_path, azurite):
     collection = status["result_data"]["rasters"][0]["item"]["collection_id"]
     assert geo_engine.io.pgstac().count_items(collection) == 5
     # the same job again, on a fresh job store (same blobs, same catalogue): one COG and one item each
-    from conftest import fresh_settings
+    from support import fresh_settings
     from repositories import Repositories
     from task_manager import Engine
 

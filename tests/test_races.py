@@ -10,6 +10,7 @@ import threading
 import time
 from contextlib import contextmanager
 from datetime import timedelta
+from functools import partial
 
 import pytest
 
@@ -19,19 +20,18 @@ import models
 import repository_faults
 import task_manager
 from config import Settings
-from conftest import fresh_settings
+from support import (
+    NoRetryClients, assert_completed_exactly, fanned_out, replace_handler, submit, take_job_message,
+    take_task_message,
+)
+from support import make_engine as any_engine
 from engine_counters import Change
 from engine_group_commit import TaskWrite
 from errors import ConflictError, TransientError
 from models import Status, TaskMessage, make_task_id, utcnow
 from queue_driver import QueueDriver
 from repositories import Repositories
-from repository_clients import StorageClients
 from task_manager import Engine
-from test_faults_regressions import (
-    NoRetryClients, assert_completed_exactly, replace_handler, submit, take_job_message, take_task_message,
-)
-from test_group_commit import fanned_out
 
 
 @pytest.fixture
@@ -43,10 +43,7 @@ def faults():
     repository_faults.install(previous)
 
 
-def make_engine(azurite, clients: type[StorageClients] = StorageClients, **overrides) -> Engine:
-    settings = fresh_settings(azurite.connection_string, **{
-        "retry_base_delay_s": 0, "sweeper_grace_s": 0, "task_time_limit_s": 20, **overrides})
-    return Engine(Repositories(settings, clients(settings)).ensure())
+make_engine = partial(any_engine, task_time_limit_s=20)  # no backoff, no sweeper grace, 20 s leases
 
 
 def other_host(engine: Engine) -> Engine:

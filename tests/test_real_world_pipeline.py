@@ -5,26 +5,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
-from conftest import fresh_settings
-from conftest_geo import SCHEMAS_DIR, needs_schemas, smooth_image, write_raster
+from support import download, fresh_settings, run_job
+from conftest_geo import (
+    AUX_GEOREF, GEOS, SCHEMAS_DIR, bare_scene, check_geojson, geos_disk, masked_scene, needs_schemas, polar_grid,
+    remote_vrt, smooth_image, write_raster,
+)
 from rasterio.crs import CRS
 from rasterio.transform import from_bounds
-from test_real_world_rasters import AUX_GEOREF, GEOS, bare_scene, check_geojson, geos_disk, masked_scene, polar_grid
-from test_security_rasters import remote_vrt
 
-import api_jobs
 import api_listing
 import api_openapi
 import api_system
 from errors import ErrorCode, TaskError
 from models import Status, TaskRecord
-from queue_driver import QueueDriver
 from repositories import Repositories
 from services_stac import PROCESSING_EXTENSION, validate_item_offline
 from task_manager import Engine, gave_up_code
@@ -32,22 +30,9 @@ from task_manager import Engine, gave_up_code
 MIB = 1024 * 1024
 
 
-def run_job(engine, job_type: str, params: dict) -> dict:
-    code, body = api_jobs.submit(engine, job_type, json.dumps(params).encode(), "http://test")
-    assert code in (200, 202), body
-    QueueDriver(engine).run(body["job_id"], timeout=300)
-    return api_jobs.status(engine, body["job_id"])[1]
-
-
 def upload(engine, path: Path, blob: str) -> str:
     engine.repos.rasters.upload(engine.settings.input_container, blob, path)
     return blob
-
-
-def local_copy(engine, container: str, blob: str, tmp: Path) -> Path:
-    path = tmp / f"dl-{uuid.uuid4().hex[:6]}.tif"
-    engine.repos.rasters.download(container, blob, path)
-    return path
 
 
 def tasks_of(engine, job_id: str) -> list[dict]:
@@ -71,7 +56,7 @@ def test_a_jpeg_raster_with_a_msk_keeps_its_mask_and_its_item_says_where_it_came
     validated, cog, item = raster["input"], raster["cog"], raster["item"]
     assert validated["validity"] == "mask" and validated["sidecars"] == [f"{container}/masked/scene.tif.msk"]
     assert validated["input"]["read"].startswith("remote") and cog["input"]["read"].startswith("remote")
-    with rasterio.open(local_copy(geo_engine, cog["output_container"], cog["output_blob"], tmp_path)) as out:
+    with rasterio.open(download(geo_engine, cog["output_container"], cog["output_blob"], tmp_path)) as out:
         assert np.array_equal(out.dataset_mask(), mask)  # was: no mask at all, a third of the image black
     # provenance
     catalogue = geo_engine.io.pgstac()
@@ -107,11 +92,11 @@ def test_sidecar_georeferencing_end_to_end_and_a_batch_takes_no_sidecar_as_input
     assert status["status"] == "completed", status.get("error_details")
     assert [s["tasks"]["total"] for s in status["stages"]] == [2, 2, 2, 1]  # two rasters, no sidecar as input
     cogs = {r["input"]["blob"]: r["cog"] for r in status["result_data"]["rasters"]}
-    with rasterio.open(local_copy(geo_engine, cogs["bare/aux.tif"]["output_container"],
+    with rasterio.open(download(geo_engine, cogs["bare/aux.tif"]["output_container"],
                                   cogs["bare/aux.tif"]["output_blob"], tmp_path)) as out:
         assert out.crs.to_epsg() == 32633 and out.transform.c == 400_000 and out.nodata == 0
         assert out.tags()["TIFFTAG_DATETIME"] == "2019:07:01 10:20:30"
-    with rasterio.open(local_copy(geo_engine, cogs["bare/world.tif"]["output_container"],
+    with rasterio.open(download(geo_engine, cogs["bare/world.tif"]["output_container"],
                                   cogs["bare/world.tif"]["output_blob"], tmp_path)) as out:
         assert out.crs.to_epsg() == 32631 and (out.transform.c, out.transform.f) == (300_000, 4_200_030)
     explicit = run_job(geo_engine, "process_raster_batch", {"blobs": ["bare/aux.tif.aux.xml", "bare/world.tfw"]})

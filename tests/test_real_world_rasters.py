@@ -9,16 +9,17 @@ a local disk is the reference, the test opens the same folder with plain rasteri
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
-from conftest_geo import SCHEMAS_DIR, needs_schemas, smooth_image, write_raster
+from conftest_geo import (
+    AUX_GEOREF, GEOS, SCHEMAS_DIR, SECRET, UTM33, bare_scene, check_geojson, geos_disk, masked_scene, needs_schemas,
+    no_secret_in, polar_grid, raw_vrt, remote_vrt, secret_file, smooth_image, write_raster,
+)
 from rasterio.crs import CRS
 from rasterio.transform import from_bounds, from_origin
-from test_security_rasters import SECRET, no_secret_in, raw_vrt, remote_vrt, secret_file
 
 from errors import ErrorCode, NoGeotransformError, NotARasterError, OffGlobeError, error_code
 from services_cog import create_cog
@@ -32,77 +33,12 @@ from services_sidecars import (
 from services_source import RasterSource, Sidecars, TextSidecar, open_raster
 from services_stac import build_item, validate_item_offline
 
-UTM33 = CRS.from_epsg(32633)
-GEOS = "+proj=geos +h=35785831 +lon_0=0 +x_0=0 +y_0=0 +ellps=WGS84 +sweep=y +units=m +no_defs +type=crs"
-GEOS_HALF = 5_434_894.7  # GOES-R full disk: half the scan extent in metres (the disk fills the grid)
 WHEN = "2020-01-02T03:04:05Z"
 
 
 # ------------------------------------------------------------------------------------------------ files
-def masked_scene(folder: Path, *, jpeg: bool = False, size: int = 600) -> tuple[Path, np.ndarray]:
-    """``scene.tif`` with its mask in ``scene.tif.msk`` (GDAL_TIFF_INTERNAL_MASK=NO), and the mask."""
-    data = smooth_image(3, size, size)
-    mask = np.zeros((size, size), "uint8")
-    mask[size // 6: size - size // 5, size // 10: size - size // 3] = 255
-    path = folder / "scene.tif"
-    profile = {"compress": "jpeg", "photometric": "ycbcr"} if jpeg else {"compress": "deflate"}
-    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=False), rasterio.open(
-            path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs=UTM33,
-            transform=from_origin(400_000, 5_000_000, 10, 10), tiled=True, blockxsize=256, blockysize=256,
-            **profile) as dst:
-        dst.write(data)
-        dst.write_mask(mask)
-    assert (folder / "scene.tif.msk").exists()
-    return path, mask
-
-
 def mask_sidecars(path: Path) -> Sidecars:
     return Sidecars(mask=RasterSource(path=f"{path}.msk", label="in/scene.tif.msk"))
-
-
-AUX_GEOREF = f"""<PAMDataset>
-  <SRS dataAxisToSRSAxisMapping="1,2">{UTM33.to_wkt()}</SRS>
-  <GeoTransform>  4.0e+05,  2.0e+01,  0.0e+00,  5.0e+06,  0.0e+00, -2.0e+01</GeoTransform>
-  <Metadata><MDI key="TIFFTAG_DATETIME">2019:07:01 10:20:30</MDI><MDI key="SOURCE">scanner 7</MDI></Metadata>
-  <PAMRasterBand band="1">
-    <NoDataValue>0</NoDataValue>
-    <Histograms><HistItem><HistMin>0</HistMin><HistMax>255</HistMax><BucketCount>1</BucketCount>
-      <HistCounts>1</HistCounts></HistItem></Histograms>
-  </PAMRasterBand>
-</PAMDataset>
-"""
-
-
-def bare_scene(folder: Path, name: str = "bare.tif") -> Path:
-    """An ungeoreferenced TIFF (no CRS, no transform), with zeros along one edge."""
-    data = smooth_image(1, 200, 300)
-    data[:, :, :20] = 0
-    return write_raster(folder / name, data, crs=None, transform=False)
-
-
-def geos_disk(folder: Path, size: int = 256, lon_0: float = 0.0) -> Path:
-    crs = GEOS.replace("+lon_0=0", f"+lon_0={lon_0}")
-    return write_raster(folder / f"geos{lon_0:g}.tif", smooth_image(1, size, size), crs=crs,
-                        transform=from_bounds(-GEOS_HALF, -GEOS_HALF, GEOS_HALF, GEOS_HALF, size, size))
-
-
-def polar_grid(folder: Path) -> Path:
-    """EPSG:3413 (NSIDC sea ice polar stereographic north), 4000 km square centred on the pole."""
-    return write_raster(folder / "arctic.tif", smooth_image(1, 200, 200), crs="EPSG:3413",
-                        transform=from_bounds(-2e6, -2e6, 2e6, 2e6, 200, 200))
-
-
-def check_geojson(geometry: dict, bbox: list[float]) -> None:
-    """Valid, closed rings within [-180, 180] x [-90, 90]; the bbox within the same."""
-    polygons = [geometry["coordinates"]] if geometry["type"] == "Polygon" else geometry["coordinates"]
-    assert geometry["type"] in ("Polygon", "MultiPolygon") and polygons
-    for polygon in polygons:
-        ring = polygon[0]
-        assert len(ring) >= 4 and ring[0] == ring[-1]
-        for lon, lat in ring:
-            assert -180 <= lon <= 180 and -90 <= lat <= 90 and math.isfinite(lon + lat)
-    west, south, east, north = bbox
-    assert -180 <= west <= 180 and -180 <= east <= 180 and -90 <= south < north <= 90
 
 
 # ------------------------------------------------------------------------------------------------ names

@@ -13,7 +13,7 @@ import engine_recovery
 import engine_faults
 import api_jobs
 from base_controller import JobController, TaskHandler
-from conftest import fresh_settings
+from support import expected_hello, fresh_settings, submit, take_job_message
 from controller_factory import JOB_TYPES, TASK_HANDLERS
 from controller_hello_world import HELLO_WORLD
 from errors import ConflictError, NotFoundError
@@ -21,7 +21,6 @@ from models import StageMessage, Status, TaskMessage, decode_job_message, make_t
 from queue_driver import QueueDriver
 from repositories import Repositories
 from task_manager import Engine
-from test_engine import expected_hello
 
 MAX = 5  # host.json maxDequeueCount
 
@@ -32,19 +31,6 @@ def engine(azurite):
                               task_time_limit_s=2)
     yield Engine(Repositories(settings).ensure())
     engine_faults.disarm()
-
-
-def submit(engine, params: dict) -> str:
-    code, body = api_jobs.submit(engine, "hello_world", json.dumps(params).encode(), "http://test")
-    assert code == 202, body
-    return body["job_id"]
-
-
-def take_job_message(engine):
-    """Receive and delete the one jobs-queue message (so it does not come back in 30 s)."""
-    (msg,) = list(engine.repos.jobs_queue.client.receive_messages())
-    engine.repos.jobs_queue.client.delete_message(msg)
-    return decode_job_message(msg.content)
 
 
 def advances(driver: QueueDriver) -> list[tuple]:

@@ -286,7 +286,7 @@ def test_cli_adds_lists_and_deletes_schedules_and_watches(azurite, tmp_path):
     import sys
     import uuid
 
-    from conftest import fresh_settings, settings_env
+    from support import fresh_settings, settings_env
     from host_proc import HostProcess
 
     container = f"in-{uuid.uuid4().hex[:8]}"

@@ -13,7 +13,7 @@ import requests
 from azure.storage.blob import BlobServiceClient
 
 import api_jobs
-from conftest import fresh_settings
+from support import fresh_settings
 from controller_hello_world import HELLO_WORLD
 from errors import ParameterValidationError
 from logs import RedactFilter, log_event

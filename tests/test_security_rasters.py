@@ -10,26 +10,23 @@ from __future__ import annotations
 import json
 import math
 import struct
-import subprocess
-import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
 import rasterio
-from conftest import fresh_settings
-from conftest_geo import CUSTOM_LAEA_WKT, smooth_image, write_raster
+from support import fresh_settings, run_job
+from conftest_geo import (
+    CUSTOM_LAEA_WKT, SECRET, no_secret_in, raw_vrt, remote_vrt, secret_file, smooth_image, write_raster,
+)
 from pydantic import ValidationError
 
 import api_jobs
 from errors import NotFoundError, ParameterValidationError, TaskError, TooLargeError, http_status_for
-from queue_driver import QueueDriver
 from repositories import Repositories
 from services_cog import create_cog
 from services_cog_options import CogOptions
@@ -38,55 +35,10 @@ from services_raster import validate_raster
 from services_tiles import TileWindow, assemble_tiles, plan_tiles, process_tile
 from task_manager import Engine
 
-SECRET = "GEOETL-SECRET-" + uuid.uuid4().hex
 MIB = 1024 * 1024
 
 
 # ------------------------------------------------------------------------------------ the listener
-# In its own process: GDAL can hold the GIL while it waits for an answer, and a listener thread in this
-# process could then never answer (a test without the fix would hang instead of failing).
-LISTENER = r"""
-import http.server, pathlib, sys
-root, log = pathlib.Path(sys.argv[1]), open(sys.argv[2], "a", buffering=1)
-class Counting(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        log.write(self.path + "\n")
-        name = self.path.split("?", 1)[0].strip("/")
-        body = (root / name).read_bytes() if name and (root / name).is_file() else b""
-        self.send_response(200 if body else 404)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command == "GET":
-            self.wfile.write(body)
-    do_HEAD = do_GET
-    def log_message(self, *args):
-        pass
-server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Counting)
-print(server.server_address[1], flush=True)
-server.serve_forever()
-"""
-
-
-class Listener:
-    """A loopback HTTP server (``url``) serving files put in ``root``; ``hits`` are the paths requested."""
-
-    def __init__(self, folder: Path) -> None:
-        self.root, self.log = folder / "www", folder / "requests.log"
-        self.root.mkdir()
-        self.log.touch()
-        self.proc = subprocess.Popen([sys.executable, "-c", LISTENER, str(self.root), str(self.log)],
-                                     stdout=subprocess.PIPE, text=True)
-        self.url = f"http://127.0.0.1:{int(self.proc.stdout.readline())}"
-
-    @property
-    def hits(self) -> list[str]:
-        time.sleep(0.2)  # let a request in flight reach the log
-        return self.log.read_text().splitlines()
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-        self.proc.stdout.close()
 
 
 @pytest.fixture
@@ -96,27 +48,6 @@ def listener(loopback):
 
 
 # ------------------------------------------------------------------------------------ hostile files
-def secret_file(tmp: Path) -> Path:
-    path = tmp / "secret.txt"
-    path.write_text((SECRET + "\n") * 8)
-    return path
-
-
-def raw_vrt(source: str, width: int = 64) -> str:
-    """A VRT whose band is the raw bytes of ``source`` (any file GDAL can read)."""
-    return (f'<VRTDataset rasterXSize="{width}" rasterYSize="4"><SRS>EPSG:4326</SRS>'
-            f"<GeoTransform>0, 1, 0, 0, 0, -1</GeoTransform>"
-            f'<VRTRasterBand dataType="Byte" band="1" subClass="VRTRawRasterBand">'
-            f'<SourceFilename relativetoVRT="0">{source}</SourceFilename><ImageOffset>0</ImageOffset>'
-            f"<PixelOffset>1</PixelOffset><LineOffset>{width}</LineOffset></VRTRasterBand></VRTDataset>")
-
-
-def remote_vrt(url: str) -> str:
-    """A VRT whose band is read from ``/vsicurl/<url>``."""
-    return (f'<VRTDataset rasterXSize="64" rasterYSize="4"><SRS>EPSG:4326</SRS>'
-            f"<GeoTransform>0, 1, 0, 0, 0, -1</GeoTransform><VRTRasterBand dataType=\"Byte\" band=\"1\">"
-            f'<SimpleSource><SourceFilename relativeToVRT="0">/vsicurl/{url}</SourceFilename>'
-            f"<SourceBand>1</SourceBand></SimpleSource></VRTRasterBand></VRTDataset>")
 
 
 def sparse_tiff(width: int, height: int, tile: int, *, bigtiff: bool = False) -> bytes:
@@ -167,10 +98,6 @@ def peak_rss_delta() -> Iterator[dict]:
         stop.set()
         sampler.join()
         out["mib"] = (out["peak"] - base) / MIB
-
-
-def no_secret_in(*texts: str) -> bool:
-    return all(SECRET not in (t or "") for t in texts)
 
 
 # ------------------------------------------------------------------------------- formats (service)
@@ -270,11 +197,6 @@ def test_the_apps_own_mosaic_is_the_only_vrt_opened(tmp_path):
 
 
 # ------------------------------------------------------------------------------- formats (engine)
-def run_job(engine: Engine, job_type: str, params: dict) -> dict:
-    code, body = api_jobs.submit(engine, job_type, json.dumps(params).encode(), "http://test")
-    assert code in (200, 202), body
-    QueueDriver(engine).run(body["job_id"], timeout=300)
-    return api_jobs.status(engine, body["job_id"])[1]
 
 
 def blobs_in(engine: Engine, container: str) -> list[str]:

@@ -27,13 +27,13 @@ import psycopg
 import pytest
 import rasterio
 import requests
-from azure.storage.blob import BlobServiceClient, UserDelegationKey
+from azure.storage.blob import BlobServiceClient
 from rio_cogeo.cogeo import cog_validate
 
 import api_jobs
 import engine_links
 from azurite_proc import free_port, wait_for_port
-from conftest import fresh_settings, settings_env
+from support import delegation_key, fresh_settings, settings_env
 from conftest_geo import smooth_image, write_raster
 from host_proc import HostProcess
 from models import utcnow
@@ -233,13 +233,6 @@ def test_sign_refuses_anything_but_blobs_of_the_job_containers(job, host):
 
 
 # ------------------------------------------------------------------ identity: one delegation key for N links
-def _delegation_key() -> UserDelegationKey:
-    key = UserDelegationKey()
-    key.signed_oid, key.signed_tid = "11111111-2222-3333-4444-555555555555", "66666666-7777-8888-9999-000000000000"
-    key.signed_start, key.signed_expiry = "2026-11-22T00:00:00Z", "2026-11-23T00:00:00Z"
-    key.signed_service, key.signed_version = "b", "2025-01-05"
-    key.value = base64.b64encode(b"k" * 32).decode()
-    return key
 
 
 class IdentityService:
@@ -254,7 +247,7 @@ class IdentityService:
 
     def get_user_delegation_key(self, start, expiry):
         self.requests += 1
-        return _delegation_key()
+        return delegation_key()
 
 
 def test_minting_many_links_under_identity_costs_one_cached_and_renewed_delegation_key():

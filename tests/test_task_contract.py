@@ -13,10 +13,7 @@ from config import get_settings
 from controller_factory import JOB_TYPES, TASK_HANDLERS
 from models import Status, TaskMessage, decode_job_message, make_task_id
 from queue_driver import QueueDriver
-
-
-def submit(engine, params: dict) -> str:
-    return api_jobs.submit(engine, "hello_world", json.dumps(params).encode(), "http://t")[1]["job_id"]
+from support import submit
 
 
 def test_every_task_type_declares_a_version_and_job_types_show_it_with_the_time_limit():
@@ -45,7 +42,7 @@ def test_rows_status_and_log_lines_carry_the_task_version(engine, caplog):
 
 
 def test_progress_is_throttled_and_shows_in_the_task_and_the_job(azurite):
-    from conftest import fresh_settings
+    from support import fresh_settings
     from repositories import Repositories
     from task_manager import Engine
 

@@ -15,7 +15,7 @@ import engine_fanout
 import engine_faults
 import engine_recovery
 import engine_runs
-from conftest import fresh_settings
+from support import fresh_settings, submit
 from engine_fanout import run_length, runs
 from models import TaskMessage, TaskRecord, decode_task_message, make_task_id, parse_task_id
 from queue_driver import QueueDriver
@@ -38,12 +38,6 @@ def run_engine(azurite, monkeypatch) -> Engine:
     settings = fresh_settings(azurite.connection_string, task_time_limit_s=2, retry_base_delay_s=0)
     yield Engine(Repositories(settings).ensure())
     engine_faults.disarm()
-
-
-def submit(engine: Engine, **params) -> str:
-    code, body = api_jobs.submit(engine, "hello_world", json.dumps({"n": N, **params}).encode(), "http://t")
-    assert code == 202, body
-    return body["job_id"]
 
 
 def expected(job_id: str) -> dict:
@@ -72,7 +66,7 @@ def test_run_length_and_runs_of_consecutive_tasks():
 
 
 def test_a_stage_of_short_tasks_goes_out_in_runs_and_each_task_runs_once(run_engine):
-    job_id = submit(run_engine)
+    job_id = submit(run_engine, {"n": N})
     driver = QueueDriver(run_engine)
     driver.run(job_id)
     assert completed(run_engine, job_id)["result_data"] == expected(job_id)
@@ -82,7 +76,7 @@ def test_a_stage_of_short_tasks_goes_out_in_runs_and_each_task_runs_once(run_eng
 
 @pytest.mark.parametrize("seed", [3, 4])
 def test_runs_delivered_twice_shuffled_double_nothing(run_engine, seed):
-    job_id = submit(run_engine)
+    job_id = submit(run_engine, {"n": N})
     QueueDriver(run_engine, copies=2, shuffle_seed=seed).run(job_id)
     status = completed(run_engine, job_id)
     assert status["result_data"] == expected(job_id)
@@ -91,7 +85,7 @@ def test_runs_delivered_twice_shuffled_double_nothing(run_engine, seed):
 
 
 def test_a_transient_task_failure_in_a_run_is_retried_alone(run_engine):
-    job_id = submit(run_engine, transient_failures=1)  # every stage-1 task fails its first attempt
+    job_id = submit(run_engine, {"n": N, "transient_failures": 1})  # every stage-1 task fails its first attempt
     driver = QueueDriver(run_engine)
     driver.run(job_id)
     assert completed(run_engine, job_id)["result_data"] == expected(job_id)
@@ -103,7 +97,7 @@ def test_a_transient_task_failure_in_a_run_is_retried_alone(run_engine):
 
 
 def test_a_storage_fault_mid_run_hands_the_rest_to_single_messages(run_engine):
-    job_id = submit(run_engine)
+    job_id = submit(run_engine, {"n": N})
     engine_faults.arm("task_claimed", "throttle", times=1, skip=1)  # the 2nd task claimed: storage 503
     driver = QueueDriver(run_engine)
     driver.run(job_id)
@@ -123,7 +117,7 @@ class _Died(BaseException):
 
 
 def test_a_run_whose_host_died_mid_way_is_split_when_redelivered(run_engine, monkeypatch, caplog):
-    job_id = submit(run_engine)
+    job_id = submit(run_engine, {"n": N})
     driver = QueueDriver(run_engine)
     driver._round("jobs", run_engine.repos.jobs_queue, driver._queues[0][2])  # stage 1 fanned out
     queue = run_engine.repos.tasks_queue.client
@@ -160,7 +154,7 @@ def test_a_run_whose_host_died_mid_way_is_split_when_redelivered(run_engine, mon
 
 
 def test_a_poisoned_run_gives_each_task_its_own_message(run_engine):
-    job_id = submit(run_engine)
+    job_id = submit(run_engine, {"n": N})
     driver = QueueDriver(run_engine)
     driver._round("jobs", run_engine.repos.jobs_queue, driver._queues[0][2])
     queue = run_engine.repos.tasks_queue.client
@@ -180,7 +174,7 @@ def test_a_poisoned_run_gives_each_task_its_own_message(run_engine):
 def test_a_task_taken_by_another_message_after_the_run_read_its_row_runs_once(run_engine, monkeypatch, caplog):
     """The run claims with the ETag of the row it read first: a task claimed and ended meanwhile (here by its
     own single message, as after a split) is not claimed again."""
-    job_id = submit(run_engine)
+    job_id = submit(run_engine, {"n": N})
     driver = QueueDriver(run_engine)
     driver._round("jobs", run_engine.repos.jobs_queue, driver._queues[0][2])
     queue = run_engine.repos.tasks_queue.client
@@ -208,7 +202,7 @@ def test_a_task_taken_by_another_message_after_the_run_read_its_row_runs_once(ru
 
 def test_a_run_starts_no_task_after_its_budget(run_engine, monkeypatch):
     monkeypatch.setattr(engine_runs, "RUN_BUDGET_S", 0)  # every run hands on all but its first task
-    job_id = submit(run_engine)
+    job_id = submit(run_engine, {"n": N})
     driver = QueueDriver(run_engine)
     driver.run(job_id)
     assert completed(run_engine, job_id)["result_data"] == expected(job_id)

@@ -3,7 +3,6 @@ their compressed blocks (services_tiff), and the ``output: "tiles"`` mosaic; end
 and pgstac for ``process_large_raster``."""
 from __future__ import annotations
 
-import json
 import resource
 import struct
 import uuid
@@ -13,12 +12,11 @@ import numpy as np
 import pytest
 import rasterio
 from conftest_geo import smooth_image, write_raster
+from support import download, run_job
 from rasterio.enums import ColorInterp
 from rio_cogeo import cog_validate
 
-import api_jobs
 from errors import TaskError
-from queue_driver import QueueDriver
 from services_cog import create_cog
 from services_cog_options import CogOptions
 from services_gdal import open_user_raster
@@ -224,17 +222,6 @@ def test_a_damaged_tile_fails_the_assembly_with_a_message(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- end to end
-def run_job(engine, job_type: str, params: dict) -> dict:
-    code, body = api_jobs.submit(engine, job_type, json.dumps(params).encode(), "http://test")
-    assert code in (200, 202), body
-    QueueDriver(engine).run(body["job_id"], timeout=300)
-    return api_jobs.status(engine, body["job_id"])[1]
-
-
-def download(engine, container: str, blob: str, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    engine.repos.rasters.download(container, blob, path)
-    return path
 
 
 @pytest.fixture

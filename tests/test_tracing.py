@@ -4,16 +4,13 @@ engine's hooks cost about a microsecond.
 """
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -30,7 +27,7 @@ import api_jobs
 import engine_admin
 import engine_status
 import engine_tracing
-from conftest import fresh_settings, settings_env
+from support import Receiver, fresh_settings, settings_env
 from host_proc import HostProcess
 from models import StageMessage, Status, TaskRecord, decode_job_message
 from queue_driver import QueueDriver
@@ -42,40 +39,9 @@ TRACE_SETTINGS = ("APPLICATIONINSIGHTS_CONNECTION_STRING", "APPLICATIONINSIGHTS_
                   "OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_METRICS_EXPORTER", "OTEL_LOGS_EXPORTER")
 
 
-class Receiver:
-    """A loopback HTTP server that records every POST and answers 200 (webhooks, OTLP, Azure Monitor ingestion)."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, dict[str, str], bytes]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if self.headers.get("Content-Encoding") == "gzip":
-                    body = gzip.decompress(body)
-                outer.requests.append((self.path, dict(self.headers), body))
-                answer = b'{"itemsReceived":0,"itemsAccepted":0,"errors":[]}' if "/track" in self.path else b""
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def receiver():
-    r = Receiver()
+    r = Receiver(ok=200)
     yield r
     r.close()
 

@@ -13,7 +13,7 @@ from azure.data.tables import UpdateMode
 import repository_faults
 from errors import ConflictError, TransientError
 from host_proc import HostProcess
-from conftest import settings_env
+from support import settings_env
 from repository_batch import submit_transaction
 from repository_clients import StorageClients, translate_errors
 from repository_faults import FaultSpec, TransportFaults

@@ -9,7 +9,6 @@ import ssl
 import threading
 import time
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ import pytest
 import engine_recovery
 import api_jobs
 import repository_webhooks
-from conftest import fresh_settings
+from support import Receiver, fresh_settings, submit
 from errors import BadRequestError, TransientError
 from queue_driver import QueueDriver
 from repositories import Repositories
@@ -25,32 +24,6 @@ from repository_webhook_rules import SIGNATURE_HEADER, TargetRefused, check_addr
 from task_manager import Engine
 
 SECRET = "s3cret with spaces"
-
-
-class Receiver:
-    """A local HTTP receiver that fails its first ``fail_first`` requests."""
-
-    def __init__(self, fail_first: int = 0) -> None:
-        self.requests: list[dict] = []
-        self.fail_first = fail_first
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                outer.requests.append({"body": body, "headers": dict(self.headers)})
-                self.send_response(500 if len(outer.requests) <= outer.fail_first else 204)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def close(self) -> None:
-        self.server.shutdown()
 
 
 @pytest.fixture
@@ -65,12 +38,6 @@ def receiver():
     r = Receiver()
     yield r
     r.close()
-
-
-def submit(engine, params: dict, callback_url: str) -> str:
-    code, body = api_jobs.submit(engine, "hello_world", json.dumps(params).encode(), "http://t", callback_url)
-    assert code == 202, body
-    return body["job_id"]
 
 
 # ---------------------------------------------------------------- pure rules
@@ -110,10 +77,10 @@ def test_delivered_once_per_terminal_status_and_signed(engine, receiver):
     QueueDriver(engine).run()
     assert len(receiver.requests) == 1
     sent = receiver.requests[0]
-    assert verify(sent["body"], SECRET, sent["headers"][SIGNATURE_HEADER])
-    status = json.loads(sent["body"])
+    assert verify(sent.body, SECRET, sent.headers[SIGNATURE_HEADER])
+    status = json.loads(sent.body)
     assert status["job_id"] == job_id and status["status"] == "completed" and status["result_data"]["task_count"] == 4
-    assert sent["headers"]["X-Geoetl-Event"] == "job.completed"
+    assert sent.headers["X-Geoetl-Event"] == "job.completed"
     assert engine.store.get_job(job_id).webhook == "delivered"
     assert api_jobs.status(engine, job_id)[1]["webhook"] == "delivered"
 
@@ -124,7 +91,7 @@ def test_failed_and_cancelled_jobs_notify_too(engine, receiver):
     cancelled = submit(engine, {"n": 2, "message": "to cancel"}, receiver.url)
     api_jobs.cancel(engine, cancelled)
     QueueDriver(engine).run()
-    events = sorted(r["headers"]["X-Geoetl-Event"] for r in receiver.requests)
+    events = sorted(r.headers["X-Geoetl-Event"] for r in receiver.requests)
     assert events == ["job.cancelled", "job.failed"]
 
 
@@ -399,8 +366,8 @@ def test_the_connection_goes_to_the_checked_address_not_a_rebound_one(engine, pi
     assert engine.store.get_job(job_id).webhook == "delivered"
     assert looked_up == ["hooks.example.com"] and pinned.connected == ["93.184.216.34"]
     assert pinned.server_names == ["hooks.example.com"]  # SNI: the name, though the connection went to an IP
-    assert pinned.requests[0]["headers"]["Host"] == "hooks.example.com"
-    assert verify(pinned.requests[0]["body"], SECRET, pinned.requests[0]["headers"][SIGNATURE_HEADER])
+    assert pinned.requests[0].headers["Host"] == "hooks.example.com"
+    assert verify(pinned.requests[0].body, SECRET, pinned.requests[0].headers[SIGNATURE_HEADER])
 
 
 def _no_name_lookups(real):
@@ -423,7 +390,7 @@ def test_an_idna_host_is_resolved_verified_and_named_in_its_one_ascii_form(engin
     assert looked_up == [("xn--fa-hia.example", 8443)]
     assert pinned.connected == ["2606:2800:220:1:248:1893:25c8:1946"]
     assert pinned.server_names == ["xn--fa-hia.example"]
-    assert pinned.requests[0]["headers"]["Host"] == "xn--fa-hia.example:8443"
+    assert pinned.requests[0].headers["Host"] == "xn--fa-hia.example:8443"
 
 
 def test_the_certificate_must_name_the_host_even_when_connecting_to_an_ip(pinned):
