@@ -15,7 +15,7 @@ import engine_fanout
 import engine_faults
 import engine_recovery
 import engine_runs
-from support import fresh_settings, submit
+from support import expected_hello, fresh_settings, submit
 from engine_fanout import run_length, runs
 from models import TaskMessage, TaskRecord, decode_task_message, make_task_id, parse_task_id
 from queue_driver import QueueDriver
@@ -40,13 +40,6 @@ def run_engine(azurite, monkeypatch) -> Engine:
     engine_faults.disarm()
 
 
-def expected(job_id: str) -> dict:
-    s1 = [make_task_id(job_id, 1, i) for i in range(N)]
-    s2 = [make_task_id(job_id, 2, i) for i in range(N)]
-    return {"greetings": [f"hello from {t}!" for t in s1],
-            "replies": [f"hello {a} from {b}" for a, b in zip(s1, s2)], "task_count": 2 * N}
-
-
 def attempts(engine: Engine, job_id: str) -> dict[str, int]:
     return {t.task_id: t.attempts for stage in (1, 2) for t in engine.store.list_tasks(job_id, stage)}
 
@@ -69,7 +62,7 @@ def test_a_stage_of_short_tasks_goes_out_in_runs_and_each_task_runs_once(run_eng
     job_id = submit(run_engine, {"n": N})
     driver = QueueDriver(run_engine)
     driver.run(job_id)
-    assert completed(run_engine, job_id)["result_data"] == expected(job_id)
+    assert completed(run_engine, job_id)["result_data"] == expected_hello(job_id, N)
     assert driver.delivered["tasks"] == 2 * N // RUN  # one message per run of 4, not one per task
     assert set(attempts(run_engine, job_id).values()) == {1}
 
@@ -79,7 +72,7 @@ def test_runs_delivered_twice_shuffled_double_nothing(run_engine, seed):
     job_id = submit(run_engine, {"n": N})
     QueueDriver(run_engine, copies=2, shuffle_seed=seed).run(job_id)
     status = completed(run_engine, job_id)
-    assert status["result_data"] == expected(job_id)
+    assert status["result_data"] == expected_hello(job_id, N)
     assert status["tasks"]["completed"] == 2 * N
     assert set(attempts(run_engine, job_id).values()) == {1}
 
@@ -88,7 +81,7 @@ def test_a_transient_task_failure_in_a_run_is_retried_alone(run_engine):
     job_id = submit(run_engine, {"n": N, "transient_failures": 1})  # every stage-1 task fails its first attempt
     driver = QueueDriver(run_engine)
     driver.run(job_id)
-    assert completed(run_engine, job_id)["result_data"] == expected(job_id)
+    assert completed(run_engine, job_id)["result_data"] == expected_hello(job_id, N)
     # stage 1: 16 runs, then 64 retries each in its own message; stage 2: 16 runs
     assert driver.delivered["tasks"] == N // RUN + N + N // RUN
     tries = attempts(run_engine, job_id)
@@ -101,7 +94,7 @@ def test_a_storage_fault_mid_run_hands_the_rest_to_single_messages(run_engine):
     engine_faults.arm("task_claimed", "throttle", times=1, skip=1)  # the 2nd task claimed: storage 503
     driver = QueueDriver(run_engine)
     driver.run(job_id)
-    assert completed(run_engine, job_id)["result_data"] == expected(job_id)
+    assert completed(run_engine, job_id)["result_data"] == expected_hello(job_id, N)
     assert driver.errors == []  # the run's invocation handed off its rest and succeeded
     tries = attempts(run_engine, job_id)
     retried = [t for t, n in tries.items() if n != 1]
@@ -146,7 +139,7 @@ def test_a_run_whose_host_died_mid_way_is_split_when_redelivered(run_engine, mon
         driver.run(job_id)
     splits = [json.loads(r.getMessage()) for r in caplog.records if '"task_run_split"' in r.getMessage()]
     assert [(s["task_id"], s["count"], s["dequeue_count"]) for s in splits] == [(run.task_id, RUN, 2)]
-    assert completed(run_engine, job_id)["result_data"] == expected(job_id)
+    assert completed(run_engine, job_id)["result_data"] == expected_hello(job_id, N)
     tries = attempts(run_engine, job_id)
     assert tries[make_task_id(job_id, 1, first_index)] == 1  # done before the death: its message was ignored
     assert tries[make_task_id(job_id, 1, first_index + 1)] == 2  # its lease ran out: taken over, once
@@ -167,7 +160,7 @@ def test_a_poisoned_run_gives_each_task_its_own_message(run_engine):
                                                                            first_index + RUN - 1)}
     assert set(states.values()) == {"queued"}  # nothing failed
     driver.run(job_id)
-    assert completed(run_engine, job_id)["result_data"] == expected(job_id)
+    assert completed(run_engine, job_id)["result_data"] == expected_hello(job_id, N)
     assert set(attempts(run_engine, job_id).values()) == {1}
 
 
@@ -196,7 +189,7 @@ def test_a_task_taken_by_another_message_after_the_run_read_its_row_runs_once(ru
     assert [e["task_id"] for e in lost] == [taken.task_id]  # the run's claim from its stale row failed
     queue.delete_message(first)
     driver.run(job_id)
-    assert completed(run_engine, job_id)["result_data"] == expected(job_id)
+    assert completed(run_engine, job_id)["result_data"] == expected_hello(job_id, N)
     assert set(attempts(run_engine, job_id).values()) == {1}  # task 2 too: the run's stale claim failed
 
 
@@ -205,7 +198,7 @@ def test_a_run_starts_no_task_after_its_budget(run_engine, monkeypatch):
     job_id = submit(run_engine, {"n": N})
     driver = QueueDriver(run_engine)
     driver.run(job_id)
-    assert completed(run_engine, job_id)["result_data"] == expected(job_id)
+    assert completed(run_engine, job_id)["result_data"] == expected_hello(job_id, N)
     assert set(attempts(run_engine, job_id).values()) == {1}
     assert driver.delivered["tasks"] == 2 * N // RUN + 2 * N // RUN * (RUN - 1)  # each run, then 3 singles
 
