@@ -103,6 +103,18 @@ def run_job(engine, job_type: str, params: dict) -> dict:
     return api_jobs.status(engine, body["job_id"])[1]
 
 
+def upload(engine: Engine, path: Path, blob: str, container: str | None = None, sniff: bool = False) -> str:
+    """Upload a file to ``container`` (the input container by default) as a GeoTIFF, or with ``sniff`` as
+    image/tiff or text/plain by its first bytes; the blob name."""
+    container = container or engine.settings.input_container
+    if sniff:
+        content_type = "image/tiff" if path.read_bytes()[:2] in (b"II", b"MM") else "text/plain"
+        engine.repos.rasters.upload(container, blob, path, content_type)
+    else:
+        engine.repos.rasters.upload(container, blob, path)
+    return blob
+
+
 def download(engine: Engine, container: str, blob: str, to: Path) -> Path:
     """Download a blob to the file ``to`` (its folders made), or into the folder ``to`` under a fresh name."""
     if to.is_dir():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from rio_cogeo.cogeo import cog_validate
 
 import api_jobs
 from support import download, run_job
+from support import upload as any_upload
 from conftest_geo import (
     CUSTOM_LAEA_WKT, REAL_RASTERS, SCHEMAS_DIR, needs_rasters, needs_schemas, smooth_image, write_raster,
 )
@@ -18,11 +20,7 @@ from models import Status
 from services_stac import validate_item_offline
 
 
-def upload(engine, path: Path, blob: str, container: str | None = None) -> str:
-    container = container or engine.settings.input_container
-    content_type = "image/tiff" if path.read_bytes()[:2] in (b"II", b"MM") else "text/plain"
-    engine.repos.rasters.upload(container, blob, path, content_type)
-    return blob
+upload = partial(any_upload, sniff=True)  # image/tiff or text/plain by the file's first bytes
 
 
 def check_processed(engine, status: dict, tmp: Path) -> dict:

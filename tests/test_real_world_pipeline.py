@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
-from support import download, fresh_settings, run_job
+from support import download, fresh_settings, run_job, upload
 from conftest_geo import (
     AUX_GEOREF, GEOS, SCHEMAS_DIR, bare_scene, check_geojson, geos_disk, masked_scene, needs_schemas, polar_grid,
     remote_vrt, smooth_image, write_raster,
@@ -28,11 +27,6 @@ from services_stac import PROCESSING_EXTENSION, validate_item_offline
 from task_manager import Engine, gave_up_code
 
 MIB = 1024 * 1024
-
-
-def upload(engine, path: Path, blob: str) -> str:
-    engine.repos.rasters.upload(engine.settings.input_container, blob, path)
-    return blob
 
 
 def tasks_of(engine, job_id: str) -> list[dict]:
