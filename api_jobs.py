@@ -104,4 +104,5 @@ def respond(call: Callable[[], Response]) -> Response:
         return code, exc.to_body()
     except Exception:  # never a stack trace to the client
         log_event(logger, "api_crash", logging.ERROR, exc_info=True)
-        return 500, {"error": "internal_error", "message": "internal error; see the function logs"}
+        crash = OrchestratorError("internal error; see the function logs")
+        return http_status_for(crash), crash.to_body()
