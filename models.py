@@ -19,7 +19,7 @@ from errors import InvalidKeyError, InvalidTransitionError
 
 SCHEMA_VERSION = 1
 MAX_STAGES = 99
-MAX_TASKS_PER_STAGE = 999_999
+TASK_INDEX_LIMIT = 999_999  # a task's index has 6 digits in its id and RowKey: no stage holds more tasks
 
 
 def utcnow() -> datetime:

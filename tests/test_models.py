@@ -15,6 +15,7 @@ from repository_rules import (
     BATCH_MAX_BYTES, BATCH_MAX_OPERATIONS, MAX_ENTITY_BYTES, check_entity_limits, chunk_for_transactions, entity_bytes,
 )
 
+from config import Settings
 from controller_factory import get_controller
 
 
@@ -45,7 +46,7 @@ def test_only_the_retry_path_reopens_a_failed_job():
 # ---------------------------------------------------------------- job ids
 def _job_id(raw: dict) -> str:
     controller = get_controller("hello_world")
-    return make_job_id("hello_world", controller.validate(raw).model_dump(mode="json"))
+    return make_job_id("hello_world", controller.validate(raw, Settings()).model_dump(mode="json"))
 
 
 def test_job_id_ignores_key_order_and_omitted_defaults():
