@@ -29,11 +29,12 @@ from controller_factory import JOB_TYPES, TASK_HANDLERS
 from errors import TaskError, TransientError
 from models import (
     CompletionMessage, StageMessage, Status, TaskMessage, decode_job_message, decode_task_message, make_task_id,
-    task_row_key, utcnow,
+    utcnow,
 )
 from queue_driver import QueueDriver
 from repositories import Repositories
 from repository_clients import StorageClients
+from repository_entities import task_row_key
 from task_manager import Engine
 from test_engine import expected_hello
 

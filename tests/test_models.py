@@ -8,11 +8,12 @@ import pytest
 from errors import EntityTooLargeError, InvalidKeyError, InvalidTransitionError
 from models import (
     TERMINAL, TRANSITIONS, CompletionMessage, StageMessage, Status, TaskMessage, TaskRecord, canonical_json,
-    check_transition, decode_job_message, decode_task_message, from_entity, make_job_id, make_task_id,
-    parse_task_id, to_entity, validate_key,
+    check_transition, decode_job_message, decode_task_message, make_job_id, make_task_id, parse_task_id,
 )
+from repository_entities import from_entity, to_entity
 from repository_rules import (
     BATCH_MAX_BYTES, BATCH_MAX_OPERATIONS, MAX_ENTITY_BYTES, check_entity_limits, chunk_for_transactions, entity_bytes,
+    validate_key,
 )
 
 from config import Settings
