@@ -192,7 +192,8 @@ def _family(root: type[OrchestratorError]) -> list[type[OrchestratorError]]:
 def _failure_codes() -> dict[str, str]:
     """Every code a task failure can be recorded under, by enum member name: a handler bug
     (``internal_error``), invalid task parameters, every ``TaskError`` class's own code, then what the engine
-    saw (ENGINE_CODES). A new ``TaskError`` subclass with its own ``code`` joins here by being written."""
+    saw (ENGINE_CODES). A new ``TaskError`` subclass with its own ``code``, written in this module (ErrorCode is
+    made when it is imported), joins by being written."""
     codes = [OrchestratorError.code, ParameterValidationError.code, *(c.code for c in _family(TaskError)),
              *ENGINE_CODES]
     return {code.upper(): code for code in dict.fromkeys(codes)}

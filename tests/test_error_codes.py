@@ -2,6 +2,7 @@
 derived from it, with the wire values pinned here (issue 21)."""
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -69,3 +70,17 @@ def test_every_member_name_the_code_uses_exists():
     for path in [*ROOT.glob("*.py"), *ROOT.glob("tests/*.py")]:
         used |= set(re.findall(r"\bErrorCode\.([A-Z][A-Z_]*)\b", path.read_text(encoding="utf-8")))
     assert used and used <= {member.name for member in ErrorCode}, used - {m.name for m in ErrorCode}
+
+
+def test_task_failure_classes_live_in_errors_py():
+    """ErrorCode is made when errors.py is imported: a TaskError subclass written elsewhere would not join it."""
+    family = {name for name, cls in _error_classes().items() if issubclass(cls, errors.TaskError)}
+    elsewhere = []
+    for path in ROOT.glob("*.py"):
+        if path.name == "errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef) and any(getattr(b, "id", getattr(b, "attr", None)) in family
+                                                      for b in node.bases):
+                elsewhere.append(f"{path.name}:{node.name}")
+    assert not elsewhere, f"define task failure classes in errors.py: {elsewhere}"
