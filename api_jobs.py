@@ -10,7 +10,6 @@ import logging
 from typing import Any, Callable
 
 import api_listing
-import engine_admin
 import engine_jobs
 import engine_links
 import engine_status
@@ -83,13 +82,13 @@ def status(engine: Engine, job_id: str, verbose: bool = False, limit: int = 100,
 
 def retry(engine: Engine, job_id: str) -> Response:
     """POST /api/jobs/{job_id}/retry: 202 and the job's status; 409 unless the job failed."""
-    engine_admin.retry(engine, job_id)
+    engine.retry(job_id)
     return 202, status(engine, job_id)[1]
 
 
 def cancel(engine: Engine, job_id: str) -> Response:
     """POST /api/jobs/{job_id}/cancel: 200 and the job's status; 409 if it already ended."""
-    engine_admin.cancel(engine, job_id)
+    engine.cancel(job_id)
     return 200, status(engine, job_id)[1]
 
 

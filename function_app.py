@@ -19,7 +19,6 @@ import api_schedules
 import api_sign
 import api_system
 import engine_notify
-import engine_recovery
 import engine_schedules
 import api_jobs
 from config import JOBS_QUEUE_SETTING, STORAGE_CONNECTION, TASKS_QUEUE_SETTING, get_settings
@@ -258,16 +257,16 @@ def process_task_message(msg: func.QueueMessage) -> None:
 @app.queue_trigger(arg_name="msg", queue_name=f"%{JOBS_QUEUE_SETTING}%-poison", connection=STORAGE_CONNECTION)
 def process_job_poison(msg: func.QueueMessage) -> None:
     """Jobs poison queue: a stage or completion message gave up; the job is failed."""
-    engine_recovery.on_job_poison(engine(), msg.get_body())
+    engine().on_job_poison(msg.get_body())
 
 
 @app.queue_trigger(arg_name="msg", queue_name=f"%{TASKS_QUEUE_SETTING}%-poison", connection=STORAGE_CONNECTION)
 def process_task_poison(msg: func.QueueMessage) -> None:
     """Tasks poison queue: a task gave up; it is failed with its last error."""
-    engine_recovery.on_task_poison(engine(), msg.get_body())
+    engine().on_task_poison(msg.get_body())
 
 
 @app.timer_trigger(schedule=get_settings().sweeper_schedule, arg_name="timer", run_on_startup=False)
 def sweeper(timer: func.TimerRequest) -> None:
     """Re-drive what a crash left unfinished (lost advances, unsent first messages, dead leases)."""
-    engine_recovery.sweep(engine())
+    engine().sweep()

@@ -318,7 +318,6 @@ class StageRecord(Row):
     plan_stored: bool = False  # the plan is a blob (fixed once; read by every chunk)
     cancelled: bool = False
     cancelled_tasks: int = 0
-    advance_sent: bool = False
     created_at: datetime = Field(default_factory=utcnow)
     ended_at: datetime | None = None
     schema_version: int = SCHEMA_VERSION
