@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel, Field
 
-import engine_catalog
+import engine_status
 from api_listing import limit_of
 from errors import BadRequestError
 from task_manager import Engine
@@ -142,6 +142,6 @@ def catalog_items(engine: Engine, collection: str | None = None, limit: str | No
         raise BadRequestError(f"collection must be a STAC collection id (letters, digits, '.', '_', '-'; at most "
                               f"200 characters), got {collection[:100]!r}")
     count = limit_of(limit, 100)
-    features = engine_catalog.item_footprints(engine, collection or None, count)
+    features = engine_status.item_footprints(engine.io, collection or None, count)
     body = ItemFootprints(features=[ItemFeature(**f) for f in features], collection=collection or None, limit=count)
     return 200, body.model_dump(mode="json")

@@ -74,10 +74,10 @@ def status(engine: Engine, job_id: str, verbose: bool = False, limit: int = 100,
     """GET /api/jobs/status/{job_id}: the job, its stages (timings, counts, attempts), progress; read links
     (``href``, ``expires_at``) beside the blob URLs of its result and tasks, minted now."""
     job = engine_jobs.require_job(engine.store, job_id)
-    document = engine_status.status_document(engine, job)
+    document = engine_status.status_document(engine.store, job)
     if verbose:
         document.task_page = api_listing.task_page(engine, job_id, None, None, limit, continuation)
-    return 200, engine_links.sign_status(engine, document.model_dump(mode="json", exclude_none=True))
+    return 200, engine_links.sign_status(engine.io.rasters, document.model_dump(mode="json", exclude_none=True))
 
 
 def retry(engine: Engine, job_id: str) -> Response:

@@ -118,7 +118,7 @@ def list_tasks(engine: Engine, job_id: str, stage: str | None = None, status: st
     """GET /api/jobs/{job_id}/tasks (read links beside the blob URLs of their results, minted now)."""
     engine_jobs.require_job(engine.store, job_id)
     body = task_page(engine, job_id, stage, status, limit, continuation).model_dump(mode="json")
-    return 200, {**body, "tasks": engine_links.sign_tasks(engine, body["tasks"])}
+    return 200, {**body, "tasks": engine_links.sign_tasks(engine.io.rasters, body["tasks"])}
 
 
 def get_task(engine: Engine, job_id: str, task_id: str, full: str | None = None) -> Response:
@@ -135,7 +135,7 @@ def get_task(engine: Engine, job_id: str, task_id: str, full: str | None = None)
         raise NotFoundError(f"no task {task_id!r} in job {job_id}")
     if whole:
         task = engine.store.whole_texts(task)
-    (view,) = engine_links.sign_tasks(engine, [task_view(task).model_dump(mode="json")])
+    (view,) = engine_links.sign_tasks(engine.io.rasters, [task_view(task).model_dump(mode="json")])
     return 200, view
 
 

@@ -80,7 +80,7 @@ def _check(value: dict[str, Any]) -> None:
 def sign(engine: Engine, body: bytes, href: str | None = None) -> Response:
     """``?href=`` signed, else the JSON body (an href object, an item or an item collection) signed."""
     if href:
-        return 200, engine_links.signer(engine).href(href)
+        return 200, engine_links.signer(engine.io.rasters).href(href)
     if not body.strip():
         raise BadRequestError('give ?href=<blob URL>, or POST {"href": ...}, a STAC Item or an ItemCollection')
     value = parse_json_object(body, engine.settings.max_request_bytes)
@@ -89,4 +89,4 @@ def sign(engine: Engine, body: bytes, href: str | None = None) -> Response:
     except ValueError:
         raise BadRequestError("request body holds NaN or Infinity, which JSON does not allow") from None
     _check(value)
-    return 200, engine_links.signer(engine).stac(value)
+    return 200, engine_links.signer(engine.io.rasters).stac(value)

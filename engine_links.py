@@ -18,7 +18,6 @@ from typing import Any
 from errors import BadRequestError
 from models import utcnow
 from repository_rasters import RasterStore, ReadLink
-from task_manager import Engine
 
 STORED_SAS = "sas_url"  # what results stored before links were signed on read
 
@@ -99,24 +98,25 @@ def _with_expiry(target: dict[str, Any], link: ReadLink) -> dict[str, Any]:
     return target
 
 
-def signer(engine: Engine, now: datetime | None = None) -> Signer:
-    """A signer over the engine's job containers (the allow-list jobs use: never the payload container nor
-    the Functions host's)."""
-    return Signer(engine.io.rasters, now)
+def signer(rasters: RasterStore, now: datetime | None = None) -> Signer:
+    """A signer over ``rasters``' containers: the engine's ``io.rasters``, the job containers (the allow-list
+    jobs use: never the payload container nor the Functions host's)."""
+    return Signer(rasters, now)
 
 
-def sign_tasks(engine: Engine, tasks: list[dict[str, Any]], now: datetime | None = None) -> list[dict[str, Any]]:
+def sign_tasks(rasters: RasterStore, tasks: list[dict[str, Any]],
+               now: datetime | None = None) -> list[dict[str, Any]]:
     """Task views (as JSON) with their results' links signed."""
-    return _tasks(signer(engine, now), tasks)
+    return _tasks(signer(rasters, now), tasks)
 
 
 def _tasks(sign: Signer, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{**t, "result": sign.results(t["result"])} if t.get("result") is not None else t for t in tasks]
 
 
-def sign_status(engine: Engine, document: dict[str, Any], now: datetime | None = None) -> dict[str, Any]:
+def sign_status(rasters: RasterStore, document: dict[str, Any], now: datetime | None = None) -> dict[str, Any]:
     """A status document (as JSON) with the links of its result and of its page of tasks signed."""
-    sign = signer(engine, now)
+    sign = signer(rasters, now)
     out = dict(document)
     if out.get("result_data") is not None:
         out["result_data"] = sign.results(out["result_data"])

@@ -29,7 +29,9 @@ import engine_admin
 import engine_complete
 import engine_fanout
 import engine_jobs
+import engine_notify
 import engine_recovery
+import engine_schedules
 import engine_tasks
 import engine_tracing
 from base_controller import JobController, TaskOutcome, TaskResult
@@ -38,7 +40,9 @@ from controller_factory import get_controller
 from engine_context import EngineContext
 from engine_tasks import gave_up_code
 from errors import ErrorCode
-from models import CompletionMessage, JobRecord, StageMessage, StageRecord, Status, TaskMessage, TaskRecord
+from models import (
+    CompletionMessage, JobRecord, NotifyMessage, StageMessage, StageRecord, Status, TaskMessage, TaskRecord,
+)
 from repositories import Repositories
 
 __all__ = ["Engine", "gave_up_code"]
@@ -152,3 +156,13 @@ class Engine:
     def sweep(self, now: datetime | None = None) -> dict[str, int]:
         """Re-drive every active job whose next step looks lost; counts of the actions taken."""
         return engine_recovery.sweep(self.context, now)
+
+    # ------------------------------------------------------------------ webhooks and schedules
+    def deliver_webhook(self, msg: NotifyMessage) -> None:
+        """One webhook delivery attempt for a job that ended (``engine_notify``)."""
+        engine_notify.deliver(self.context, msg)
+
+    @property
+    def schedules(self) -> engine_schedules.Schedules:
+        """Schedules and watches over this engine's table, submitting through ``submit`` (``engine_schedules``)."""
+        return engine_schedules.Schedules(self.repos.schedules, self.settings, self.submit)

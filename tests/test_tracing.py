@@ -153,7 +153,7 @@ def test_a_job_is_one_trace_with_a_span_per_stage_and_task(azurite, tracing, rec
     assert webhook.attributes["webhook.state"] == "delivered" and by_id[webhook.parent.span_id] is complete
 
     trace_hex = hex_id(roots[0].context.trace_id, 32)
-    assert engine_status.status_document(engine, engine.store.get_job(job_id)).trace_id == trace_hex
+    assert engine_status.status_document(engine.store, engine.store.get_job(job_id)).trace_id == trace_hex
     task_spans = {hex_id(t.context.span_id, 16) for t in tasks}
     started = [json.loads(r.getMessage()) for r in caplog.records if '"event":"task_started"' in r.getMessage()]
     assert len(started) == 6
@@ -193,7 +193,7 @@ def test_a_retry_is_a_new_trace_linked_to_the_first(azurite, tracing):
     assert {s.context.trace_id for s in later} == {retry.context.trace_id}, "what the retry started is its trace"
     rerun = [s for s in later if s.name == "task.run"]
     assert len(rerun) == 1 and rerun[0].attributes["task.attempt"] == 1
-    assert engine_status.status_document(engine, engine.store.get_job(job_id)).trace_id == \
+    assert engine_status.status_document(engine.store, engine.store.get_job(job_id)).trace_id == \
         hex_id(root.context.trace_id, 32), "status names the first trace"
 
 
