@@ -118,7 +118,7 @@ def _run_claimed(ctx: EngineContext, task: TaskRecord, stage_no: int) -> None:
     engine_tracing.task_started(task)
     started = time.perf_counter()
     reporter = ProgressReporter(ctx.commits, task, ctx.settings.progress_interval_s)
-    outcome = _call_handler(ctx, task, reporter)
+    outcome = call_handler(ctx, task, reporter)
     task = reporter.task  # its progress writes moved the row on
     status, result = outcome.status, outcome.result if isinstance(outcome, Completed) else None
     error, code = (None, None) if isinstance(outcome, Completed) else (outcome.error, outcome.code)
@@ -135,14 +135,14 @@ def _run_claimed(ctx: EngineContext, task: TaskRecord, stage_no: int) -> None:
     end_task(ctx, task, status, result, error, code, claimer=True)
 
 
-def _call_handler(ctx: EngineContext, task: TaskRecord, reporter: Callable[[float], None] | None = None) -> TaskResult:
+def call_handler(ctx: EngineContext, task: TaskRecord, reporter: Callable[[float], None] | None = None) -> TaskResult:
     """Run the task's handler once: ``Completed`` (its output as JSON), ``Failed`` (a permanent error), or
     ``Retry`` (a transient one); each error with its machine-readable reason (errors.ErrorCode)."""
-    ctx = TaskContext(task.job_id, task.task_id, task.stage, task.index, task.attempts, ctx.io, reporter)
+    seen = TaskContext(task.job_id, task.task_id, task.stage, task.index, task.attempts, ctx.io, reporter)
     try:
         handler = get_handler(task.task_type)
         params = handler.parameters_model.model_validate(task.parameters)
-        return Completed(output_json(handler.run(params, ctx)))
+        return Completed(output_json(handler.run(params, seen)))
     except TransientError as exc:
         return Retry(exc.message, error_code(exc))
     except ValidationError as exc:

@@ -66,7 +66,7 @@ class Engine:
         return cls(repos)
 
     @staticmethod
-    def controller(job_type: str) -> JobController:
+    def controller(job_type: str) -> JobController[Any]:
         """The controller of a job type; UnknownNameError listing the known ones otherwise."""
         return get_controller(job_type)
 
@@ -103,7 +103,8 @@ class Engine:
         engine_tasks.run_one(self.context, msg, dequeue_count, row)
 
     def _call_handler(self, task: TaskRecord, reporter: Callable[[float], None] | None = None) -> TaskResult:
-        return engine_tasks._call_handler(self.context, task, reporter)
+        """Run the task's handler once (no claim, no end): its tagged result."""
+        return engine_tasks.call_handler(self.context, task, reporter)
 
     def end_task(self, task: TaskRecord, status: Status, result: Any, error: str | None,
                  code: ErrorCode | None = None, claimer: bool = False) -> None:
