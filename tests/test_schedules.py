@@ -14,7 +14,6 @@ import pytest
 import api_jobs
 import api_schedules
 import controller_triggers
-import engine_schedules
 from errors import TransientError
 from models import ScheduleRecord, make_job_id
 from repositories import Repositories
@@ -210,7 +209,7 @@ def test_each_slot_runs_once_across_concurrent_instances(settings):
     assert sum(1 for o in outcomes if o.get("created")) == 3
     for job in jobs:  # the slot is part of the identity
         assert job.job_id == make_job_id("hello_world", job.parameters)
-    final = engine_schedules.get_schedule(engines[0], row.schedule_id)
+    final = engines[0].schedules.get_schedule(row.schedule_id)
     assert final.last_slot == at("2031-03-03T10:03:00") and final.last_job_id in {j.job_id for j in jobs}
 
 
