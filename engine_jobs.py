@@ -11,7 +11,7 @@ import engine_faults
 import engine_tracing
 from base_controller import JobController, TaskHandler
 from controller_factory import JOB_TYPES, get_handler
-from errors import ConflictError, NotFoundError, TransientError
+from errors import ConflictError, NotFoundError, TransientError, echo
 from logs import log_event
 from models import TERMINAL, CompletionMessage, JobRecord, StageMessage, Status, is_job_id, make_job_id
 from repositories import JobStore
@@ -34,7 +34,7 @@ def require_job(store: JobStore, job_id: str) -> JobRecord:
     """The job row; NotFoundError naming the id otherwise."""
     job = store.get_job(job_id) if is_job_id(job_id) else None
     if job is None:
-        raise NotFoundError(f"no job with id {job_id!r}")
+        raise NotFoundError(f"no job with id {echo(job_id)}")
     return job
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import controller_triggers as triggers
 from engine_jobs import Submitted
-from errors import ConflictError, NotFoundError, OrchestratorError, TransientError
+from errors import ConflictError, NotFoundError, OrchestratorError, TransientError, echo
 from logs import log_event
 from models import BlobArrival, ScheduleRecord, WatchRecord, utcnow
 from task_manager import Engine
@@ -38,7 +38,7 @@ SETTINGS_READ_AT = utcnow()  # the creation time shown for watches from settings
 
 def _checked_id(kind: str, value: str) -> str:
     if not _ID.match(value or ""):
-        raise NotFoundError(f"no {kind} with id {value!r}")
+        raise NotFoundError(f"no {kind} with id {echo(value)}")
     return value
 
 
@@ -67,14 +67,14 @@ def get_schedule(engine: Engine, schedule_id: str) -> ScheduleRecord:
     """One schedule; NotFoundError otherwise."""
     row = engine.repos.schedules.get(ScheduleRecord, _checked_id("schedule", schedule_id))
     if row is None:
-        raise NotFoundError(f"no schedule with id {schedule_id!r}")
+        raise NotFoundError(f"no schedule with id {echo(schedule_id)}")
     return row
 
 
 def delete_schedule(engine: Engine, schedule_id: str) -> None:
     """Delete a schedule (jobs it started are left alone); NotFoundError if there is none."""
     if not engine.repos.schedules.delete(ScheduleRecord, _checked_id("schedule", schedule_id)):
-        raise NotFoundError(f"no schedule with id {schedule_id!r}")
+        raise NotFoundError(f"no schedule with id {echo(schedule_id)}")
     log_event(logger, "schedule_deleted", schedule_id=schedule_id)
 
 
@@ -196,7 +196,7 @@ def get_watch(engine: Engine, watch_id: str) -> WatchRecord:
     _checked_id("watch", watch_id)
     found = next((w for w in list_watches(engine) if w.watch_id == watch_id), None)
     if found is None:
-        raise NotFoundError(f"no watch with id {watch_id!r}")
+        raise NotFoundError(f"no watch with id {echo(watch_id)}")
     return found
 
 
@@ -207,7 +207,7 @@ def delete_watch(engine: Engine, watch_id: str) -> None:
         return
     if any(w.watch_id == watch_id for w in settings_watches(engine)):
         raise ConflictError(f"watch {watch_id} is defined in the WATCHES setting; remove it there")
-    raise NotFoundError(f"no watch with id {watch_id!r}")
+    raise NotFoundError(f"no watch with id {echo(watch_id)}")
 
 
 def on_blob_event(engine: Engine, event_id: str | None, event_type: str, subject: str, data: Any) -> list[Submitted]:

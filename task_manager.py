@@ -25,14 +25,16 @@ import engine_faults
 import engine_jobs
 import engine_runs
 import engine_tracing
-from base_controller import JobController, TaskContext, TaskOutcome, validation_errors
+from base_controller import JobController, TaskContext, TaskOutcome
 from config import Settings, max_dequeue_count
 from controller_factory import TASK_HANDLERS, get_controller, get_handler
 from controller_geo_common import STAC_EXTENTS
 from engine_counters import Change
 from engine_group_commit import GroupCommit, ProgressReporter, TaskWrite
 from engine_task_io import TaskIO
-from errors import BadRequestError, ConflictError, ErrorCode, OrchestratorError, TransientError, error_code
+from errors import (
+    BadRequestError, ConflictError, ErrorCode, OrchestratorError, TransientError, error_code, validation_errors,
+)
 from logs import log_context, log_event, redact
 from models import (
     TERMINAL, CompletionMessage, JobRecord, NotifyMessage, StageMessage, StageRecord, Status, TaskMessage,
