@@ -35,12 +35,12 @@ CRS_FORMS = "an authority code (EPSG:4326, ESRI:102100, OGC:CRS84), WKT or PROJJ
 # What names a grid, an init file, a PROJ string, a file or a URL, anywhere in a definition (any case).
 NAMES_A_PLACE: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     (re.compile(pattern, re.IGNORECASE), why) for pattern, why in (
-    (r"\b(EXTENSION|PARAMETERFILE)\s*[\[(]", "a WKT {} node (it names a file or a PROJ string)"),
-    (r"PROJ4|PROJ-based", "a PROJ string inside the definition ({})"),
-    (r"(nadgrids|geoidgrids|\bgrids\s*=|\binit\s*=|\+\s*init\b|\+\s*proj\b)", "a PROJ grid or init file ({})"),
-    (r"(://|/vsi|\bfile:|\.\./|\\\\)", "a URL or path ({})"),
-    (r"\"\s*(/|~|[A-Za-z]:[\\/])", "a path ({})"),
-))
+        (r"\b(EXTENSION|PARAMETERFILE)\s*[\[(]", "a WKT {} node (it names a file or a PROJ string)"),
+        (r"PROJ4|PROJ-based", "a PROJ string inside the definition ({})"),
+        (r"(nadgrids|geoidgrids|\bgrids\s*=|\binit\s*=|\+\s*init\b|\+\s*proj\b)", "a PROJ grid or init file ({})"),
+        (r"(://|/vsi|\bfile:|\.\./|\\\\)", "a URL or path ({})"),
+        (r"\"\s*(/|~|[A-Za-z]:[\\/])", "a path ({})"),
+    ))
 STRUCTURAL = re.compile(r"\b(EXTENSION|PARAMETERFILE)\s*[\[(]|PROJ-based", re.IGNORECASE)
 PROJJSON_CRS_TYPES = frozenset({
     "BoundCRS", "CompoundCRS", "DerivedEngineeringCRS", "DerivedGeodeticCRS", "DerivedGeographicCRS",
