@@ -121,9 +121,10 @@ def list_tasks(engine: Engine, job_id: str, stage: str | None = None, status: st
     return 200, {**body, "tasks": engine_links.sign_tasks(engine, body["tasks"])}
 
 
-def get_task(engine: Engine, job_id: str, task_id: str) -> Response:
+def get_task(engine: Engine, job_id: str, task_id: str, full: str | None = None) -> Response:
     """GET /api/jobs/{job_id}/tasks/{task_id}: status, attempts, timings, error, parameters, result (read
-    links beside its blob URLs, minted now)."""
+    links beside its blob URLs, minted now); ``?full=true``: its cut texts whole (``cut`` lists them)."""
+    whole = flag(full, "full")
     engine_jobs.require_job(engine.store, job_id)
     try:
         prefix, stage, index = parse_task_id(task_id)
@@ -132,6 +133,8 @@ def get_task(engine: Engine, job_id: str, task_id: str) -> Response:
     task = engine.store.get_task(job_id, stage, index) if job_id.startswith(prefix) else None
     if task is None:
         raise NotFoundError(f"no task {echo(task_id)} in job {job_id}")
+    if whole:
+        task = engine.store.whole_texts(task)
     (view,) = engine_links.sign_tasks(engine, [task_view(task).model_dump(mode="json")])
     return 200, view
 

@@ -129,6 +129,8 @@ CONTINUATION = _param("continuation", "query", {"type": "string"},
                       "the 'continuation' of the previous page (opaque)")
 VERBOSE = _param("verbose", "query", {"anyOf": [{"type": "boolean"}, {"enum": ["1", "0", "yes", "no"]}],
                                       "default": False}, "true: add a page of the job's tasks")
+FULL = _param("full", "query", {"anyOf": [{"type": "boolean"}, {"enum": ["1", "0", "yes", "no"]}], "default": False},
+              "true: the task's cut texts (listed in 'cut') whole, read from where they are kept")
 JOB_TYPE = _param("job_type", "query", {"type": "string", "enum": sorted(job_types())}, "only this job type")
 OLDER_THAN = _param("older_than_s", "query", {"type": "number", "minimum": 0, "maximum": 10 * 365 * 86400,
                                                "default": 600}, "idle for at least this many seconds")
@@ -233,7 +235,7 @@ def _sign(prefix: str) -> dict[str, dict[str, Any]]:
     kinds = [{"$ref": REF.format(model=m.__name__)} for m in (HrefRequest, StacItem, StacItemCollection)]
     post = _operation(
         "sign", "An href, a STAC item or an item collection, with every asset href signed", {}, (400, 413, 503),
-        tag="catalogue", description="The pystac-client modifier of the README posts each search page here. "
+        tag="catalogue", description="The pystac-client modifier of docs/api.md posts each search page here. "
         "Each signed href gets `expires_at` beside it (SAS_TTL_MINUTES from now).",
         requestBody={"required": True, "content": {JSON: {"schema": {"anyOf": kinds}}}})
     post["responses"]["200"] = {"description": "the same, signed", "content": {JSON: {"schema": {"anyOf": [
@@ -261,7 +263,8 @@ def _paths(prefix: str) -> dict[str, dict[str, Any]]:
             "list_tasks", "A job's tasks", {200: ("TaskPage", "a page of tasks")}, (400, 404, 503),
             (JOB_ID, STAGE, STATUS, _limit(100), CONTINUATION), tag="tasks")},
         f"{prefix}/jobs/{{job_id}}/tasks/{{task_id}}": {"get": _operation(
-            "get_task", "One task", {200: ("TaskView", "the task")}, (404, 503), (JOB_ID, TASK_ID), tag="tasks")},
+            "get_task", "One task", {200: ("TaskView", "the task")}, (400, 404, 503), (JOB_ID, TASK_ID, FULL),
+            tag="tasks")},
         f"{prefix}/jobs/{{job_id}}/retry": {"post": _operation(
             "retry_job", "Re-run a failed job's failed tasks", {202: ("JobStatusResponse", "retrying")},
             (404, 409, 503), (JOB_ID,))},

@@ -2,7 +2,7 @@
 
 The body is an href object, a STAC item or an item collection; the answer is the same with every asset
 href signed (a read-only SAS) and ``expires_at`` beside it. Only blobs of the app's job containers are
-signed; anything else is a 400 naming them. pystac-client readers call it from a modifier (README,
+signed; anything else is a 400 naming them. pystac-client readers call it from a modifier (docs/api.md,
 "Reading the catalogue").
 """
 from __future__ import annotations

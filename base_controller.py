@@ -2,24 +2,30 @@
 
 A ``Stage`` is self-contained (a task type and a planner that turns job parameters plus the previous
 stage's outcomes into task parameters), so the same stage can serve several job types, or run alone
-as a one-stage job. A ``TaskHandler`` is a typed function: validated parameters in, result out.
+as a one-stage job. A ``TaskHandler`` is a typed function: validated parameters in, its output model (or a
+JSON object) out; it sees storage only through ``TaskIO``, the protocol that lists every call it may make. The
+engine turns each run into a ``TaskResult``: ``Completed``, ``Failed`` or ``Retry``.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Generic, Iterable, Iterator, Protocol, TypeVar
+from types import TracebackType
+from typing import (
+    Any, Callable, ClassVar, Generic, Iterable, Iterator, Literal, Protocol, Self, TypeAlias, TypeVar, cast,
+)
 
 from pydantic import BaseModel, Field, ValidationError
 
 from config import Settings, get_settings
-from errors import ParameterValidationError, validation_errors
+from errors import ErrorCode, ParameterValidationError, validation_errors
 from models import MAX_STAGES, MAX_TASKS_PER_STAGE, BlobInfo, Status
 
-P = TypeVar("P", bound=BaseModel)
+P = TypeVar("P", bound=BaseModel)  # a task type's parameters model
+J = TypeVar("J", bound=BaseModel)  # a job type's parameters model
 # Validation context of a submit: the containers a job may name (settings.job_containers); parameter
 # fields typed ``JobContainer`` (controller_geo_common) refuse others with this error type.
 CONTAINERS_CONTEXT = "allowed_containers"
@@ -61,11 +67,14 @@ class RasterBlobs(Protocol):
     def list(self, container: str, prefix: str | None = None) -> Iterator[BlobInfo]:
         """Blobs under ``prefix``."""
 
+    def siblings(self, container: str, prefix: str, names: Iterable[str]) -> dict[str, BlobInfo]:
+        """Of ``names``, those that exist under ``prefix`` (one listing), by name."""
+
     def head_bytes(self, container: str, blob: str, length: int) -> bytes:
         """The first ``length`` bytes of a blob."""
 
-    def download(self, container: str, blob: str, path: Path) -> BlobInfo:
-        """Stream a blob to a local file."""
+    def download(self, container: str, blob: str, path: Path, max_bytes: int | None = None) -> BlobInfo:
+        """Stream a blob to a local file (stopping after ``max_bytes`` when given)."""
 
     def upload(self, container: str, blob: str, path: Path, content_type: str = ...) -> BlobInfo:
         """Stream a local file to a blob (overwriting)."""
@@ -86,33 +95,63 @@ class IntermediateBlobs(Protocol):
     def download(self, blob: str, path: Path) -> BlobInfo:
         """Fetch a stored file."""
 
+    def delete(self, blob: str) -> bool:
+        """Remove a stored file once its consumer is done; False if it was gone already."""
+
 
 class Catalogue(Protocol):
     """The STAC catalogue (pgstac)."""
 
-    def ensure_collection(self, collection: dict) -> str:
+    def ensure_collection(self, collection: dict[str, Any]) -> str:
         """Create or update a collection, keeping its extent true."""
 
-    def upsert_item(self, item: dict) -> str:
+    def upsert_item(self, item: dict[str, Any]) -> str:
         """Insert or replace one item."""
 
-    def bulk_load(self, items: Iterable[dict], mode: str = "upsert") -> int:
+    def bulk_load(self, items: Iterable[dict[str, Any]],
+                  mode: Literal["upsert", "insert", "ignore"] = "upsert") -> int:
         """Load many items at once."""
 
     def stored_ids(self, collection_id: str, ids: Iterable[str]) -> set[str]:
         """Which of ``ids`` the collection holds."""
 
-    def get_item(self, collection_id: str, item_id: str) -> dict | None:
+    def get_item(self, collection_id: str, item_id: str) -> dict[str, Any] | None:
         """One item, or None."""
 
 
-class TaskIO(Protocol):
-    """What a task handler or an I/O planner may touch, handed in by the engine."""
+class Meter(Protocol):
+    """Peak memory and scratch disk of a piece of work: a context manager around it, then ``report()``."""
 
-    settings: Settings
-    rasters: RasterBlobs
-    intermediates: IntermediateBlobs
-    known_collections: set[str]
+    def __enter__(self) -> Self:
+        """Start sampling."""
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        """Stop sampling (one last sample)."""
+
+    def report(self) -> dict[str, float]:
+        """The peaks, in MiB (what a task puts in its result as ``resources``)."""
+
+
+class TaskIO(Protocol):
+    """What a task handler or an I/O planner may touch, handed in by the engine: every call a handler makes
+    is listed here (mypy checks the handlers against it, and the engine's class against it)."""
+
+    @property
+    def settings(self) -> Settings:
+        """The deployment's settings (limits such as ``whole_read_bytes`` and ``max_tiles_per_job``)."""
+
+    @property
+    def rasters(self) -> RasterBlobs:
+        """Raster blobs in the containers jobs may use."""
+
+    @property
+    def intermediates(self) -> IntermediateBlobs:
+        """The app's own blobs passed between tasks (tiles)."""
+
+    @property
+    def known_collections(self) -> set[str]:
+        """Collections this process has ensured (a cache: add after ensuring, discard when one is gone)."""
 
     def pgstac(self) -> Catalogue:
         """The catalogue; TaskError when none is configured."""
@@ -120,7 +159,10 @@ class TaskIO(Protocol):
     def scratch(self, label: str = "task") -> AbstractContextManager[Path]:
         """A private temporary folder, removed on exit."""
 
-    def stage_results(self, job_id: str, stage: int, first: int, last: int) -> list[Any]:
+    def measure(self, folder: Path) -> Meter:
+        """A meter of peak memory and of ``folder``'s size."""
+
+    def stage_results(self, job_id: str, stage: int, first: int, last: int) -> list[dict[str, Any]]:
         """Results of the completed tasks ``first``..``last`` of one of the job's stages, in index order."""
 
 
@@ -133,7 +175,7 @@ class TaskContext:
     stage: int
     index: int
     attempt: int
-    io: TaskIO | None = None  # blobs, catalogue, scratch folders (engine_task_io, handed in by the engine)
+    io: TaskIO  # blobs, catalogue, scratch folders (engine_task_io, handed in by the engine)
     report: Callable[[float], None] | None = None  # the engine's progress sink (throttled)
 
     def progress(self, percent: float) -> None:
@@ -142,7 +184,10 @@ class TaskContext:
             self.report(max(0.0, min(100.0, float(percent))))
 
 
-Planner = Callable[[Any, list[TaskOutcome]], list[dict[str, Any]]]
+PlannedTasks: TypeAlias = list[dict[str, Any]]  # each task's parameters, as JSON
+# A planner's first argument is its job type's parameters model (each job type its own: hence Any here).
+Planner: TypeAlias = Callable[[Any, list[TaskOutcome]], PlannedTasks]
+IoPlanner: TypeAlias = Callable[[Any, list[TaskOutcome], TaskIO], PlannedTasks]  # ``plan_uses_io=True``
 
 
 @dataclass(frozen=True)
@@ -156,7 +201,7 @@ class Stage:
 
     name: str
     task_type: str
-    plan: Planner
+    plan: Planner | IoPlanner
     description: str = ""
     plan_uses_io: bool = False
     parallelism: str = "n tasks"  # for people: "one task", "one task per input", "one task per tile",
@@ -166,13 +211,52 @@ class Stage:
     # results (status and index only: a stage of any size plans in one small read; its tasks read the results)
 
 
+# What a handler returns: its output model, or a JSON object. The engine stores it as JSON (``output_json``).
+TaskOutput: TypeAlias = BaseModel | dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Completed:
+    """The handler returned: ``result`` is its output as stored in the task row (JSON)."""
+
+    status: ClassVar[Status] = Status.COMPLETED
+    result: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A permanent failure: the task ends failed with ``error`` (shown to users) and its reason ``code``."""
+
+    status: ClassVar[Status] = Status.FAILED
+    error: str
+    code: ErrorCode
+
+
+@dataclass(frozen=True)
+class Retry:
+    """A transient failure: the task is handed back (queued) and tried again later, until out of attempts."""
+
+    status: ClassVar[Status] = Status.QUEUED
+    error: str
+    code: ErrorCode
+
+
+TaskResult: TypeAlias = Completed | Failed | Retry  # what the engine makes of one run of a handler
+
+
+def output_json(output: TaskOutput) -> dict[str, Any]:
+    """A handler's output as stored in its task row: a model dumped to JSON, a JSON object as it is."""
+    return output.model_dump(mode="json") if isinstance(output, BaseModel) else output
+
+
 @dataclass(frozen=True)
 class TaskHandler(Generic[P]):
-    """A task type: its parameters model and the function that does the work."""
+    """A task type: its parameters model and the function that does the work (validated parameters in,
+    ``TaskOutput`` out; errors raised: ``TransientError`` to retry, any other to fail the task)."""
 
     task_type: str
     parameters_model: type[P]
-    run: Callable[[P, TaskContext], Any]
+    run: Callable[[P, TaskContext], TaskOutput]
     description: str = ""
     time_limit_s: int | None = None  # None: the TASK_TIME_LIMIT_S setting
     version: int = 1  # bump when the task's meaning or output changes; carried by rows, status and logs
@@ -181,7 +265,7 @@ class TaskHandler(Generic[P]):
 
 
 @dataclass(frozen=True)
-class JobController:
+class JobController(Generic[J]):
     """A job type: parameters, ordered stages (at least one), and result aggregation.
 
     ``aggregate(parameters, outcomes_by_stage)`` sees only completed tasks; when failures are
@@ -190,9 +274,10 @@ class JobController:
 
     job_type: str
     description: str
-    parameters_model: type[BaseModel]
+    parameters_model: type[J]
     stages: tuple[Stage, ...]
-    aggregate: Callable[[Any, dict[int, list[TaskOutcome]]], Any]
+    # (the job type's parameters, completed outcomes by stage) -> the job's result_data (any JSON value)
+    aggregate: Callable[[J, dict[int, list[TaskOutcome]]], Any]
     tolerated_failure_fraction: float = 0.0  # share of a stage's tasks that may fail without failing the job
     aggregates_outcomes: bool = True  # False: ``aggregate`` gets {} (no task rows read: jobs of any size)
     outcome_stages: tuple[int, ...] | None = None  # the stages whose outcomes ``aggregate`` reads (None: all)
@@ -219,7 +304,7 @@ class JobController:
         """Stage ``number`` (1-based)."""
         return self.stages[number - 1]
 
-    def validate(self, raw: Any, settings: Any = None) -> BaseModel:
+    def validate(self, raw: object, settings: Settings | None = None) -> J:
         """Validated parameters with defaults applied (settings-based ones from ``settings``), or
         ParameterValidationError."""
         if not isinstance(raw, dict):
@@ -241,10 +326,15 @@ class JobController:
                 + "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors, **allowed) from None
 
     def plan_stage(self, number: int, parameters: BaseModel, previous: list[TaskOutcome],
-                   io: Any = None) -> list[dict[str, Any]]:
+                   io: TaskIO | None = None) -> PlannedTasks:
         """Task parameters for stage ``number``; at most MAX_TASKS_PER_STAGE."""
         stage = self.stage(number)
-        tasks = stage.plan(parameters, previous, io) if stage.plan_uses_io else stage.plan(parameters, previous)
+        if stage.plan_uses_io:  # the flag says which of the two planner shapes ``plan`` has
+            if io is None:
+                raise ValueError(f"stage {number} plans with storage: pass the task I/O")
+            tasks = cast(IoPlanner, stage.plan)(parameters, previous, io)
+        else:
+            tasks = cast(Planner, stage.plan)(parameters, previous)
         if len(tasks) > MAX_TASKS_PER_STAGE:
             raise ValueError(f"stage {number} planned {len(tasks)} tasks; the limit is {MAX_TASKS_PER_STAGE}")
         return tasks

@@ -75,6 +75,12 @@ class Settings(BaseSettings):
         default=300, ge=1, validation_alias=AliasChoices("TASK_TIME_LIMIT_S", "task_time_limit_s"),
         description="Default time limit of a task; a task type may set its own. Past it, the task's lease "
                     "expires and a redelivered message (or the sweeper) runs it again.")
+    max_clock_skew_s: float = Field(
+        default=60.0, ge=0, validation_alias=AliasChoices("MAX_CLOCK_SKEW_S", "max_clock_skew_s"),
+        description="Most two hosts' clocks may differ. A lease is written with its claimer's clock and judged "
+                    "with the reader's, so another host takes a task over only this long after its lease ended "
+                    "(by the reader's clock): clocks up to this far apart never take over a live lease, and a "
+                    "stopped worker's task waits this much longer. 0 only where every host shares one clock.")
     retry_base_delay_s: float = Field(
         default=2.0, ge=0, validation_alias=AliasChoices("RETRY_BASE_DELAY_S", "retry_base_delay_s"),
         description="Delay before the 2nd attempt after a transient error; doubles per attempt.")

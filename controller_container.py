@@ -9,14 +9,17 @@ from collections import Counter
 from pathlib import PurePosixPath
 from typing import Any, ClassVar
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from base_controller import JobController, Stage, TaskContext, TaskHandler, TaskOutcome, outcomes_in_order, succeeded
+from base_controller import (
+    JobController, Stage, TaskContext, TaskHandler, TaskIO, TaskOutcome, outcomes_in_order, succeeded,
+)
 from controller_geo_common import (
     LOAD_ITEMS, RASTER_SUFFIXES, CatalogOptions, CatalogRun, CatalogTask, JobContainer, LoadItemsTask, SettingsDefaults,
     build_item_task, load_items_task,
 )
 from errors import InputNotFoundError, NotFoundError, TaskError
+from models import BlobInfo
 from services_sidecars import companions, is_sidecar_name, sidecar_names
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
@@ -52,14 +55,36 @@ class SyncParameters(CatalogOptions):
     prefix: str | None = Field(default=None, max_length=1024)
 
 
-def _listing(io: Any, container: str, prefix: str | None) -> list:
+class Inventory(BaseModel):
+    """What a container_inventory task leaves (the list_container job's result)."""
+
+    container: str
+    prefix: str | None
+    count: int
+    total_bytes: int
+    by_extension: dict[str, int]
+    sidecar_count: int
+    blobs: list[dict[str, Any]]  # name, size, last_modified, content_type (and sidecars, when it has some)
+
+
+class GeospatialListing(BaseModel):
+    """What a container_list_geospatial task leaves: the GeoTIFFs, and the size of each with no sidecar
+    beside it (``alone``: its build task then needs no listing of its own)."""
+
+    container: str
+    blobs: list[str]
+    count: int
+    alone: dict[str, int]
+
+
+def _listing(io: TaskIO, container: str, prefix: str | None) -> list[BlobInfo]:
     try:
         return list(io.rasters.list(container, prefix))
     except NotFoundError as exc:
         raise InputNotFoundError(exc.message) from None
 
 
-def inventory_task(p: ListParameters, ctx: TaskContext) -> dict[str, Any]:
+def inventory_task(p: ListParameters, ctx: TaskContext) -> Inventory:
     """Count, size and list the container's blobs (large results are spilled to a blob by the engine).
 
     Every blob is counted; a raster's sidecars are listed under it (``sidecars``), not as entries of their
@@ -72,12 +97,12 @@ def inventory_task(p: ListParameters, ctx: TaskContext) -> dict[str, Any]:
     entries = [{"name": b.name, "size": b.size, "last_modified": b.last_modified.isoformat(),
                 "content_type": b.content_type, **({"sidecars": grouped[b.name]} if b.name in grouped else {})}
                for b in blobs if b.name not in attached]
-    return {"container": p.container, "prefix": p.prefix, "count": len(blobs),
-            "total_bytes": sum(b.size for b in blobs), "by_extension": dict(sorted(by_ext.items())),
-            "sidecar_count": sum(1 for b in blobs if b.name in attached), "blobs": entries}
+    return Inventory(container=p.container, prefix=p.prefix, count=len(blobs), total_bytes=sum(b.size for b in blobs),
+                     by_extension=dict(sorted(by_ext.items())),
+                     sidecar_count=sum(1 for b in blobs if b.name in attached), blobs=entries)
 
 
-def _is_geospatial(io: Any, blob) -> bool:
+def _is_geospatial(io: TaskIO, blob: BlobInfo) -> bool:
     """A GeoTIFF/COG by extension, by content type, or by its first bytes (TIFF signature); never a sidecar."""
     if is_sidecar_name(blob.name):
         return False
@@ -88,14 +113,14 @@ def _is_geospatial(io: Any, blob) -> bool:
     return blob.size >= 8 and io.rasters.head_bytes(blob.container, blob.name, 4) in TIFF_MAGIC
 
 
-def list_geospatial_task(p: SyncParameters, ctx: TaskContext) -> dict[str, Any]:
+def list_geospatial_task(p: SyncParameters, ctx: TaskContext) -> GeospatialListing:
     """The container's GeoTIFFs (by extension and by content), with the size of each that has no sidecar
     beside it (``alone``: its build task then needs no listing of its own)."""
     listed = _listing(ctx.io, p.container, p.prefix)
     present = {b.name for b in listed}
     blobs = [b for b in listed if _is_geospatial(ctx.io, b)]
     alone = {b.name: b.size for b in blobs if not any(n in present for n in sidecar_names(b.name))}
-    return {"container": p.container, "blobs": [b.name for b in blobs], "count": len(blobs), "alone": alone}
+    return GeospatialListing(container=p.container, blobs=[b.name for b in blobs], count=len(blobs), alone=alone)
 
 
 HANDLERS = (

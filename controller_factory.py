@@ -4,6 +4,8 @@ JOB_TYPES maps job type -> controller; TASK_HANDLERS maps task type -> handler.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import controller_container
 import controller_noop
 import controller_raster
@@ -14,18 +16,19 @@ from controller_hello_world import HELLO_WORLD
 from errors import UnknownNameError
 from models import MAX_TASKS_PER_MESSAGE
 
-JOB_TYPES: dict[str, JobController] = {
+# Each job type and task type has its own parameters model: the registries hold them all (hence Any).
+JOB_TYPES: dict[str, JobController[Any]] = {
     c.job_type: c for c in (HELLO_WORLD, *controller_raster.JOB_TYPES, *controller_tiles.JOB_TYPES,
                             *controller_container.JOB_TYPES, controller_noop.NOOP)
 }
 
-TASK_HANDLERS: dict[str, TaskHandler] = {
+TASK_HANDLERS: dict[str, TaskHandler[Any]] = {
     h.task_type: h for h in (*HELLO_HANDLERS, *controller_raster.HANDLERS, *controller_tiles.HANDLERS,
                              *controller_container.HANDLERS, *controller_noop.HANDLERS)
 }
 
 
-def get_controller(job_type: str) -> JobController:
+def get_controller(job_type: str) -> JobController[Any]:
     """The controller of ``job_type``; UnknownNameError listing the known ones otherwise."""
     try:
         return JOB_TYPES[job_type]
@@ -33,7 +36,7 @@ def get_controller(job_type: str) -> JobController:
         raise UnknownNameError("job type", job_type, list(JOB_TYPES)) from None
 
 
-def get_handler(task_type: str) -> TaskHandler:
+def get_handler(task_type: str) -> TaskHandler[Any]:
     """The handler of ``task_type``; UnknownNameError listing the known ones otherwise."""
     try:
         return TASK_HANDLERS[task_type]

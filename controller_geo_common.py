@@ -15,12 +15,12 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInf
 from pydantic_core import PydanticCustomError
 
 from base_controller import (
-    CONTAINER_NOT_ALLOWED, CONTAINERS_CONTEXT, JobParameters, Stage, TaskContext, TaskOutcome, succeeded,
+    CONTAINER_NOT_ALLOWED, CONTAINERS_CONTEXT, JobParameters, Stage, TaskContext, TaskIO, TaskOutcome, succeeded,
 )
 from config import Settings
 from controller_sources import open_blob
 from errors import InputNotFoundError, NotFoundError, TaskError
-from models import BlobName, ContainerName
+from models import BlobInfo, BlobName, ContainerName
 from services_crs import user_crs
 from services_gdal import RasterLimits
 from services_raster import crs_string, validate_raster
@@ -69,7 +69,7 @@ def _crs_parameter(value: str | None) -> str | None:
 CrsParameter = Annotated[str | None, AfterValidator(_crs_parameter)]  # every CRS-typed parameter
 
 
-def raster_limits(io: Any) -> RasterLimits:
+def raster_limits(io: TaskIO) -> RasterLimits:
     """The size limits on user rasters, from the task's settings."""
     return RasterLimits.from_settings(io.settings)
 
@@ -133,7 +133,7 @@ def named_as_blob(path: Path | str, container: str, blob: str) -> Iterator[None]
         raise type(exc)(message, **exc.details) from exc  # keeps the class (and code), e.g. too_large
 
 
-def fetch(io: Any, container: str, blob: str, folder: Path, name: str = "input") -> tuple[Path, Any]:
+def fetch(io: TaskIO, container: str, blob: str, folder: Path, name: str = "input") -> tuple[Path, BlobInfo]:
     """Download a blob into ``folder``; a missing blob is a permanent, readable failure."""
     suffix = Path(blob).suffix or ".bin"
     path = folder / f"{name}{suffix}"
@@ -144,31 +144,32 @@ def fetch(io: Any, container: str, blob: str, folder: Path, name: str = "input")
     return path, info
 
 
-def links(io: Any, container: str, blob: str) -> dict[str, str]:
+def links(io: TaskIO, container: str, blob: str) -> dict[str, str]:
     """The blob's plain URL: what a result stores. Never a SAS: the API signs a short-lived ``href`` beside
     it each time it answers (engine_links)."""
     return {"url": io.rasters.url(container, blob)}
 
 
-def build_blob_item(io: Any, p: CatalogTask, folder: Path,
+def build_blob_item(io: TaskIO, p: CatalogTask, folder: Path,
                     job_id: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Build the blob's STAC item, writing nothing: (the item as a dict, what a task reports about it).
 
     The blob is read over the network with its sidecars (nothing is downloaded unless SAS is off); the
     item lists the sidecars GDAL used as assets, and, with ``job_id``, its provenance."""
-    found = open_blob(io, p.container, p.blob, folder, listed_size=getattr(p, "listed_size", None))
+    run = p if isinstance(p, CatalogRun) else None  # what a planner added: listing, provenance, checksum
+    found = open_blob(io, p.container, p.blob, folder, listed_size=run.listed_size if run else None)
     info = validate_raster(found.source, raster_limits(io), sidecars=found.sidecars)
     used = {kind: url for kind, url in found.sidecar_urls.items()
             if getattr(found.sidecars, kind) is not None and getattr(found.sidecars, kind).name in info.sidecars}
     provenance = None
     if job_id:
-        source = (getattr(p, "source_container", None), getattr(p, "source_blob", None))
-        provenance = Provenance(job_id=job_id, job_type=getattr(p, "job_type", None) or "unknown",
-                                source_href=io.rasters.url(*source) if all(source) else None,
-                                source_name="/".join(source) if all(source) else None,
-                                step="converted to a COG" if all(source) else "catalogued")
+        source = (run.source_container, run.source_blob) if run and run.source_container and run.source_blob else None
+        provenance = Provenance(job_id=job_id, job_type=(run.job_type if run else None) or "unknown",
+                                source_href=io.rasters.url(*source) if source else None,
+                                source_name="/".join(source) if source else None,
+                                step="converted to a COG" if source else "catalogued")
     item = build_item(info, container=p.container, blob=p.blob, href=io.rasters.url(p.container, p.blob),
-                      file_size=found.info.size, sha256=getattr(p, "sha256", None), datetime=p.datetime,
+                      file_size=found.info.size, sha256=run.sha256 if run else None, datetime=p.datetime,
                       last_modified=found.info.last_modified, collection_id=p.collection_id,
                       provenance=provenance, sidecars=used)
     return item.to_dict(include_self_link=False, transform_hrefs=False), {
@@ -177,7 +178,7 @@ def build_blob_item(io: Any, p: CatalogTask, folder: Path,
         "blob": p.blob, "media_type": item.assets["data"].media_type, "sidecars": sorted(used.values())}
 
 
-def catalog_blob(io: Any, p: CatalogTask, folder: Path, job_id: str | None = None) -> dict[str, Any]:
+def catalog_blob(io: TaskIO, p: CatalogTask, folder: Path, job_id: str | None = None) -> dict[str, Any]:
     """Build the blob's STAC item, create its collection if missing, upsert the item (idempotent)."""
     item, summary = build_blob_item(io, p, folder, job_id)
     return {**summary, "action": upsert_catalog_item(io, p.collection_id, item)}
@@ -188,7 +189,7 @@ def _collection_of(collection_id: str, items: list[dict[str, Any]]) -> dict[str,
     return build_collection(collection_id, items).to_dict(include_self_link=False, transform_hrefs=False)
 
 
-def upsert_catalog_item(io: Any, collection_id: str, item: dict[str, Any]) -> str:
+def upsert_catalog_item(io: TaskIO, collection_id: str, item: dict[str, Any]) -> str:
     """One item into pgstac: its collection ensured once per process (``upsert_item`` then widens the
     extent), then upserted; 'created' or 'updated'."""
     catalogue = io.pgstac()
@@ -222,10 +223,16 @@ class LoadItemsTask(BaseModel):
     built: int | None = Field(None, ge=0, description="build tasks that succeeded in the range (items may be "
                                                      "fewer when several built one id); default: one per item")
 
+    def build_range(self) -> tuple[int, int, int] | None:
+        """(stage, first, last) of the build tasks whose results hold the items; None for a task of items."""
+        if self.stage is None or self.first is None or self.last is None:
+            return None
+        return self.stage, self.first, self.last
+
     @model_validator(mode="after")
     def _one_source(self) -> "LoadItemsTask":
-        ranged = None not in (self.stage, self.first, self.last)
-        if ranged == (self.items is not None) or (ranged and self.first > self.last):
+        ranged = self.build_range()
+        if (ranged is not None) == (self.items is not None) or (ranged is not None and ranged[1] > ranged[2]):
             raise ValueError("a load task names either a range of build tasks (stage, first <= last) or items")
         return self
 
@@ -252,10 +259,11 @@ def plan_item_loads(collection_id: str, previous: list[TaskOutcome]) -> list[dic
 def _chunk_items(p: LoadItemsTask, ctx: TaskContext) -> list[dict[str, Any]]:
     """The task's items: read from its range of build results; of several with one id (``a.tif`` and
     ``a.tiff``), the last built wins, once."""
-    if p.items is not None:
-        return p.items
+    ranged = p.build_range()
+    if ranged is None:  # a task of items (the model holds either a range or items)
+        return p.items or []
     items: dict[str, dict[str, Any]] = {}
-    for result in ctx.io.stage_results(ctx.job_id, p.stage, p.first, p.last):
+    for result in ctx.io.stage_results(ctx.job_id, *ranged):
         item = result["item"]
         items.pop(item["id"], None)
         items[item["id"]] = item
@@ -264,7 +272,19 @@ def _chunk_items(p: LoadItemsTask, ctx: TaskContext) -> list[dict[str, Any]]:
     return list(items.values())
 
 
-def load_items_task(p: LoadItemsTask, ctx: TaskContext) -> dict[str, Any]:
+class LoadedItems(BaseModel):
+    """What a load task leaves: how many items it loaded, created and updated, and their ids."""
+
+    collection_id: str
+    loaded: int
+    created: int
+    updated: int
+    created_ids: list[str]
+    item_ids: list[str]
+    built: int  # build tasks of the range that succeeded
+
+
+def load_items_task(p: LoadItemsTask, ctx: TaskContext) -> LoadedItems:
     """Upsert a chunk of items with pypgstac's Loader: the collection ensured from the chunk's extent,
     then one bulk load. Safe to repeat (upsert: a repeated chunk rewrites nothing); a failure fails or
     retries the whole chunk, whose items stay in the build tasks' results."""
@@ -279,9 +299,9 @@ def load_items_task(p: LoadItemsTask, ctx: TaskContext) -> dict[str, Any]:
     ctx.io.known_collections.add(p.collection_id)
     loaded = catalogue.bulk_load(items, "upsert")
     created = [i for i in dict.fromkeys(ids) if i not in stored]
-    return {"collection_id": p.collection_id, "loaded": loaded, "created": len(created),
-            "updated": loaded - len(created), "created_ids": created, "item_ids": list(dict.fromkeys(ids)),
-            "built": p.built if p.built is not None else len(items)}
+    return LoadedItems(collection_id=p.collection_id, loaded=loaded, created=len(created),
+                       updated=loaded - len(created), created_ids=created, item_ids=list(dict.fromkeys(ids)),
+                       built=p.built if p.built is not None else len(items))
 
 
 LOAD_ITEMS = Stage("load_items", "stac_load_items", lambda p, prev: plan_item_loads(p.collection_id, prev),

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from base_controller import (
     JobController, JobParameters, Stage, TaskContext, TaskHandler, TaskOutcome, outcomes_in_order,
 )
-from config import get_settings
+from config import Settings, get_settings
 from errors import ParameterValidationError, TaskError, TransientError
 
 SLEEP_SHARE = 0.8  # of the task time limit; the rest is the engine's own reads and writes around the sleep
@@ -54,6 +54,18 @@ class ReplyParameters(BaseModel):
     sleep_ms: int = 0
 
 
+class Greeting(BaseModel):
+    """What a hello_greeting task leaves."""
+
+    greeting: str
+
+
+class Reply(BaseModel):
+    """What a hello_reply task leaves."""
+
+    reply: str
+
+
 def plan_greetings(p: HelloWorldParameters, previous: list[TaskOutcome]) -> list[dict[str, Any]]:
     """n greeting tasks."""
     fail = set(p.fail_indices)
@@ -75,20 +87,20 @@ def sleep_with_progress(ms: int, ctx: TaskContext) -> None:
         ctx.progress(100 * (step + 1) / steps)
 
 
-def greet(p: GreetingParameters, ctx: TaskContext) -> dict[str, str]:
+def greet(p: GreetingParameters, ctx: TaskContext) -> Greeting:
     """Stage 1 task."""
     sleep_with_progress(p.sleep_ms, ctx)
     if ctx.attempt <= p.transient_failures:
         raise TransientError(f"simulated transient error on attempt {ctx.attempt} (transient_failures)")
     if p.fail:
         raise TaskError(f"task {ctx.task_id} was asked to fail (fail_indices)")
-    return {"greeting": f"{p.message} from {ctx.task_id}!"}
+    return Greeting(greeting=f"{p.message} from {ctx.task_id}!")
 
 
-def reply(p: ReplyParameters, ctx: TaskContext) -> dict[str, str]:
+def reply(p: ReplyParameters, ctx: TaskContext) -> Reply:
     """Stage 2 task."""
     sleep_with_progress(p.sleep_ms, ctx)
-    return {"reply": f"{p.message} {p.previous_task_id} from {ctx.task_id}"}
+    return Reply(reply=f"{p.message} {p.previous_task_id} from {ctx.task_id}")
 
 
 def aggregate(p: HelloWorldParameters, outcomes: dict[int, list[TaskOutcome]]) -> dict[str, Any]:
@@ -98,10 +110,10 @@ def aggregate(p: HelloWorldParameters, outcomes: dict[int, list[TaskOutcome]]) -
     return {"greetings": greetings, "replies": replies, "task_count": len(greetings) + len(replies)}
 
 
-class HelloWorldController(JobController):
+class HelloWorldController(JobController[HelloWorldParameters]):
     """hello_world's controller: parameters are also checked against the task time limit (a setting)."""
 
-    def validate(self, raw: Any, settings: Any = None) -> BaseModel:
+    def validate(self, raw: object, settings: Settings | None = None) -> HelloWorldParameters:
         """As ``JobController.validate``; a ``sleep_ms`` that would outlast a task's lease is refused too."""
         settings = settings or get_settings()
         params = super().validate(raw, settings)

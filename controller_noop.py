@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from base_controller import JobController, JobParameters, Stage, TaskContext, TaskHandler, TaskOutcome
-from config import get_settings
+from config import Settings, get_settings
 from errors import ParameterValidationError
 from models import MAX_TASKS_PER_STAGE
 
@@ -31,14 +31,20 @@ class NoopTaskParameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class NoopResult(BaseModel):
+    """What a noop task leaves: its index."""
+
+    i: int
+
+
 def plan_noops(p: NoopParameters, previous: list[TaskOutcome]) -> list[dict[str, Any]]:
     """n empty task parameter sets."""
     return [{} for _ in range(p.n)]
 
 
-def noop(p: NoopTaskParameters, ctx: TaskContext) -> dict[str, int]:
+def noop(p: NoopTaskParameters, ctx: TaskContext) -> NoopResult:
     """Does nothing; returns its index."""
-    return {"i": ctx.index}
+    return NoopResult(i=ctx.index)
 
 
 def aggregate(p: NoopParameters, outcomes: dict[int, list[TaskOutcome]]) -> dict[str, int]:
@@ -46,10 +52,10 @@ def aggregate(p: NoopParameters, outcomes: dict[int, list[TaskOutcome]]) -> dict
     return {"task_count": p.n}
 
 
-class NoopController(JobController):
+class NoopController(JobController[NoopParameters]):
     """noop's controller: ``n`` is also checked against the MAX_TASKS_PER_STAGE setting at submit."""
 
-    def validate(self, raw: Any, settings: Any = None) -> BaseModel:
+    def validate(self, raw: object, settings: Settings | None = None) -> NoopParameters:
         """As ``JobController.validate``; an ``n`` over the deployment's stage limit is refused now, not at
         planning (where the job would fail)."""
         settings = settings or get_settings()

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from base_controller import JobController, Stage, TaskContext, TaskHandler, TaskOutcome, outcomes_in_order, succeeded
+from base_controller import (
+    JobController, Stage, TaskContext, TaskHandler, TaskIO, TaskOutcome, outcomes_in_order, succeeded,
+)
 from controller_geo_common import (
     LOAD_ITEMS, RASTER_SUFFIXES, BlobRef, CatalogOptions, CatalogRun, CrsParameter, JobContainer, catalog_blob,
     item_reports, links, raster_limits,
@@ -143,12 +145,12 @@ def _catalog_outputs(p: CatalogOptions, previous: list[TaskOutcome]) -> list[dic
             for o in succeeded(previous)]
 
 
-def _job_type(p: Any) -> str:
+def _job_type(p: BaseModel) -> str:
     """The job type whose parameters ``p`` are (each raster job type has its own parameters model)."""
     return next((c.job_type for c in JOB_TYPES if type(p) is c.parameters_model), "unknown")
 
 
-def _batch_inputs(p: BatchParameters, previous: list[TaskOutcome], io: Any) -> list[dict[str, Any]]:
+def _batch_inputs(p: BatchParameters, previous: list[TaskOutcome], io: TaskIO) -> list[dict[str, Any]]:
     """The batch's blobs: the list given, or every raster under the prefix (listed once, then fixed).
     Sidecars (``scene.tif.msk``, ``scene.tif.aux.xml``, ...) go with their raster, never as inputs."""
     if p.blobs is not None:
@@ -170,11 +172,11 @@ def _by_stage(outcomes: dict[int, list[TaskOutcome]], stage: int) -> list[dict[s
     return [o.result for o in outcomes_in_order(outcomes.get(stage, []))]
 
 
-def _validated(p: Any, outcomes: dict[int, list[TaskOutcome]]) -> dict[str, Any]:
+def _validated(p: BlobRef, outcomes: dict[int, list[TaskOutcome]]) -> dict[str, Any]:
     return {"raster": _by_stage(outcomes, 1)[0]}
 
 
-def _processed(p: Any, outcomes: dict[int, list[TaskOutcome]]) -> dict[str, Any]:
+def _processed(p: CogJobOptions, outcomes: dict[int, list[TaskOutcome]]) -> dict[str, Any]:
     validated, cogs, built, loads = (_by_stage(outcomes, s) for s in (1, 2, 3, 4))
     items = item_reports(built, loads)  # process_raster catalogues in stage 3; a batch loads in stage 4
     rasters = [{"input": v, "cog": c, "item": i} for v, c, i in zip(validated, cogs, items, strict=True)]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from base_controller import TaskIO
 from errors import InputNotFoundError, NotFoundError
 from models import BlobInfo
 from services_sidecars import MAX_TEXT_SIDECAR_BYTES, TIFF_KINDS, listing_prefix, sidecar_names
@@ -47,7 +48,7 @@ class SourceBlob:
                 "sidecars_found": sorted(self.sidecar_urls.values())}
 
 
-def open_blob(io: Any, container: str, blob: str, folder: Path, listed_size: int | None = None) -> SourceBlob:
+def open_blob(io: TaskIO, container: str, blob: str, folder: Path, listed_size: int | None = None) -> SourceBlob:
     """The blob and its sidecars as GDAL sources; InputNotFoundError (``not_found``) if the blob or its
     container does not exist. A small blob, or any blob without a SAS (``SAS_ENABLED=false``), is read
     whole into ``folder``. ``listed_size``: a container listing found the blob, that size, and no sidecar
@@ -87,7 +88,7 @@ def open_blob(io: Any, container: str, blob: str, folder: Path, listed_size: int
                       sidecar_urls=urls, notes=notes)
 
 
-def _read_whole_alone(io: Any, container: str, blob: str, folder: Path) -> SourceBlob | None:
+def _read_whole_alone(io: TaskIO, container: str, blob: str, folder: Path) -> SourceBlob | None:
     """One GET: the blob into ``folder``, its properties from the reply; no sidecars. None if the blob has
     grown past ``WHOLE_READ_BYTES`` since it was listed (then it is read like any other)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -104,7 +105,7 @@ def _read_whole_alone(io: Any, container: str, blob: str, folder: Path) -> Sourc
                       sidecars=Sidecars())
 
 
-def _tiff_source(io: Any, container: str, blob: str, info: BlobInfo, folder: Path, stem: str,
+def _tiff_source(io: TaskIO, container: str, blob: str, info: BlobInfo, folder: Path, stem: str,
                  sas: str | None) -> RasterSource:
     """A TIFF blob as GDAL reads it: its URL with a read SAS (``sas``) and its first bytes, or, without a
     SAS, a local copy in ``folder``."""

@@ -12,7 +12,7 @@ item carrying the VRT as its ``mosaic`` asset.
 """
 from __future__ import annotations
 
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -25,6 +25,7 @@ from controller_geo_common import (
 )
 from controller_raster import ProcessRasterParameters
 from controller_sources import open_blob
+from errors import TaskError
 from models import BlobName
 from services_cog_options import CogOptions, CogProfile, cog_output_name
 from services_mosaic import MEDIA_TYPE_VRT
@@ -89,8 +90,18 @@ class CatalogOutputTask(CatalogRun):
                                                            "once it is catalogued")
 
 
+class TilePlan(BaseModel):
+    """What the plan_tiles task leaves: the output grid and its tiles."""
+
+    width: int
+    height: int
+    tile_size: int
+    grid: TileGrid
+    tiles: list[TileWindow]
+
+
 # ------------------------------------------------------------------ handlers
-def plan_tiles_task(p: PlanTilesTask, ctx: TaskContext) -> dict[str, Any]:
+def plan_tiles_task(p: PlanTilesTask, ctx: TaskContext) -> TilePlan:
     """Describe the raster (read in place: header and a few blocks) and cut its output grid into tiles."""
     with ctx.io.scratch("plan") as tmp:
         found = open_blob(ctx.io, p.container, p.blob, tmp)  # the .tif only: tiles read no sidecar either
@@ -101,8 +112,7 @@ def plan_tiles_task(p: PlanTilesTask, ctx: TaskContext) -> dict[str, Any]:
             grid = plan_grid(found.source, options, limits) if p.target_crs else None
             tiles = plan_tiles(info, p.tile_size, ctx.io.settings.max_tiles_per_job, options, limits, grid)
     grid = grid or TileGrid(width=info.width, height=info.height, crs=info.crs, transform=info.transform)
-    return {"width": grid.width, "height": grid.height, "tile_size": p.tile_size, "grid": grid.model_dump(),
-            "tiles": [t.model_dump() for t in tiles]}
+    return TilePlan(width=grid.width, height=grid.height, tile_size=p.tile_size, grid=grid, tiles=tiles)
 
 
 def tile_task(p: TileTask, ctx: TaskContext) -> dict[str, Any]:
@@ -110,17 +120,19 @@ def tile_task(p: TileTask, ctx: TaskContext) -> dict[str, Any]:
     URL and nothing else), write it as a COG tile in the final profile, store it."""
     with ctx.io.scratch("tile") as tmp, ctx.io.measure(tmp) as meter:
         sas = ctx.io.rasters.read_sas_url(p.container, p.blob)
-        remote = {}
+        source: str | Path
+        remote_url, head = None, None
         if sas:
-            source: Any = f"/vsicurl/{sas}"
-            remote = {"remote_url": ctx.io.rasters.url(p.container, p.blob),
-                      "head": ctx.io.rasters.head_bytes(p.container, p.blob, TIFF_HEAD_BYTES)}
+            source = f"/vsicurl/{sas}"
+            remote_url = ctx.io.rasters.url(p.container, p.blob)
+            head = ctx.io.rasters.head_bytes(p.container, p.blob, TIFF_HEAD_BYTES)
         else:
             source = fetch(ctx.io, p.container, p.blob, tmp)[0]
         options = CogOptions(cog_profile=p.cog_profile, target_crs=p.target_crs, tmp_dir=str(tmp),
                              threads=TILE_THREADS)
         with named_as_blob(source, p.container, p.blob):  # no SAS in errors
-            result = process_tile(source, p.tile, tmp / "tile.tif", options, raster_limits(ctx.io), **remote)
+            result = process_tile(source, p.tile, tmp / "tile.tif", options, raster_limits(ctx.io),
+                                  remote_url=remote_url, head=head)
         if p.output_container:
             sha256 = file_sha256(tmp / "tile.tif")
             ctx.io.rasters.ensure_container(p.output_container)
@@ -157,6 +169,8 @@ def assemble_task(p: AssembleTask, ctx: TaskContext) -> dict[str, Any]:
 def _mosaic_task(p: AssembleTask, ctx: TaskContext) -> dict[str, Any]:
     """The VRT of a tiled output, next to its tiles (hrefs relative to it); band facts from the first tile."""
     folder = PurePosixPath(p.output_blob).parent
+    if p.grid is None:  # the planner of a tiled output always names it
+        raise TaskError("a mosaic task needs the tiles' grid")
     with ctx.io.scratch("mosaic") as tmp, ctx.io.measure(tmp) as meter:
         first = tmp / "first.tif"
         ctx.io.rasters.download(p.output_container, p.tile_blobs[0], first)
@@ -252,7 +266,7 @@ def _by_stage(outcomes: dict[int, list[TaskOutcome]], stage: int) -> list[dict[s
     return [o.result for o in outcomes_in_order(outcomes.get(stage, []))]
 
 
-def _processed_large(p: Any, outcomes: dict[int, list[TaskOutcome]]) -> dict[str, Any]:
+def _processed_large(p: LargeRasterParameters, outcomes: dict[int, list[TaskOutcome]]) -> dict[str, Any]:
     plan, tiles, (made,), items = (_by_stage(outcomes, s) for s in (1, 2, 3, 4))
     summary = {"tiles": len(tiles), "tile_size": plan[0]["tile_size"], "output": p.output}
     if p.output == "tiles":

@@ -9,7 +9,7 @@ and not a failed job later. ``engine_schedules`` stores, claims and submits; thi
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from base_controller import JobController
 from config import Settings
@@ -26,7 +26,7 @@ MAX_PREFIX = 1024
 MAX_SKIPPED_COUNTED = 10_000
 
 
-def controller_for(job_type: str) -> JobController:
+def controller_for(job_type: str) -> JobController[Any]:
     """The job type's controller; an unknown one is a 400 (it is a field of the request) listing the known."""
     try:
         return get_controller(job_type)
@@ -110,7 +110,7 @@ def watchable_job_types() -> list[str]:
 
 
 def new_watch(container: str, prefix: str, job_type: str, options: dict[str, Any], name: str | None,
-              settings: Settings, now: datetime, source: str = "api") -> WatchRecord:
+              settings: Settings, now: datetime, source: Literal["api", "settings"] = "api") -> WatchRecord:
     """A watch row, every part checked with the job type's controller (as a job for a blob under the
     prefix would be); its id is the definition's."""
     controller = controller_for(job_type)
@@ -146,7 +146,7 @@ def new_watch(container: str, prefix: str, job_type: str, options: dict[str, Any
                        options=options, source=source, created_at=now)
 
 
-def arrival_from_event(event_id: str | None, event_type: str, subject: str, data: Any) -> BlobArrival | None:
+def arrival_from_event(event_id: str | None, event_type: str, subject: str, data: object) -> BlobArrival | None:
     """The blob version a BlobCreated event announces; None for other events; ValueError if malformed."""
     return parse_blob_event(event_id, event_type, subject, data)
 

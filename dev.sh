@@ -2,8 +2,9 @@
 # One entry point for developers and CI.
 #   ./dev.sh run    install what is missing, start Azurite + the local Functions host on :7071, show a job
 #                   running, then stay in the foreground; Ctrl-C stops everything this script started.
-#   ./dev.sh test   install what is missing, run the whole test suite (tests start and stop their own
+#   ./dev.sh test   install what is missing, run the default test tier (tests start and stop their own
 #                   services); exit code = the suite's. Extra arguments go to pytest.
+#                   --all runs every tier (default, chaos, browser, infra, slow); --tier NAME runs one.
 #   ./dev.sh setup  only install.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -190,11 +191,44 @@ cmd_run() {
   wait "${PIDS[-1]}"
 }
 
+# Test tiers, by pytest marker (pytest.ini): "default" is what `./dev.sh test` runs; `--all` runs every tier
+# in this order (.ci/run does); `--tier NAME` runs one (repeatable). docs/testing.md gives each tier's time.
+TIERS=(default chaos browser infra slow)
+tier_marks() {
+  case "$1" in
+    default) echo "not (slow or chaos or browser or infra)" ;;
+    chaos) echo "chaos and not slow" ;;
+    browser|infra|slow) echo "$1" ;;
+    *) die "unknown test tier '$1' (known: ${TIERS[*]})" ;;
+  esac
+}
+
 cmd_test() {
   setup
-  local rc=0
-  "$PY" -m pytest "$@" || rc=$?
-  [ $rc -eq 5 ] && { log "pytest collected no tests"; rc=1; }
+  local tiers=() args=() rc=0 t start code summary=()
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --all) tiers=("${TIERS[@]}") ;;
+      --tier) [ $# -ge 2 ] || die "--tier needs a name (known: ${TIERS[*]})"; tier_marks "$2" >/dev/null; tiers+=("$2"); shift ;;
+      *) args+=("$1") ;;
+    esac
+    shift
+  done
+  if [ ${#tiers[@]} -eq 0 ]; then  # the default tier, or whatever -m the caller gives
+    "$PY" -m pytest "${args[@]}" || rc=$?
+    [ $rc -eq 5 ] && { log "pytest collected no tests"; rc=1; }
+    return $rc
+  fi
+  export CHAOS_SOAK_RUNS="${CHAOS_SOAK_RUNS:-6}"  # the soak in the slow tier: a bounded sample (100: hours)
+  for t in "${tiers[@]}"; do
+    log "tier $t: pytest -m \"$(tier_marks "$t")\""
+    start=$(date +%s); code=0
+    "$PY" -m pytest -m "$(tier_marks "$t")" "${args[@]}" || code=$?
+    [ $code -eq 5 ] && { log "tier $t collected no tests"; code=1; }
+    summary+=("$t: exit $code in $(( $(date +%s) - start )) s")
+    [ $code -ne 0 ] && rc=$code
+  done
+  log "tiers: ${summary[*]}"
   return $rc
 }
 
@@ -202,5 +236,5 @@ case "${1:-}" in
   run) shift; cmd_run "$@" ;;
   test) shift; cmd_test "$@" ;;
   setup) setup ;;
-  *) echo "usage: ./dev.sh run | test [pytest args] | setup" >&2; exit 2 ;;
+  *) echo "usage: ./dev.sh run | test [--all | --tier NAME] [pytest args] | setup" >&2; exit 2 ;;
 esac

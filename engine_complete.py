@@ -14,13 +14,14 @@ from base_controller import TaskOutcome
 from controller_factory import get_controller
 from errors import TransientError
 from logs import log_event
-from models import TERMINAL, CompletionMessage, StageRecord, Status
+from models import TERMINAL, TEXT_BUDGET, CompletionMessage, StageRecord, Status, bound_text, is_cut
 
 if TYPE_CHECKING:
     from task_manager import Engine
 
 logger = logging.getLogger(__name__)
 MAX_ERROR_TASKS_LISTED = 20
+SUMMARY_HEADROOM = 1024  # UTF-16 units of a failure summary kept for its own words and the task ids
 
 
 def complete(engine: "Engine", msg: CompletionMessage) -> None:
@@ -69,9 +70,15 @@ def complete(engine: "Engine", msg: CompletionMessage) -> None:
 
 
 def failure_summary(engine: "Engine", stage: StageRecord) -> str:
-    """What failed a stage: its failed tasks and their errors (the first MAX_ERROR_TASKS_LISTED)."""
+    """What failed a stage: its failed tasks and their errors (the first MAX_ERROR_TASKS_LISTED), each cut to
+    an equal share of the job row's text budget so the summary always fits (the tasks keep theirs whole)."""
     failed = engine.store.list_tasks(stage.job_id, stage.stage, status=Status.FAILED, resolve=False)
-    listed = "; ".join(f"{t.task_id}: {t.error_details}" for t in failed[:MAX_ERROR_TASKS_LISTED])
+    shown = failed[:MAX_ERROR_TASKS_LISTED]
+    share = (TEXT_BUDGET - SUMMARY_HEADROOM) // max(1, len(shown))
+    errors = [bound_text(t.error_details, share) for t in shown]
+    listed = "; ".join(f"{t.task_id}: {e}" for t, e in zip(shown, errors, strict=True))
     more = f"; and {len(failed) - MAX_ERROR_TASKS_LISTED} more" if len(failed) > MAX_ERROR_TASKS_LISTED else ""
-    return (f"stage {stage.stage} ({stage.name}) failed: {stage.failed} of {stage.total} tasks failed: "
-            f"{listed}{more}")
+    whole = (f" (each task's whole error: GET /api/jobs/{stage.job_id}/tasks?status=failed)"
+             if any(is_cut(e) for e in errors) else "")
+    return bound_text(f"stage {stage.stage} ({stage.name}) failed: {stage.failed} of {stage.total} tasks failed: "
+                      f"{listed}{more}{whole}")

@@ -5,7 +5,7 @@ import math
 from dataclasses import dataclass
 
 from errors import ConflictError
-from models import ShardRecord, StageRecord, Status, utcnow
+from models import ShardRecord, StageRecord, Status, bound_text, utcnow
 
 
 def shard_count(tasks: int, most: int) -> int:
@@ -18,7 +18,7 @@ def shard_count(tasks: int, most: int) -> int:
 
 
 MAX_SHARD_ERRORS = 3
-MAX_ERROR_CHARS = 300
+MAX_ERROR_CHARS = 300  # UTF-16 units of each error a shard keeps (head and tail, ``bound_text``)
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,8 @@ def apply_changes(stage: StageRecord, shards: dict[int, ShardRecord], changes: l
             if shard.remaining == 0:
                 shard.finisher = token
         if change.error and change.ended != Status.COMPLETED:
-            entry = {"task_id": change.task_id, "error": change.error[:MAX_ERROR_CHARS], "at": now.isoformat(),
-                     "status": (change.ended or Status.QUEUED).value, "attempts": change.attempt}
+            entry = {"task_id": change.task_id, "error": bound_text(change.error, MAX_ERROR_CHARS),
+                     "at": now.isoformat(), "status": (change.ended or Status.QUEUED).value, "attempts": change.attempt}
             if change.error_code:
                 entry["error_code"] = change.error_code
             shard.errors = ([entry] + [e for e in shard.errors if e.get("task_id") != change.task_id])

@@ -13,8 +13,8 @@ A stage of any size is fanned out by a chain of stage-message invocations, each 
    ``tasks_per_message``) go out as runs: one message names up to that many neighbouring tasks.
 
 A duplicate or late continuation whose ``from_task`` is not the cursor does nothing; an interrupted
-chunk is redone by the redelivered message (existing row batches are skipped, duplicate task
-messages are harmless), and a chain whose message was lost is resumed by the sweeper.
+chunk is redone by the redelivered message (existing row batches are skipped, and only their tasks
+still queued and untried get a message again), and a chain whose message was lost is resumed by the sweeper.
 """
 from __future__ import annotations
 
@@ -104,12 +104,11 @@ def stored_plan(engine: "Engine", stage: StageRecord) -> list[dict[str, Any]]:
     return engine.repos.blobs.get_named_json(plan_name(stage.job_id, stage.stage))
 
 
-def fan_out_chunk(engine: "Engine", job: JobRecord, stage: StageRecord, planned: list[dict[str, Any]],
-                  redo: bool = False) -> None:
+def fan_out_chunk(engine: "Engine", job: JobRecord, stage: StageRecord, planned: list[dict[str, Any]]) -> None:
     """Write the next chunk's task rows and send their messages; move the cursor; continue or finish.
 
-    ``redo`` (a redelivered or re-driven message, not a continuation): the chunk may have gone out
-    already, so messages go only to tasks that exist not yet or are still queued and untried.
+    A batch whose rows existed already (a redelivered first message or continuation, a sweeper's re-drive)
+    may have gone out before: its messages go only to tasks still queued and untried.
     """
     start = stage.fanned_out
     end = min(stage.total, start + engine.settings.fanout_chunk)
@@ -127,10 +126,6 @@ def fan_out_chunk(engine: "Engine", job: JobRecord, stage: StageRecord, planned:
     began = time.perf_counter()
     batches = [tasks[i:i + BATCH_MAX_OPERATIONS] for i in range(0, len(tasks), BATCH_MAX_OPERATIONS)]
     traceparent = engine_tracing.inject()  # this chunk's span: the parent of its tasks (sent from other threads)
-    wanted = {t.index for t in tasks}
-    if redo:
-        wanted -= {t.index for t in engine.store.task_range(job.job_id, stage.stage, start, end - 1)
-                   if t.status != Status.QUEUED or t.attempts > 0}
     # Rows are written a few batches ahead; each batch's messages go out, in index order, as soon as its
     # rows exist (a host then receives neighbouring tasks together and group commit reads them in one
     # range query), so rows and sends overlap and a message never precedes its row.
@@ -141,10 +136,11 @@ def fan_out_chunk(engine: "Engine", job: JobRecord, stage: StageRecord, planned:
         written = [rows.submit(engine.store.create_tasks, b) for b in batches]
         sent = []
         for batch, done in zip(batches, written, strict=True):
-            done.result()
+            if done.result():  # rows written before: only the tasks still untried get a message
+                batch = _untried(engine, batch)
             sent += [sends.submit(send, TaskMessage(job_id=job.job_id, task_id=batch_ids[0], count=len(batch_ids),
                                                     traceparent=traceparent))
-                     for batch_ids in runs([t for t in batch if t.index in wanted], per_message)]
+                     for batch_ids in runs(batch, per_message)]
         for future in sent:
             future.result()
     engine_tracing.fanned_out(stage.task_type, stage.name, end - start, end, time.perf_counter() - began)
@@ -157,6 +153,14 @@ def fan_out_chunk(engine: "Engine", job: JobRecord, stage: StageRecord, planned:
     log_event(logger, "stage_dispatched" if end >= stage.total else "stage_chunk_dispatched", job_id=job.job_id,
               stage=stage.stage, tasks=end - start, fanned_out=end, total=stage.total,
               send_ms=round((time.perf_counter() - began) * 1000))
+
+
+def _untried(engine: "Engine", batch: list[TaskRecord]) -> list[TaskRecord]:
+    """The tasks of a batch whose rows are still queued and never tried (one range query)."""
+    stored = {t.index: t for t in engine.store.task_range(batch[0].job_id, batch[0].stage, batch[0].index,
+                                                          batch[-1].index)}
+    return [t for t in batch if (row := stored.get(t.index)) is not None
+            and row.status == Status.QUEUED and row.attempts == 0]
 
 
 def run_length(tasks_per_message: int, total: int) -> int:

@@ -27,6 +27,11 @@ POINTS = (
     "advance_message_sent",     # advance: next message sent, stage not marked advance_sent
     "completion_aggregated",    # complete: result computed, job row not written
 )
+OPERATOR_POINTS = (  # on an operator's path only (a job's normal run never passes them)
+    "retry_marked",             # retry: the stage to reopen recorded on the failed job, nothing reopened
+    "retry_shard_reopened",     # retry: one transaction of failed tasks handed back, the rest not yet
+    "retry_resumed",            # retry: the job processing again, the reopened tasks' messages not sent
+)
 MODES = ("raise", "throttle", "kill")
 
 
@@ -56,8 +61,8 @@ def parse(spec: str) -> dict[str, Fault]:
         point, _, rest = item.partition("=")
         rest, _, nth = rest.partition("#")
         mode, _, prob = rest.partition("@")
-        if point not in POINTS or mode not in MODES:
-            raise ValueError(f"bad fault {item!r}: points {POINTS}, modes {MODES}")
+        if point not in POINTS + OPERATOR_POINTS or mode not in MODES:
+            raise ValueError(f"bad fault {item!r}: points {POINTS + OPERATOR_POINTS}, modes {MODES}")
         faults[point] = (Fault(mode, times=1, skip=int(nth) - 1) if nth
                          else Fault(mode, float(prob) if prob else 1.0))
     return faults
@@ -65,7 +70,7 @@ def parse(spec: str) -> dict[str, Fault]:
 
 def arm(point: str, mode: str, times: int | None = 1, probability: float = 1.0, skip: int = 0) -> None:
     """Arm a fault in this process (tests); it fires after ``skip`` hits have passed."""
-    if point not in POINTS or mode not in MODES:
+    if point not in POINTS + OPERATOR_POINTS or mode not in MODES:
         raise ValueError(f"bad fault {point}={mode}")
     with _lock:
         _armed[point] = Fault(mode, probability, times, skip)

@@ -9,12 +9,19 @@ messages at once), so here they queue per job and one *leader* thread serves the
   task row, each with its own If-Match, plus each touched counter shard once (the deltas of all its
   tasks combined, ``engine_counters.apply_changes``) and the stage row when a shard reaches zero.
 
-There is no timer: the leader flushes at once, and whatever arrives meanwhile forms the next batch,
-so a lone task pays no latency and a busy host batches naturally. A conflict on one task row fails
-that caller only (the service names the operation) and the rest are resubmitted; a conflict on the
-counters re-reads them. A lost reply is recognised by the write ids of the task rows (a transaction
-is atomic: the first row tells for all). Counter rows are cached per job with their ETags, so a
-host that is the only writer of a stage never reads them again.
+There is no timer: the leader flushes at once, and whatever arrives meanwhile forms the next batch, so a lone
+task pays no latency and a busy host batches naturally. A conflict on one task row, or a row refused for its
+size, fails that caller only (the service or ``commit_rows`` names the operation) and the rest are
+resubmitted; a conflict on the counters re-reads them. A lost reply is recognised row by row: every task row
+carries its own write id and every counter row the transaction's token, so one row still bearing its mark
+shows the (atomic) transaction landed, and each write is then judged by its own row: still ours, or moved
+since by another writer (an end that landed counts; a claim, release or progress whose row moved is a
+conflict). Counter rows are cached per job with their ETags, so a host that is the only writer of a stage
+never reads them again.
+
+A cancel marks every counter shard of the job's stages, and a claim commits If-Match on its shard, so no
+claim lands after a cancel: a stale cached shard fails the transaction, is read again, and then refuses the
+claim. A claim costs no request more for it.
 """
 from __future__ import annotations
 
@@ -26,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from engine_counters import Change, apply_changes
-from errors import ConflictError, TransientError
+from errors import ConflictError, JobCancelledError, OrchestratorError, TransientError
 from logs import log_event
 from models import TERMINAL, ShardRecord, StageRecord, TaskRecord, new_write_id
 from repositories import BatchTooLarge, JobStore
@@ -181,9 +188,12 @@ class GroupCommit:
                 if stage_no not in job.counters:
                     job.counters[stage_no] = self.store.stage_counters(job_id, stage_no)
                 stage, shards = job.counters[stage_no]
+                if not _refuse_cancelled_claims(pending, shards):
+                    return
                 changes = [w.change for w in pending if w.change is not None]
                 try:
                     shard_rows, stage_row = apply_changes(stage, shards, changes, token) if changes else ([], None)
+                    shard_rows = [s.model_copy(update={"write_id": token}) for s in shard_rows]  # our mark
                 except ConflictError:  # a change the counters cannot take: stale cache, or a doubled end
                     if not self._refresh(job_id, job, stage_no, pending):
                         return
@@ -218,6 +228,12 @@ class GroupCommit:
                     if transient >= MAX_TRANSIENT_TRIES:
                         raise
                     continue  # not applied: try again
+                except OrchestratorError as exc:  # a row refused for what it holds (its size): that caller only
+                    op = exc.details.get("operation")
+                    if not (isinstance(op, int) and op < len(pending)):
+                        raise
+                    pending.pop(op).settle(error=exc)
+                    continue
                 self._remember(job, stage_no, stage, shards, shard_rows, stage_row, etags[len(rows):])
                 self._settle(pending, [r.model_copy(update={"etag": e}) for r, e in zip(rows, etags, strict=False)],
                              stage_row if stage_row is not None and stage_row.status in TERMINAL else None)
@@ -247,26 +263,25 @@ class GroupCommit:
 
     def _recognise(self, job_id: str, job: _Job, stage_no: int, pending: list[TaskWrite], rows: list[TaskRecord],
                    token: str) -> bool:
-        """After an unclear failure: if our transaction landed, settle every write as done (True)."""
-        job.counters.pop(stage_no, None)
-        applied = self._applied(job_id, rows)
-        if applied is None:
-            return False
-        self._settle(pending, applied, self._ended_by(job_id, stage_no, token))
-        return True
+        """After an unclear failure: if our transaction landed, settle each write by its own row (True).
 
-    def _applied(self, job_id: str, rows: list[TaskRecord]) -> list[TaskRecord] | None:
-        """After a lost reply: the stored rows if our transaction landed (all or nothing), else None."""
+        The transaction landed when any of its rows still bears our mark (a task row its write id, a counter
+        row the token, the stage row the token as finisher): another writer may have moved any other row since.
+        A write whose row is still ours gets that row; an end whose row moved since still landed (and counted);
+        a claim, release or progress whose row moved is a conflict: the row is someone else's now."""
         current = {t.index: t for t in self._rows(job_id, rows)}
-        first = current.get(rows[0].index)
-        if first is None or first.write_id != rows[0].write_id:
-            return None
-        log_event(logger, "group_commit_recognised", job_id=job_id, rows=len(rows))
-        return [current[r.index] for r in rows]
-
-    def _ended_by(self, job_id: str, stage_no: int, token: str) -> StageRecord | None:
-        stage = self.store.get_stage(job_id, stage_no)
-        return stage if stage is not None and stage.finisher == token and stage.status in TERMINAL else None
+        ours = [current.get(r.index) is not None and current[r.index].write_id == r.write_id for r in rows]
+        stage, shards = job.counters[stage_no] = self.store.stage_counters(job_id, stage_no)
+        finished = stage if stage.finisher == token and stage.status in TERMINAL else None
+        if not (any(ours) or finished is not None or any(s.write_id == token for s in shards.values())):
+            return False
+        log_event(logger, "group_commit_recognised", job_id=job_id, rows=len(rows), moved_since=ours.count(False))
+        outcomes: list[TaskRecord | Exception] = [
+            current[r.index] if mine else r.model_copy(update={"etag": None}) if w.kind == "end"
+            else ConflictError(f"task {r.task_id} changed meanwhile")
+            for w, r, mine in zip(pending, rows, ours, strict=True)]
+        self._settle(pending, outcomes, finished)
+        return True
 
     @staticmethod
     def _remember(job: _Job, stage_no: int, stage: StageRecord, shards: dict[int, ShardRecord],
@@ -279,11 +294,23 @@ class GroupCommit:
         job.counters[stage_no] = (stage, shards)
 
     @staticmethod
-    def _settle(pending: list[TaskWrite], written: list[TaskRecord], finished: StageRecord | None) -> None:
+    def _settle(pending: list[TaskWrite], written: list[TaskRecord | Exception], finished: StageRecord | None) -> None:
         for w, row in zip(pending, written, strict=True):
+            if isinstance(row, Exception):
+                w.settle(error=row)
+                continue
             if finished is not None and w.kind == "end":
                 w.finished, finished = finished, None  # exactly one caller advances the stage
             w.settle(row)
+
+
+def _refuse_cancelled_claims(pending: list[TaskWrite], shards: dict[int, ShardRecord]) -> bool:
+    """Fail the claims whose counter shard a cancel has marked (the claim would commit If-Match on that shard,
+    so a stale copy fails there and is read again); False if nothing is left to commit."""
+    for w in [w for w in pending if w.kind == "claim" and shards[w.row.shard].cancelled]:
+        pending.remove(w)
+        w.settle(error=JobCancelledError(f"task {w.row.task_id}: its job was cancelled"))
+    return bool(pending)
 
 
 def _take(waiting: list[TaskWrite]) -> list[TaskWrite]:
@@ -338,3 +365,14 @@ class ProgressReporter:
             except (ConflictError, TransientError) as exc:
                 log_event(logger, "task_progress_not_written", job_id=self.task.job_id, task_id=self.task.task_id,
                           error=str(exc)[:200])
+                if isinstance(exc, ConflictError):  # perhaps our own earlier write, its reply lost: carry on from it
+                    self._adopt()
+
+    def _adopt(self) -> None:
+        """Take the stored row as ours if it is still under our claim (moved only by our own progress writes)."""
+        try:
+            current = self.commits.store.get_task(self.task.job_id, self.task.stage, self.task.index)
+        except TransientError:
+            return
+        if current is not None and current.same_claim(self.task):
+            self.task = current

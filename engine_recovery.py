@@ -11,9 +11,10 @@ from datetime import datetime, timedelta
 from errors import OrchestratorError
 from logs import log_event
 from models import (
-    TERMINAL, CompletionMessage, JobRecord, Message, NotifyMessage, StageMessage, Status, TaskMessage,
-    decode_job_message, decode_task_message, parse_task_id, utcnow,
+    TERMINAL, CompletionMessage, JobRecord, Message, NotifyMessage, StageMessage, Status, TaskMessage, TaskRecord,
+    decode_job_message, decode_task_message, lease_cutoff, parse_task_id, utcnow,
 )
+import engine_admin
 import engine_tracing
 from engine_jobs import next_message
 from task_manager import Engine, gave_up_code
@@ -30,6 +31,10 @@ def on_task_poison(engine: Engine, body: str | bytes) -> None:
     Acts only on the attempt that gave up (a poison message left over from before a retry, or one for
     a task a worker holds under a live lease, changes nothing), and never raises: a storage fault puts
     the message back on this queue with a delay, so nothing ends in a queue that no function reads.
+    A message the Functions host moved itself names no attempt: it ends the task only when the row shows
+    the task out of attempts; a task with attempts left gets a fresh message naming its current attempt
+    (if that one is moved here too with the task still at that attempt, its deliveries never reached the
+    task: it ends then).
     """
     try:
         msg = decode_task_message(body)
@@ -46,9 +51,15 @@ def on_task_poison(engine: Engine, body: str | bytes) -> None:
         return
     try:
         task = engine.store.get_task(msg.job_id, stage, index)
-        if task is None or task.status in TERMINAL or not _gave_up(task, msg.attempt):
+        if task is None or task.status in TERMINAL or not _gave_up(engine, task, msg.attempt):
             log_event(logger, "poison_ignored", job_id=msg.job_id, task_id=msg.task_id,
                       status=task.status if task else None, attempt=msg.attempt)
+            return
+        if msg.attempt is None and task.attempts < engine.max_attempts:  # moved by the host, attempts left
+            engine.repos.tasks_queue.send(msg.model_copy(update={"attempt": task.attempts}),
+                                          delay_s=engine.retry_delay_s(task.attempts))
+            log_event(logger, "poison_redriven", logging.WARNING, job_id=msg.job_id, task_id=msg.task_id,
+                      attempt=task.attempts, max_attempts=engine.max_attempts)
             return
         reason = task.last_error or "no error was recorded (the worker stopped every time)"
         error = f"gave up after {task.attempts} attempts: {reason}"
@@ -59,11 +70,11 @@ def on_task_poison(engine: Engine, body: str | bytes) -> None:
         _poison_later(engine.repos.tasks_poison, msg, exc)
 
 
-def _gave_up(task, attempt: int | None) -> bool:
-    """True when a poison message is about this task's current attempt, and no worker holds it."""
+def _gave_up(engine: Engine, task: TaskRecord, attempt: int | None) -> bool:
+    """True when a poison message may be about this task's current attempt, and no worker holds it."""
     if task.attempts == 0 or (attempt is not None and attempt != task.attempts):
         return False
-    return not (task.status == Status.PROCESSING and task.lease_until is not None and task.lease_until > utcnow())
+    return not task.lease_held(utcnow(), engine.settings.max_clock_skew_s)
 
 
 def _poison_later(queue, msg: Message, exc: Exception) -> None:
@@ -119,6 +130,11 @@ def sweep_job(engine: Engine, job: JobRecord, now: datetime) -> list[str]:
     """The re-drive actions one job needs (already taken when this returns)."""
     grace = timedelta(seconds=engine.settings.sweeper_grace_s)
     cutoff = now - grace
+    if job.reopen_stage is not None:  # a retry a crash interrupted: finished once its own request had the grace
+        if job.updated_at >= cutoff:
+            return []
+        engine_admin.finish_retry(engine, job)
+        return _logged(job, ["finished_retry"])
     rows, shards = engine.store.stage_rows(job.job_id)  # the one query every pass makes per active job
     stages = {s.stage: s for s in rows}
     send_job = engine.repos.jobs_queue.send
@@ -146,7 +162,8 @@ def sweep_job(engine: Engine, job: JobRecord, now: datetime) -> list[str]:
         stamps = [r.changed_at for r in (current, *[s for s in shards if s.stage == current.stage]) if r.changed_at]
         last = max(stamps, default=current.fanout_at or current.created_at)
         if last < cutoff:
-            stale = engine.store.stale_tasks(job.job_id, current.stage, cutoff)
+            stale = engine.store.stale_tasks(job.job_id, current.stage,
+                                             lease_cutoff(cutoff, engine.settings.max_clock_skew_s))
             queued_cutoff = cutoff - timedelta(seconds=engine.settings.retry_max_delay_s)
             if last < queued_cutoff:  # nothing moved for longer than any retry delay: a message may be lost
                 stale += engine.store.stale_queued_tasks(job.job_id, current.stage, queued_cutoff)

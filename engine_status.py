@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 import engine_tracing
 from errors import ErrorCode
-from models import TERMINAL, JobRecord, ShardRecord, StageRecord, Status, TaskRecord
+from models import TERMINAL, JobRecord, ShardRecord, StageRecord, Status, TaskRecord, is_cut
 from task_manager import Engine
 
 RECENT_ERRORS = 5
@@ -104,6 +104,8 @@ class TaskView(BaseModel):
     duration_s: float | None = None
     parameters: Any = None
     result: Any = None
+    cut: list[str] | None = Field(None, description="fields shown cut to their head and tail (long texts); "
+                                  "GET the task with ?full=true for them whole")
 
 
 class TaskPage(BaseModel):
@@ -117,9 +119,10 @@ class TaskPage(BaseModel):
 def task_view(task: TaskRecord) -> TaskView:
     """One task as the API shows it (large parameters and results by reference)."""
     duration = (task.ended_at - task.started_at).total_seconds() if task.ended_at and task.started_at else None
-    data = task.model_dump(include=set(TaskView.model_fields) - {"duration_s", "error_code"})
+    data = task.model_dump(include=set(TaskView.model_fields) - {"duration_s", "error_code", "cut"})
     return TaskView(**data, error_code=known_code(task.error_code),
-                    duration_s=round(duration, 3) if duration is not None else None)
+                    duration_s=round(duration, 3) if duration is not None else None,
+                    cut=[name for name in task.TEXT_FIELDS if is_cut(getattr(task, name))] or None)
 
 
 def known_code(code: str | None) -> ErrorCode | None:

@@ -11,14 +11,17 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import psutil
 
+from base_controller import TaskIO
 from config import Settings
 from errors import CatalogueError, InputNotFoundError, NotFoundError, TaskError
-from repository_pgstac import PgstacRepository, PgstacSettings  # imported with the app, as the host indexes
-from repository_rasters import BlobInfo, RasterStore
+from models import BlobInfo
+# imported with the app, as the host indexes
+from repository_pgstac import ExtentRules, PgstacRepository, PgstacSettings
+from repository_rasters import RasterStore
 
 INTERMEDIATE_PREFIX = "tiles/"  # controller_raster names its tiles tiles/<container>/<output stem>/...
 MIB = 1024 * 1024
@@ -106,9 +109,13 @@ class Intermediates:
             raise InputNotFoundError(exc.message) from None
 
 
+ResultsReader = Callable[[str, int, int, int], list[dict[str, Any]]]  # (job_id, stage, first, last) -> results
+
+
 @dataclass
-class TaskIO:
-    """I/O for one worker process; ``pgstac()`` connects on first use.
+class StorageTaskIO:
+    """I/O for one worker process, over the storage account and pgstac: what a handler sees as
+    ``base_controller.TaskIO`` (mypy checks that this class has that shape); ``pgstac()`` connects on first use.
 
     ``rasters`` reaches only ``settings.job_containers`` whatever a task's stored parameters name
     (defence in depth behind submit-time validation); ``intermediates`` is the app's own tile store.
@@ -116,11 +123,11 @@ class TaskIO:
 
     settings: Settings
     rasters: RasterStore
-    extents: Any = None  # the catalogue's extent rules (controller_geo_common.STAC_EXTENTS)
-    _pgstac: object | None = field(default=None, repr=False)
+    extents: ExtentRules  # the catalogue's extent rules (controller_geo_common.STAC_EXTENTS)
+    _pgstac: PgstacRepository | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     known_collections: set[str] = field(default_factory=set, repr=False)  # ensured by this process
-    results_reader: Any = field(default=None, repr=False)  # (job_id, stage, first, last) -> results; by the engine
+    results_reader: ResultsReader | None = field(default=None, repr=False)  # set by the engine
     intermediates: Intermediates = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -128,22 +135,22 @@ class TaskIO:
         self.intermediates = Intermediates(self.rasters.restricted_to((payloads,)), payloads)
         self.rasters = self.rasters.restricted_to(self.settings.job_containers)
 
-    def stage_results(self, job_id: str, stage: int, first: int, last: int) -> list[Any]:
+    def stage_results(self, job_id: str, stage: int, first: int, last: int) -> list[dict[str, Any]]:
         """Results of the completed tasks ``first``..``last`` of a stage of the job, in index order (one range
         query): how a task reads its share of an earlier stage's results."""
         if self.results_reader is None:
             raise TaskError("this worker cannot read task results (no engine)")
         return self.results_reader(job_id, stage, first, last)
 
-    def pgstac(self):
+    def pgstac(self) -> PgstacRepository:
         """The pgstac repository; TaskError when no database is configured."""
         if self._pgstac is None:
             with self._lock:
                 if self._pgstac is None:
-                    if not self.settings.pgstac_host:
+                    s = self.settings
+                    if not s.pgstac_host:
                         raise CatalogueError("no STAC catalogue is configured: set PGSTAC_HOST (and PGSTAC_* "
                                              "settings)")
-                    s = self.settings
                     self._pgstac = PgstacRepository(PgstacSettings(
                         host=s.pgstac_host, port=s.pgstac_port, dbname=s.pgstac_dbname, user=s.pgstac_user,
                         password=s.pgstac_password, sslmode=s.pgstac_sslmode), self.extents)
@@ -164,3 +171,7 @@ class TaskIO:
             yield folder
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+# Checked by mypy (tests/test_types.py): the engine's class has the shape handlers are promised.
+_IMPLEMENTS: type[TaskIO] = StorageTaskIO

@@ -109,6 +109,12 @@ class ConflictError(OrchestratorError):
     http_status = 409
 
 
+class JobCancelledError(ConflictError):
+    """A task's claim met its job's cancel (the counter shard says so): the task never starts."""
+
+    code = "cancelled"
+
+
 class InvalidTransitionError(OrchestratorError):
     """A status change not allowed by the transition table."""
 

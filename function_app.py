@@ -100,9 +100,10 @@ def list_tasks(req: func.HttpRequest) -> func.HttpResponse:
 
 @app.route(route="jobs/{job_id}/tasks/{task_id}", methods=["GET"])
 def get_task(req: func.HttpRequest) -> func.HttpResponse:
-    """One task: status, attempts, timings, error, parameters and result (large ones by reference)."""
+    """One task: status, attempts, timings, error, parameters and result (large ones by reference; long texts
+    cut, whole with ?full=true)."""
     return _http(api_jobs.respond(lambda: api_listing.get_task(
-        engine(), req.route_params.get("job_id", ""), req.route_params.get("task_id", ""))))
+        engine(), req.route_params.get("job_id", ""), req.route_params.get("task_id", ""), req.params.get("full"))))
 
 
 @app.route(route="job-types", methods=["GET"])

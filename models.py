@@ -9,7 +9,7 @@ import hashlib
 import json
 import re
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal, Union
 
@@ -176,6 +176,59 @@ def task_row_key(stage: int, index: int) -> str:
     return f"task-{stage:02d}-{index:06d}"
 
 
+# ---------------------------------------------------------------- texts bounded where they are made
+# Table Storage counts a string in UTF-16 code units (2 bytes each) against its 64 KiB property, 1 MiB entity
+# and 4 MiB transaction limits; its JSON wire format escapes non-ASCII as \\uXXXX (6 bytes a unit). A text of
+# TEXT_BUDGET units is 16 KiB stored and at most 48 KiB on the wire: a task row's two texts, its inline
+# parameters and result (each spilled to a blob past 60 KiB) stay far inside one entity.
+TEXT_BUDGET = 8192
+_CUT = re.compile(r"\n\[\.\.\. [0-9,]+ characters cut \.\.\.\]\n")
+
+
+def utf16_len(text: str) -> int:
+    """Length of ``text`` in UTF-16 code units, the unit Azure counts strings in."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def _cut_marker(cut: int) -> str:
+    return f"\n[... {cut:,} characters cut ...]\n"
+
+
+def bound_text(text: str | None, budget: int = TEXT_BUDGET) -> str | None:
+    """``text`` if it fits ``budget`` UTF-16 units, else its head and tail around a marker saying how many
+    characters were cut (never splitting a surrogate pair); idempotent. A budget too small for the marker
+    keeps the head only."""
+    if text is None or len(text) <= budget // 2 or utf16_len(text) <= budget:
+        return text
+    data = text.encode("utf-16-le")
+    keep = budget - utf16_len(_cut_marker(len(text)))
+    if keep < 2:
+        return _decode_head(data[:2 * budget])
+    head = _decode_head(data[:2 * (keep - keep // 2)])
+    tail = _decode_tail(data[len(data) - 2 * (keep // 2):])
+    return f"{head}{_cut_marker(len(text) - len(head) - len(tail))}{tail}"
+
+
+def is_cut(text: str | None) -> bool:
+    """True for a text ``bound_text`` shortened."""
+    return text is not None and _CUT.search(text) is not None
+
+
+def _decode_head(data: bytes) -> str:
+    if len(data) >= 2 and 0xD800 <= int.from_bytes(data[-2:], "little") <= 0xDBFF:
+        data = data[:-2]  # the first half of a pair whose second half was cut
+    return data.decode("utf-16-le")
+
+
+def _decode_tail(data: bytes) -> str:
+    if len(data) >= 2 and 0xDC00 <= int.from_bytes(data[:2], "little") <= 0xDFFF:
+        data = data[2:]  # the second half of a pair whose first half was cut
+    return data.decode("utf-16-le")
+
+
+BoundedText = Annotated[str | None, AfterValidator(bound_text)]
+
+
 # ---------------------------------------------------------------- rows
 class Row(BaseModel):
     """Base of table rows: ETag travels beside the data, never inside it.
@@ -188,6 +241,8 @@ class Row(BaseModel):
     etag: str | None = Field(default=None, exclude=True)
     changed_at: datetime | None = Field(default=None, exclude=True)  # the service's Timestamp, when read
     write_id: str | None = None
+
+    TEXT_FIELDS: ClassVar[tuple[str, ...]] = ()  # free texts, bounded to TEXT_BUDGET whenever stored
 
 
 class PayloadRef(BaseModel):
@@ -209,12 +264,14 @@ class JobRecord(Row):
     stage_name: str = ""
     parameters: dict[str, Any] = Field(default_factory=dict)
     result_data: Any = None
-    error_details: str | None = None
+    error_details: BoundedText = None
     retries: int = 0
+    reopen_stage: int | None = None  # a retry under way: the stage whose failed tasks it hands back (cleared
+    # once their messages are sent); a repeated retry or the sweeper finishes what a crash interrupted
     counter_shards: int | None = None  # most counter shards per stage, fixed when the job is created
     callback_url: str | None = None
     webhook: str | None = None  # pending | delivered | failed | refused
-    webhook_error: str | None = None
+    webhook_error: BoundedText = None
     webhook_attempt: int = 0  # the delivery attempt last claimed (one chain per terminal status)
     webhook_due: datetime | None = None  # past this (plus grace) with no outcome, the sweeper resends
     traceparent: str | None = None  # W3C trace context of the submit span: the root of the job's (first) trace
@@ -223,6 +280,7 @@ class JobRecord(Row):
     schema_version: int = SCHEMA_VERSION
 
     JSON_FIELDS: ClassVar[tuple[str, ...]] = ("parameters", "result_data")
+    TEXT_FIELDS: ClassVar[tuple[str, ...]] = ("error_details", "webhook_error")
 
     def webhook_fields(self) -> dict[str, Any]:
         """What a terminal status write sets for the webhook: a new chain, due now (or none)."""
@@ -282,6 +340,7 @@ class ShardRecord(Row):
     retried: int = 0  # claims after a task's first (attempts beyond the first)
     progress: int = 0  # sum of the running tasks' reported percentages (ended tasks count in ``remaining``)
     errors: list[dict[str, Any]] = Field(default_factory=list)  # the shard's latest failures (bounded)
+    cancelled: bool = False  # set by a cancel: every claim commits If-Match on its shard, so none lands after
     finisher: str | None = None
     schema_version: int = SCHEMA_VERSION
 
@@ -302,10 +361,11 @@ class TaskRecord(Row):
     progress: int | None = None  # 0-100 while running, as the handler last reported
     parameters: dict[str, Any] = Field(default_factory=dict)
     result: Any = None
-    error_details: str | None = None
+    error_details: BoundedText = None
     error_code: str | None = None  # why it failed, for machines (errors.ErrorCode), beside error_details
     attempts: int = 0
-    last_error: str | None = None
+    last_error: BoundedText = None
+    text_blobs: dict[str, str] | None = None  # field -> payload blob holding its whole text, while it is cut
     time_limit_s: int | None = None
     lease_until: datetime | None = None
     end_token: str | None = None
@@ -314,7 +374,30 @@ class TaskRecord(Row):
     ended_at: datetime | None = None
     schema_version: int = SCHEMA_VERSION
 
-    JSON_FIELDS: ClassVar[tuple[str, ...]] = ("parameters", "result")
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = ("parameters", "result", "text_blobs")
+    TEXT_FIELDS: ClassVar[tuple[str, ...]] = ("error_details", "last_error")
+
+    def lease_held(self, now: datetime, skew_s: float) -> bool:
+        """Whether a worker may still hold this task, judged at ``now`` by the reader's clock.
+
+        A lease is written with its claimer's clock and read with another host's: it counts as held until
+        ``skew_s`` (settings.max_clock_skew_s) past its end, so clocks up to that far apart never take a
+        live lease over. Every judgement of a lease goes through here (the sweeper's query through
+        ``lease_cutoff``)."""
+        return (self.status == Status.PROCESSING and self.lease_until is not None
+                and now < self.lease_until + timedelta(seconds=skew_s))
+
+    def same_claim(self, other: "TaskRecord") -> bool:
+        """Whether ``other`` is this row under the same claim (same attempt, same lease, still processing):
+        the two differ at most by the claimer's own progress writes."""
+        return (self.status == other.status == Status.PROCESSING and self.attempts == other.attempts
+                and self.started_at == other.started_at and self.lease_until == other.lease_until)
+
+
+def lease_cutoff(now: datetime, skew_s: float) -> datetime:
+    """Leases that ended before this moment (by their claimers' clocks) are over by ``now`` on any host whose
+    clock is within ``skew_s`` of theirs (the query form of ``TaskRecord.lease_held``)."""
+    return now - timedelta(seconds=skew_s)
 
 
 def row_keys(row: Row) -> tuple[str, str]:
@@ -333,12 +416,15 @@ def row_keys(row: Row) -> tuple[str, str]:
 
 
 def to_entity(row: Row) -> dict[str, Any]:
-    """Table entity of a row: JSON fields become strings; None values are left out."""
+    """Table entity of a row: JSON fields become strings, free texts are bounded (``bound_text``: a row
+    copied with a longer text is cut here, where it is stored); None values are left out."""
     pk, rk = row_keys(row)
     data = row.model_dump(mode="python", exclude={"etag"})
     entity: dict[str, Any] = {"PartitionKey": validate_key(pk), "RowKey": validate_key(rk)}
     for name, value in data.items():
-        if name in row.JSON_FIELDS:
+        if name in row.TEXT_FIELDS:
+            entity[name] = bound_text(value)
+        elif name in row.JSON_FIELDS:
             entity[name] = canonical_json(value) if value is not None else None
         elif isinstance(value, StrEnum):
             entity[name] = value.value
@@ -415,7 +501,8 @@ class TaskMessage(Message):
     kind: Literal["task"] = "task"
     job_id: str
     task_id: str
-    attempt: int | None = Field(default=None, ge=0, description="on a poison message: the attempt that gave up")
+    attempt: int | None = Field(default=None, ge=0, description="on a poison message: the attempt that gave up (on a "
+                         "message re-driven from a host-moved poison message: the attempt it was sent at)")
     count: int = Field(default=1, ge=1, le=MAX_TASKS_PER_MESSAGE, exclude_if=lambda v: v == 1,
                        description="tasks in the run: task_id and the next count - 1 of its stage")
 
@@ -472,11 +559,12 @@ class ScheduleRecord(Row):
     last_slot: datetime | None = None
     claimed_at: datetime | None = None  # when last_slot was claimed (by the ticking instance's clock)
     last_job_id: str | None = None
-    last_error: str | None = None
+    last_error: BoundedText = None
     skipped_slots: int = 0  # slots passed over by the latest-only policy (after downtime)
     schema_version: int = SCHEMA_VERSION
 
     JSON_FIELDS: ClassVar[tuple[str, ...]] = ("parameters",)
+    TEXT_FIELDS: ClassVar[tuple[str, ...]] = ("last_error",)
 
     def table_keys(self) -> tuple[str, str]:
         """(PartitionKey, RowKey)."""

@@ -3,7 +3,9 @@
 Layout. Jobs table: one row per job (PartitionKey = job_id, RowKey 'job'). Tasks table: one partition
 per job holding its stage rows ('stage-NN'), their counter shards ('stage-NN-shard-MM') and its task
 rows ('task-NN-IIIIII'), so a task's end and its stage counters commit in one entity-group transaction.
-JSON values too large for a property are spilled to blobs; the row keeps ``<field>_ref``.
+JSON values too large for a property are spilled to blobs; the row keeps ``<field>_ref``. A free text over
+``TEXT_BUDGET`` is stored whole as a blob first and the row keeps its head and tail (``models.bound_text``)
+with the blob's name in ``text_blobs``.
 """
 from __future__ import annotations
 
@@ -16,10 +18,10 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
 from config import Settings
-from errors import ConflictError, NotFoundError, OrchestratorError, TransientError
+from errors import ConflictError, EntityTooLargeError, NotFoundError, OrchestratorError, TransientError
 from models import (
-    INDEX_PARTITION, JobRecord, PayloadRef, Row, ShardRecord, StageRecord, TaskRecord, from_entity,
-    new_write_id, shard_row_key, stage_row_key, task_row_key, to_entity,
+    INDEX_PARTITION, JobRecord, PayloadRef, Row, ShardRecord, StageRecord, TaskRecord, bound_text,
+    from_entity, is_cut, new_write_id, row_keys, shard_row_key, stage_row_key, task_row_key, to_entity,
 )
 from repository_rules import (
     BATCH_MAX_BYTES, BATCH_MAX_OPERATIONS, MAX_ENTITY_BYTES, check_entity_limits, chunk_for_transactions, utf16_len,
@@ -38,6 +40,11 @@ R = TypeVar("R", bound=Row)
 INLINE_JSON_MAX_BYTES = 60 * 1024  # UTF-16 bytes; Azure's property limit is 64 KiB
 REOPEN_COUNTER_RESERVE = 16 * 1024  # wire bytes kept free for a shard or stage row
 _IF_MATCH = {"mode": UpdateMode.REPLACE, "match_condition": MatchConditions.IfNotModified}
+
+
+def _too_large(error: BaseException | None) -> bool:
+    """True for the service's answer to an entity, property or request over its size limits."""
+    return getattr(error, "status_code", None) == 413 or "TooLarge" in str(getattr(error, "error_code", "") or "")
 
 
 class BatchTooLarge(Exception):
@@ -66,8 +73,9 @@ class JobStore(JobQueries):
 
     # ------------------------------------------------------------ (de)serialisation with spill
     def pack(self, row: Row) -> dict[str, Any]:
-        """Entity for ``row``: oversized JSON fields go to blobs; Azure's limits are enforced."""
-        entity = to_entity(row)
+        """Entity for ``row``: oversized JSON fields and the whole of cut texts go to blobs; Azure's limits
+        are enforced."""
+        entity = to_entity(self.keep_whole_texts(row))
         for name in row.JSON_FIELDS:
             text = entity.get(name)
             if text is not None and 2 * utf16_len(text) > INLINE_JSON_MAX_BYTES:
@@ -77,6 +85,30 @@ class JobStore(JobQueries):
                 entity[f"{name}_ref"] = ref.model_dump_json()
         check_entity_limits(entity)
         return entity
+
+    def keep_whole_texts(self, row: R) -> R:
+        """``row`` with each free text over TEXT_BUDGET cut to its head and tail, after storing the whole text
+        as a blob (named by its content: a repeated write overwrites it harmlessly) linked in ``text_blobs``.
+        A link stays while its field still holds the cut text; a field written anew drops it."""
+        if "text_blobs" not in type(row).model_fields:
+            return row
+        links, update = dict(row.text_blobs or {}), {}
+        for name in row.TEXT_FIELDS:
+            text = getattr(row, name)
+            if bound_text(text) is not text:
+                pk, rk = row_keys(row)
+                links[name] = self.blobs.put_text(f"{pk}/{rk}/{name}", text)
+                update[name] = bound_text(text)
+            elif not is_cut(text):
+                links.pop(name, None)
+        if update or (links or None) != row.text_blobs:
+            return row.model_copy(update={**update, "text_blobs": links or None})
+        return row
+
+    def whole_texts(self, task: TaskRecord) -> TaskRecord:
+        """``task`` with its cut texts read back whole from their blobs."""
+        links = {name: blob for name, blob in (task.text_blobs or {}).items() if is_cut(getattr(task, name, None))}
+        return task.model_copy(update={name: self.blobs.get_text(blob) for name, blob in links.items()})
 
     def unpack(self, cls: type[R], entity: Any, resolve: bool = True) -> R:
         """Row from an SDK entity, loading spilled fields from blobs when ``resolve``."""
@@ -178,9 +210,11 @@ class JobStore(JobQueries):
             raise TransientError(f"stage {stage.stage} of job {stage.job_id}: its counters could not be written")
         return stored
 
-    def create_tasks(self, tasks: list[TaskRecord]) -> None:
+    def create_tasks(self, tasks: list[TaskRecord]) -> bool:
         """Create task rows in deterministic transactions; a batch that exists already (a repeat, or a lost
-        reply) fails whole with a conflict and is skipped; a transient failure is tried again."""
+        reply) fails whole with a conflict and is skipped; a transient failure is tried again. True when
+        some rows existed already (their tasks may have been sent, run or ended since)."""
+        existed = False
         for batch in chunk_for_transactions([self.pack(t) for t in tasks]):
             for attempt in range(3):
                 try:
@@ -188,10 +222,12 @@ class JobStore(JobQueries):
                         submit_transaction(self.tasks, [("create", e) for e in batch])
                     break
                 except ConflictError:
+                    existed = True
                     break
                 except TransientError:
                     if attempt == 2:
                         raise
+        return existed
 
     def replace_stage(self, stage: StageRecord) -> StageRecord:
         """Conditional update of a stage row (write id recognises a lost reply)."""
@@ -236,14 +272,25 @@ class JobStore(JobQueries):
         row (its position in that order) when the service says which.
         """
         rows: list[Row] = [*tasks, *shards, *([stage] if stage is not None else [])]
-        ops = [("update", self.pack(row), {**_IF_MATCH, "etag": row.etag}) for row in rows]
+        ops = []
+        for index, row in enumerate(rows):
+            try:
+                ops.append(("update", self.pack(row), {**_IF_MATCH, "etag": row.etag}))
+            except EntityTooLargeError as exc:  # this row only: nothing was sent
+                exc.details["operation"] = index
+                raise
         if len(tasks) > 1 and len(chunk_for_transactions([op[1] for op in ops])) > 1:
             raise BatchTooLarge(f"{len(tasks)} task rows are over one transaction's size; commit fewer")
         try:
             with translate_errors(f"commit {len(tasks)} task rows of job {tasks[0].job_id if tasks else '?'}"):
                 results = submit_transaction(self.tasks, ops)
-        except ConflictError as exc:
+        except TransientError:
+            raise
+        except OrchestratorError as exc:  # a conflict, or a row the service refused (its size): name which
             exc.details["operation"] = getattr(exc.__cause__, "index", None)
+            if not isinstance(exc, ConflictError) and _too_large(exc.__cause__):
+                raise EntityTooLargeError(f"the service refused a row as too large: {exc.message}",
+                                          **exc.details) from exc
             raise
         return [result.get("etag") for result in results]
 
@@ -257,6 +304,21 @@ class JobStore(JobQueries):
             try:
                 with translate_errors(f"mark stage {stage} of {job_id}"):
                     self.tasks.update_entity(entity, mode=UpdateMode.MERGE)
+                return
+            except TransientError:
+                if attempt == 2:
+                    raise
+
+    def mark_cancelled(self, job_id: str, stage: int, shards: int) -> None:
+        """Mark a stage row and its ``shards`` counter shards cancelled, in one transaction of merges (no ETag
+        needed; a repeat, or a repeat after a lost reply, is harmless). A merge changes each row's ETag, and a
+        claim commits If-Match on its shard: no claim can land after this returns."""
+        ops = [("update", {"PartitionKey": job_id, "RowKey": key, "cancelled": True}, {"mode": UpdateMode.MERGE})
+               for key in (stage_row_key(stage), *(shard_row_key(stage, s) for s in range(shards)))]
+        for attempt in range(3):
+            try:
+                with translate_errors(f"mark stage {stage} of {job_id} cancelled"):
+                    submit_transaction(self.tasks, ops)
                 return
             except TransientError:
                 if attempt == 2:

@@ -1,4 +1,5 @@
-"""Blob payloads: JSON values too large for a table property live here, addressed by content."""
+"""Blob payloads: JSON values too large for a table property, and the whole texts of cut ones, live here,
+addressed by content."""
 from __future__ import annotations
 
 import hashlib
@@ -36,6 +37,21 @@ class PayloadBlobs:
                 name, data, overwrite=True,
                 content_settings=ContentSettings(content_type="application/json"))
         return PayloadRef(container=self.container, blob=name, bytes=len(data))
+
+    def put_text(self, prefix: str, text: str) -> str:
+        """Store ``text`` (UTF-8) under ``prefix``; its name holds a content hash, so a repeat overwrites
+        the same blob harmlessly. Returns the blob's name."""
+        data = text.encode("utf-8", "surrogatepass")
+        name = f"{prefix}-{hashlib.sha256(data).hexdigest()[:16]}.txt"
+        with translate_errors(f"upload text {name}"):
+            self._container.upload_blob(name, data, overwrite=True,
+                                        content_settings=ContentSettings(content_type="text/plain; charset=utf-8"))
+        return name
+
+    def get_text(self, name: str) -> str:
+        """Load a text stored by ``put_text``."""
+        with translate_errors(f"download text {name}"):
+            return self._container.download_blob(name).readall().decode("utf-8", "surrogatepass")
 
     def put_json_once(self, name: str, value: Any) -> Any:
         """Store ``value`` at ``name`` unless something is there already; return what is stored.

@@ -86,7 +86,8 @@ class JobQueries:
                 results_per_page=1000)]
 
     def stale_tasks(self, job_id: str, stage: int, before: datetime) -> list[TaskRecord]:
-        """Tasks of a stage still processing with a lease that ended before ``before``."""
+        """Tasks of a stage still processing with a lease that ended before ``before`` (by their claimers'
+        clocks: pass ``models.lease_cutoff`` of the reader's time, so clock skew never makes a live lease stale)."""
         flt = ("PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi and status eq 'processing' "
                "and lease_until lt @before")
         params = {"pk": job_id, "lo": f"task-{stage:02d}-", "hi": f"task-{stage:02d}.", "before": before}
@@ -113,6 +114,6 @@ class JobQueries:
         return self._query(self.jobs, JobRecord, flt, {"before": before}, resolve=False)
 
     def active_jobs(self) -> list[JobRecord]:
-        """Jobs that are queued or processing (the sweeper's work list)."""
-        flt = "status eq 'queued' or status eq 'processing'"
+        """Jobs that are queued or processing, or that a retry left part-way (the sweeper's work list)."""
+        flt = "status eq 'queued' or status eq 'processing' or reopen_stage ge 1"
         return self._query(self.jobs, JobRecord, flt, {}, resolve=False)

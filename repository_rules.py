@@ -7,16 +7,11 @@ from datetime import datetime
 from typing import Any
 
 from errors import EntityTooLargeError
-from models import validate_key
+from models import utf16_len, validate_key
 
 MAX_PROPERTY_BYTES = 64 * 1024
 MAX_ENTITY_BYTES = 1024 * 1024
 MAX_CUSTOM_PROPERTIES = 252
-
-
-def utf16_len(text: str) -> int:
-    """Length of ``text`` in UTF-16 code units, the unit Azure counts strings in."""
-    return len(text.encode("utf-16-le")) // 2
 
 
 def property_bytes(value: Any) -> int:

@@ -22,7 +22,7 @@ def normalise_etag(etag: str) -> str:
     return etag.strip().strip('"')
 
 
-def parse_blob_event(event_id: str | None, event_type: str, subject: str, data: Any) -> BlobArrival | None:
+def parse_blob_event(event_id: str | None, event_type: str, subject: str, data: object) -> BlobArrival | None:
     """The blob a ``BlobCreated`` event announces; None for any other event type.
 
     ValueError when a ``BlobCreated`` event does not name a blob and its ETag (nothing could say
@@ -33,13 +33,13 @@ def parse_blob_event(event_id: str | None, event_type: str, subject: str, data: 
     found = _SUBJECT.match(subject or "")
     if not found:
         raise ValueError(f"BlobCreated event {event_id}: subject {subject!r} does not name a blob")
-    data = data if isinstance(data, dict) else {}
-    etag = data.get("eTag") or data.get("etag")
+    fields: dict[str, Any] = data if isinstance(data, dict) else {}
+    etag = fields.get("eTag") or fields.get("etag")
     if not isinstance(etag, str) or not normalise_etag(etag):
         raise ValueError(f"BlobCreated event {event_id} for {found.group(1)}/{found.group(2)} carries no eTag")
-    size = data.get("contentLength")
+    size = fields.get("contentLength")
     return BlobArrival(container=found.group(1), blob=found.group(2), etag=normalise_etag(etag),
-                       size=size if isinstance(size, int) else None, content_type=data.get("contentType"),
+                       size=size if isinstance(size, int) else None, content_type=fields.get("contentType"),
                        event_id=event_id)
 
 

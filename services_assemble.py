@@ -23,7 +23,7 @@ import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import rasterio
 from affine import Affine
@@ -44,6 +44,7 @@ from services_tiff_write import BlockRef, Image, tiff_image, write_cog
 
 EXACT_TILE_RESAMPLING = frozenset({"nearest"})  # tile overviews equal the whole raster's (when sizes allow)
 COMPRESSION_CODES = {"deflate": {8, 32946}, "lzw": {5}, "zstd": {50000}, "webp": {50001}, "jpeg": {7}}
+Placed = list[tuple[TileFacts, int, int]]  # (tile, col, row) in the mosaic, from services_mosaic.place_tiles
 
 
 def tile_levels(width: int, height: int, tile_size: int, blocksize: int, resampling: str) -> int:
@@ -61,7 +62,7 @@ def tile_levels(width: int, height: int, tile_size: int, blocksize: int, resampl
     return levels
 
 
-def assemble_tiles(tile_paths: list[str | Path], dst_path: str | Path,
+def assemble_tiles(tile_paths: Sequence[str | Path], dst_path: str | Path,
                    options: CogOptions | None = None, limits: RasterLimits | None = None) -> CogResult:
     """Join tiles from ``process_tile`` (any order) into one COG, as ``create_cog`` would write it.
 
@@ -111,7 +112,7 @@ class CopyPlan(NamedTuple):
     total: int
 
 
-def _copy_plan(facts: list[TileFacts], placed: list[tuple[TileFacts, int, int]], width: int, height: int,
+def _copy_plan(facts: list[TileFacts], placed: Placed, width: int, height: int,
                options: CogOptions) -> CopyPlan | None:
     """How the tiles' blocks can be copied (None: they must be re-encoded)."""
     size = options.blocksize
@@ -139,7 +140,7 @@ def _copy_plan(facts: list[TileFacts], placed: list[tuple[TileFacts, int, int]],
     return None if copied < 0 else CopyPlan(tiffs, first, copied, total)
 
 
-def _same_codec(tiffs: list[TiffFile], levels: list, first: int, n: int, level: int) -> bool:
+def _same_codec(tiffs: list[TiffFile], levels: list[Any], first: int, n: int, level: int) -> bool:
     mine, theirs = levels[n][level], levels[first][level]
     if (mine[1] is None) != (theirs[1] is None):
         return False
@@ -147,7 +148,7 @@ def _same_codec(tiffs: list[TiffFile], levels: list, first: int, n: int, level: 
     return all(tiffs[n].ifds[a].codec() == tiffs[first].ifds[b].codec() for a, b in pairs)
 
 
-def _write_assembled(copy: CopyPlan, facts: list[TileFacts], placed, width: int, height: int,
+def _write_assembled(copy: CopyPlan, facts: list[TileFacts], placed: Placed, width: int, height: int,
                      options: CogOptions, limits: RasterLimits | None, work: Path, tmp_out: Path) -> None:
     """Images of the COG: levels 0..copied from the tiles' blocks, the rest from a computed mosaic."""
     sources: list[str | Path] = [f.path for f in facts]
@@ -160,25 +161,23 @@ def _write_assembled(copy: CopyPlan, facts: list[TileFacts], placed, width: int,
         coarse = _coarse_levels(facts, placed, width, height, copy.copied, copy.total, options, limits, work)
         tiff = read_tiff(coarse)
         sources.append(coarse)
-        for image, mask in tiff.levels():
-            images.append(tiff_image(tiff, image, len(sources) - 1, True))
-            masks.append(tiff_image(tiff, mask, len(sources) - 1, True) if mask is not None else None)
+        for image_ifd, mask_ifd in tiff.levels():
+            images.append(tiff_image(tiff, image_ifd, len(sources) - 1, True))
+            masks.append(tiff_image(tiff, mask_ifd, len(sources) - 1, True) if mask_ifd is not None else None)
     write_cog(tmp_out, images, masks, sources)
 
 
-def _level_from_tiles(copy: CopyPlan, placed, width: int, height: int, level: int,
+def _level_from_tiles(copy: CopyPlan, placed: Placed, width: int, height: int, level: int,
                       size: int) -> tuple[Image, Image | None]:
     """One level of the COG, every block taken from the tile that holds it."""
     level_width, level_height = math.ceil(width / 2**level), math.ceil(height / 2**level)
     across, down = math.ceil(level_width / size), math.ceil(level_height / size)
-    template = copy.tiffs[copy.first].levels()[level]
-    out = [tiff_image(copy.tiffs[copy.first], i, 0, level > 0) if i is not None else None for i in template]
-    for part in out:
-        if part is not None:
-            part.width, part.height, part.blocks = level_width, level_height, [None] * (across * down)
+    first = copy.tiffs[copy.first]
+    out = [tiff_image(first, i, 0, level > 0) for i in first.levels()[level] if i is not None]  # image[, mask]
+    grids: list[list[BlockRef | None]] = [[None] * (across * down) for _ in out]  # each part's blocks, row by row
     for n, (_, col, row) in enumerate(placed):
         for kind, ifd_index in enumerate(copy.tiffs[n].levels()[level]):
-            if out[kind] is None:
+            if kind >= len(out) or ifd_index is None:
                 continue
             ifd = copy.tiffs[n].ifds[ifd_index]
             offsets, counts = copy.tiffs[n].blocks[ifd_index]
@@ -187,16 +186,19 @@ def _level_from_tiles(copy: CopyPlan, placed, width: int, height: int, level: in
             for by in range(tiles_down):
                 for bx in range(tiles_across):
                     at = (y0 + by) * across + x0 + bx
-                    if bx + x0 >= across or by + y0 >= down or out[kind].blocks[at] is not None:
+                    if bx + x0 >= across or by + y0 >= down or grids[kind][at] is not None:
                         raise TaskError(f"tiles do not fit the block grid at level {level}")
                     block = by * tiles_across + bx
-                    out[kind].blocks[at] = BlockRef(n, int(offsets[block]), int(counts[block]))
-    if any(b is None for part in out if part is not None for b in part.blocks):
-        raise TaskError(f"tiles leave a block of level {level} empty")
-    return out[0], out[1]
+                    grids[kind][at] = BlockRef(n, int(offsets[block]), int(counts[block]))
+    for part, grid in zip(out, grids, strict=True):
+        blocks = [b for b in grid if b is not None]
+        if len(blocks) != len(grid):
+            raise TaskError(f"tiles leave a block of level {level} empty")
+        part.width, part.height, part.blocks = level_width, level_height, blocks
+    return out[0], out[1] if len(out) > 1 else None
 
 
-def _coarse_levels(facts: list[TileFacts], placed, width: int, height: int, level: int, total: int,
+def _coarse_levels(facts: list[TileFacts], placed: Placed, width: int, height: int, level: int, total: int,
                    options: CogOptions, limits: RasterLimits | None, work: Path) -> Path:
     """The levels coarser than ``level``: a mosaic of the tiles at ``level``, its overviews built by
     GDAL as ``create_cog`` builds them, written (compressed, COG layout) without the mosaic itself."""
@@ -207,9 +209,10 @@ def _coarse_levels(facts: list[TileFacts], placed, width: int, height: int, leve
             "blockxsize": options.blocksize, "blockysize": options.blocksize, "interleave": "pixel",
             "transform": Affine(*first.origin) @ Affine.scale(scale), "BIGTIFF": "IF_SAFER"}
     in_memory = meta["width"] * meta["height"] <= options.in_memory_max_pixels
-    info = RasterInfo.model_construct(path=first.path, dtypes=[first.dtype] * first.count, count=first.count,
-                                      nodata=first.nodata, has_alpha=ColorInterp.alpha in first.colorinterp,
-                                      has_mask=first.mask, colorinterp=[c.name for c in first.colorinterp])
+    info = RasterInfo.model_construct(  # type: ignore[call-arg]  # partial on purpose: only what is read
+        path=first.path, dtypes=[first.dtype] * first.count, count=first.count, nodata=first.nodata,
+        has_alpha=ColorInterp.alpha in first.colorinterp, has_mask=first.mask,
+        colorinterp=[c.name for c in first.colorinterp])
     dst_kwargs = creation_options(info, options)[0]
     coarse = work / "coarse.tif"
     with ExitStack() as stack:
@@ -221,7 +224,7 @@ def _coarse_levels(facts: list[TileFacts], placed, width: int, height: int, leve
                                                       ZSTD_LEVEL=1))
         stage.colorinterp = first.colorinterp
         for tile, col, row in placed:
-            extra = {"overview_level": level - 1} if level else {}
+            extra: dict[str, Any] = {"overview_level": level - 1} if level else {}
             with open_user_raster(tile.path, limits=limits, **extra) as part:
                 for _, window in part.block_windows(1):
                     out = Window(col // scale + window.col_off, row // scale + window.row_off, window.width,

@@ -42,18 +42,19 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling
 from rasterio.env import get_gdal_config, set_gdal_config
 from rasterio.errors import RasterioIOError
-from rasterio.io import MemoryFile
+from rasterio.io import DatasetReader, MemoryFile
 from rasterio.rio.overview import get_maximum_overview_level
 from rasterio.shutil import copy as rio_copy
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
-from rio_cogeo import cog_translate
+from rio_cogeo.cogeo import cog_translate
 from rio_cogeo.errors import RioCogeoError
 
 from errors import CorruptRasterError, TaskError, TransientError
@@ -135,7 +136,7 @@ def cog_env(options: CogOptions) -> rasterio.Env:
                         GDAL_NUM_THREADS=threads, VSI_CACHE_SIZE=str(VSI_CACHE_BYTES), GTIFF_DIRECT_IO="YES")
 
 
-def _translate(source: RasterSource, tmp_out: Path, info: RasterInfo, options: CogOptions, dst_kwargs: dict,
+def _translate(source: RasterSource, tmp_out: Path, info: RasterInfo, options: CogOptions, dst_kwargs: dict[str, Any],
                add_mask: bool, limits: RasterLimits, app_vrt: bool,
                sidecars: Sidecars | None = None) -> tuple[bool, int | None, list[str]]:
     """Write the COG into ``tmp_out``; returns (in_memory, GDAL_CACHEMAX used, warnings raised)."""
@@ -147,7 +148,8 @@ def _translate(source: RasterSource, tmp_out: Path, info: RasterInfo, options: C
         alpha_added = False
         override = raster.warp_source_kwargs()  # georeferencing/nodata from sidecars
         if options.target_crs:
-            vrt_kwargs: dict = {"crs": options.target_crs, "resampling": Resampling[options.resampling], **override}
+            vrt_kwargs: dict[str, Any] = {"crs": options.target_crs, "resampling": Resampling[options.resampling],
+                                          **override}
             if info.nodata is not None:
                 vrt_kwargs.update(src_nodata=info.nodata, nodata=info.nodata)
             elif not info.has_alpha:
@@ -202,8 +204,9 @@ def gdal_cache_limit(megabytes: int | None) -> Iterator[None]:
         set_gdal_config("GDAL_CACHEMAX", previous)
 
 
-def _masked_cog(source, data_indexes: list[int], mask_of: Callable[[Window], np.ndarray], tmp_out: Path,
-                dst_kwargs: dict, options: CogOptions, in_memory: bool, tags: dict[str, str]) -> None:
+def _masked_cog(source: DatasetReader | WarpedVRT, data_indexes: list[int], mask_of: Callable[[Window], np.ndarray],
+                tmp_out: Path, dst_kwargs: dict[str, Any], options: CogOptions, in_memory: bool,
+                tags: dict[str, str]) -> None:
     """rio-cogeo's layout (tiled stage + internal mask, overviews, ``copy_src_overviews``) for a mask that
     cog_translate would lose: masked data of types GDAL does not accept as alpha-as-mask (only Byte/UInt16
     do: through cog_translate's WarpedVRT such a mask would be silently dropped), a ``.msk`` sidecar GDAL

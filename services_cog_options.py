@@ -9,7 +9,7 @@ import json
 import warnings
 from enum import StrEnum
 from pathlib import PurePosixPath
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rio_cogeo.profiles import cog_profiles
@@ -138,13 +138,14 @@ def codec_options(compress: str, dtypes: list[str]) -> dict[str, int]:
     return extra
 
 
-def creation_options(info: RasterInfo, options: CogOptions) -> tuple[dict, bool, list[str]]:
+def creation_options(info: RasterInfo, options: CogOptions) -> tuple[dict[str, Any], bool, list[str]]:
     """(GDAL creation options, add an internal mask, notes) of the COG ``options`` make from ``info``;
     TaskError when the profile cannot hold this raster. ``services_cog`` and ``services_tiles`` write with them."""
     profile = options.cog_profile
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "non-standard compression" for zstd/webp: chosen on purpose
-        dst_kwargs = dict(cog_profiles.get(profile.value))
+        # rio-cogeo's COGProfiles.get has no annotations (the package is typed otherwise)
+        dst_kwargs: dict[str, Any] = dict(cog_profiles.get(profile.value))  # type: ignore[no-untyped-call]
     dst_kwargs.update(blockxsize=options.blocksize, blockysize=options.blocksize, BIGTIFF="IF_SAFER",
                       NUM_THREADS=options.threads, **codec_options(dst_kwargs["compress"], info.dtypes))
     notes: list[str] = []

@@ -15,7 +15,7 @@ already bring it), which reports a point it cannot transform as ``inf`` instead 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from affine import Affine
@@ -33,13 +33,13 @@ BISECTIONS = 14
 Ring = list[tuple[float, float]]
 
 
-def footprint_wgs84(info: Any, densify: int = DENSIFY_POINTS) -> tuple[dict, list[float]]:
+def footprint_wgs84(info: Any, densify: int = DENSIFY_POINTS) -> tuple[dict[str, Any], list[float]]:
     """(GeoJSON geometry, bbox) of a ``RasterInfo``'s footprint in EPSG:4326."""
     return outline_wgs84(info.crs_wkt, Affine(*info.transform), info.width, info.height, info.path, densify)
 
 
 def outline_wgs84(crs_wkt: str, transform: Affine, width: int, height: int, label: str,
-                  densify: int = DENSIFY_POINTS) -> tuple[dict, list[float]]:
+                  densify: int = DENSIFY_POINTS) -> tuple[dict[str, Any], list[float]]:
     """(GeoJSON geometry, bbox) of the part of a ``width`` x ``height`` grid that lies on the Earth."""
     ring = edge_ring(crs_wkt, transform, width, height, densify)
     if ring is None:
@@ -93,13 +93,13 @@ def _sampled_ring(to_lonlat: Transformer, transform: Affine, width: int, height:
                             f"{len(pixels)} sample points transforms to longitude/latitude): check its CRS "
                             f"and geotransform")
     hull = _convex_hull(valid)
-    points = []
+    densified = []
     per_edge = max(2, densify // 4)
     for i, start in enumerate(hull):
         end = hull[(i + 1) % len(hull)]
-        points += [start + (end - start) * k / per_edge for k in range(per_edge)]
+        densified += [start + (end - start) * k / per_edge for k in range(per_edge)]
     step = max(width / (nx - 1), height / (ny - 1))
-    points = _push_out(to_lonlat, transform, np.array(points), valid.mean(axis=0), step, width, height)
+    points = _push_out(to_lonlat, transform, np.array(densified), valid.mean(axis=0), step, width, height)
     lons, lats, ok = _lonlat(to_lonlat, transform, points)
     ring = [(x, y) for x, y, good in zip(lons.tolist(), lats.tolist(), ok.tolist(), strict=True) if good]
     if len(ring) < 3:  # a sliver: a small box around what transformed
@@ -114,11 +114,11 @@ def _convex_hull(points: np.ndarray) -> np.ndarray:
     if len(pts) <= 2:
         return np.array(pts, dtype="float64")
 
-    def cross(o, a, b) -> float:
-        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+    def cross(o: tuple[float, ...], a: tuple[float, ...], b: tuple[float, ...]) -> float:
+        return float((a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0]))
 
-    lower: list = []
-    upper: list = []
+    lower: list[tuple[float, ...]] = []
+    upper: list[tuple[float, ...]] = []
     for p in pts:
         while len(lower) >= 2 and cross(lower[-2], lower[-1], p) <= 0:
             lower.pop()
@@ -147,10 +147,11 @@ def _push_out(to_lonlat: Transformer, transform: Affine, hull: np.ndarray, centr
         ok &= inside
         good = np.where(ok, mid, good)
         bad = np.where(ok, bad, mid)
-    return hull + direction * good[:, None]
+    pushed: np.ndarray = hull + direction * good[:, None]
+    return pushed
 
 
-def _geometry(ring: Ring) -> tuple[dict, list[float]]:
+def _geometry(ring: Ring) -> tuple[dict[str, Any], list[float]]:
     ring = [(x, max(-90.0, min(90.0, y))) for x, y in ring]
     ring = _unwrap(ring)
     parts = [p for shift in (-720, -360, 0, 360, 720)
@@ -184,7 +185,9 @@ def _unwrap(points: Ring) -> Ring:
 
 def _clip_lon(ring: Ring) -> Ring:
     """Sutherland-Hodgman clip of a ring to -180 <= lon <= 180."""
-    for edge, inside in ((-180.0, lambda x: x >= -180.0), (180.0, lambda x: x <= 180.0)):
+    bounds: tuple[tuple[float, Callable[[float], bool]], ...] = (
+        (-180.0, lambda x: x >= -180.0), (180.0, lambda x: x <= 180.0))
+    for edge, inside in bounds:
         if not ring:
             return ring
         clipped: Ring = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 from affine import Affine
@@ -49,7 +50,7 @@ class TileFacts:
     mask: bool
     block: tuple[int, int]  # (width, height) of band 1's blocks
     tags: dict[str, str] = field(default_factory=dict)
-    colormap: dict | None = None
+    colormap: dict[str, Any] | None = None
 
     @property
     def crs_string(self) -> str:
@@ -129,8 +130,8 @@ def mosaic_xml(first: TileFacts, sources: list[tuple[str, int, int, int, int]], 
         if first.nodata is not None:
             lines.append(f"    <NoDataValue>{_nodata_text(first.nodata)}</NoDataValue>")
         lines.append(f"    <ColorInterp>{VRT_COLORINTERP.get(first.colorinterp[bidx - 1], 'Undefined')}</ColorInterp>")
-        if first.descriptions[bidx - 1]:
-            lines.append(f"    <Description>{escape(first.descriptions[bidx - 1])}</Description>")
+        if description := first.descriptions[bidx - 1]:
+            lines.append(f"    <Description>{escape(description)}</Description>")
         lines.append(f"    <Offset>{first.offsets[bidx - 1]!r}</Offset><Scale>{first.scales[bidx - 1]!r}</Scale>")
         if bidx == 1 and first.colormap:
             lines.append("    <ColorTable>" + "".join(f'<Entry c1="{c[0]}" c2="{c[1]}" c3="{c[2]}" c4="{c[3]}"/>'

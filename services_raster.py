@@ -13,7 +13,9 @@ from __future__ import annotations
 import logging
 import math
 from datetime import UTC, datetime
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any, Literal
 
 from affine import Affine
 from pydantic import BaseModel, Field
@@ -73,7 +75,7 @@ class RasterInfo(BaseModel):
     sidecars: list[str] = Field(default_factory=list, description="sidecar files that changed what GDAL reads")
 
     @property
-    def validity(self) -> str:
+    def validity(self) -> Literal["nodata", "alpha", "mask", "none"]:
         """How invalid pixels are marked: 'nodata', 'alpha', 'mask' or 'none'."""
         if self.nodata is not None:
             return "nodata"
@@ -124,7 +126,7 @@ def validate_raster(source: str | Path | RasterSource, limits: RasterLimits | No
             path=label, driver=src.driver, file_size=source.file_size(), remote=source.remote,
             local_file=None if source.remote else source.path,
             crs=crs_string(crs), crs_wkt=crs.to_wkt(version="WKT2_2019"), epsg=crs.to_epsg(),
-            bounds=bounds, bounds_wgs84=tuple(bounds_wgs84), transform=tuple(transform)[:6],
+            bounds=bounds, bounds_wgs84=bounds_wgs84, transform=tuple(transform)[:6],
             res=(math.hypot(transform.a, transform.d), math.hypot(transform.b, transform.e)),
             width=src.width, height=src.height, count=src.count, dtypes=list(src.dtypes),
             nodata=raster.nodata, colorinterp=colorinterp,
@@ -144,10 +146,12 @@ def wgs84_bounds(crs: CRS, transform: Affine, width: int, height: int, label: st
         try:
             found = transform_bounds(crs, WGS84, *bounds, densify_pts=DENSIFY_POINTS)
             if bounds_finite(found):
-                return tuple(found)
+                west, south, east, north = found
+                return west, south, east, north
         except RASTER_ERRORS:
             pass
-    return tuple(outline_wgs84(crs.to_wkt(), transform, width, height, label)[1])
+    west, south, east, north = outline_wgs84(crs.to_wkt(), transform, width, height, label)[1]
+    return west, south, east, north
 
 
 def crs_string(crs: CRS) -> str:
@@ -203,7 +207,8 @@ def _probes(src: DatasetReader) -> tuple[Window, Window]:
     return first, Window(src.width - last_cols, src.height - last_rows, last_cols, last_rows)
 
 
-def reopen(source: RasterSource, limits: RasterLimits, app_vrt: bool = False, **kwargs):
+def reopen(source: RasterSource, limits: RasterLimits, app_vrt: bool = False,
+           **kwargs: Any) -> AbstractContextManager[DatasetReader]:
     """``open_user_raster`` of a source again (e.g. one overview level: ``overview_level=``)."""
     return open_user_raster(source.path, limits=limits, app_vrt=app_vrt, remote_url=source.remote_url,
                             head=source.head, label=source.name, **kwargs)

@@ -13,6 +13,7 @@ import re
 import xml.etree.ElementTree as ET
 from enum import StrEnum
 from pathlib import PurePosixPath
+from typing import Any
 
 from affine import Affine
 from pydantic import BaseModel, ConfigDict, Field
@@ -126,7 +127,7 @@ def parse_aux_xml(content: bytes, name: str = ".aux.xml") -> AuxInfo:
     root = _xml_root(content, name)
     if root.tag != "PAMDataset":
         raise SidecarError(f"{name}: a <{root.tag}> document, not a GDAL <PAMDataset>")
-    out: dict = {"metadata": {}, "ignored": []}
+    out: dict[str, Any] = {"metadata": {}, "ignored": []}
     ignored: list[str] = out["ignored"]
     for child in root:
         text = (child.text or "").strip()
@@ -154,11 +155,11 @@ def _geotransform(text: str, name: str) -> tuple[float, ...]:
     return _checked_affine(Affine(a, b, c, d, e, f), name)
 
 
-def _checked_affine(transform: Affine, name: str) -> tuple[float, ...]:
-    values = tuple(transform)[:6]
+def _checked_affine(transform: Affine, name: str) -> tuple[float, float, float, float, float, float]:
+    a, b, c, d, e, f = values = tuple(transform)[:6]
     if not all(math.isfinite(v) for v in values) or transform.determinant == 0:
         raise SidecarError(f"{name}: the transform is degenerate or not finite: {values}")
-    return values
+    return a, b, c, d, e, f
 
 
 def _metadata(element: ET.Element, into: dict[str, str], ignored: list[str]) -> None:
@@ -176,7 +177,7 @@ def _metadata(element: ET.Element, into: dict[str, str], ignored: list[str]) -> 
             into[key] = value
 
 
-def _band(element: ET.Element, out: dict, ignored: list[str]) -> None:
+def _band(element: ET.Element, out: dict[str, Any], ignored: list[str]) -> None:
     band = element.get("band")
     for child in element:
         if band != "1" or child.tag not in BAND_ELEMENTS:

@@ -123,7 +123,8 @@ class UserRaster:
         """The dataset mask (0 invalid, 255 valid) of a window."""
         if self.mask is not None:
             return np.where(self.mask.read(1, window=window) > 0, 255, 0).astype("uint8")
-        return self.src.dataset_mask(window=window)
+        mask: np.ndarray = self.src.dataset_mask(window=window)
+        return mask
 
     def tags(self) -> dict[str, str]:
         """The file's metadata, completed by its ``.aux.xml``."""
@@ -236,7 +237,7 @@ def _apply_tiff_sidecars(raster: UserRaster, sidecars: Sidecars, limits: RasterL
             raster.used.append(sidecars.overviews.name)
 
 
-def mask_reader(raster: UserRaster, view, stack: ExitStack, alpha_added: bool,
+def mask_reader(raster: UserRaster, view: DatasetReader | WarpedVRT, stack: ExitStack, alpha_added: bool,
                  reprojected: bool) -> Callable[[Window], np.ndarray]:
     """How ``services_cog`` reads the mask of a window of ``view`` (a dataset on ``raster``'s grid, or its
     reprojection): the source's own (file or ``.msk``) on

@@ -24,7 +24,7 @@ import pystac
 import rasterio
 from pystac.extensions.file import FileExtension
 from pystac.extensions.projection import ProjectionExtension
-from pystac.extensions.raster import DataType, RasterBand, RasterExtension
+from pystac.extensions.raster import DataType, NoDataStrings, RasterBand, RasterExtension
 from pystac.utils import datetime_to_str, str_to_datetime
 from pydantic import BaseModel
 from rasterio.crs import CRS
@@ -217,13 +217,13 @@ def _first_datetime(*candidates: datetime | None) -> datetime | None:
     return None
 
 
-def _nodata(value: float | None) -> float | str | None:
+def _nodata(value: float | None) -> float | NoDataStrings | None:
     if value is None:
         return None
     if math.isnan(value):
-        return "nan"
+        return NoDataStrings.NAN
     if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
+        return NoDataStrings.INF if value > 0 else NoDataStrings.NINF
     # 0.0 -> 0 reads better; huge integral floats (float32 min, -3.4e38) stay floats for JSON encoders
     return int(value) if float(value).is_integer() and abs(value) < 2**53 else value
 
@@ -240,7 +240,7 @@ def _resolution_m(info: RasterInfo) -> float:
 
 
 # ------------------------------------------------------------------------------------- collections
-def build_collection(collection_id: str, items: Iterable[pystac.Item | dict] = (), *,
+def build_collection(collection_id: str, items: Iterable[pystac.Item | dict[str, Any]] = (), *,
                      description: str | None = None, title: str | None = None, license: str = "other",
                      bbox: list[float] | None = None,
                      interval: list[datetime | None] | None = None) -> pystac.Collection:
@@ -271,17 +271,17 @@ def build_collection(collection_id: str, items: Iterable[pystac.Item | dict] = (
     return pystac.Collection.from_dict(data)
 
 
-def summarise(items: Iterable[pystac.Item | dict]) -> dict[str, list]:
+def summarise(items: Iterable[pystac.Item | dict[str, Any]]) -> dict[str, list[Any]]:
     """STAC summaries of items: the distinct ``proj:code`` values and ``processing:software`` sets."""
     codes: list[str] = []
-    software: list[dict] = []
+    software: list[dict[str, Any]] = []
     for item in items:
         props = _item_dict(item).get("properties", {})
         if props.get("proj:code") and props["proj:code"] not in codes:
             codes.append(props["proj:code"])
         if props.get("processing:software") and props["processing:software"] not in software:
             software.append(props["processing:software"])
-    out: dict[str, list] = {}
+    out: dict[str, list[Any]] = {}
     if codes:
         out["proj:code"] = sorted(codes)
     if software:
@@ -289,14 +289,14 @@ def summarise(items: Iterable[pystac.Item | dict]) -> dict[str, list]:
     return out
 
 
-def merge_extent(collection: dict, item: pystac.Item | dict) -> dict:
+def merge_extent(collection: dict[str, Any], item: pystac.Item | dict[str, Any]) -> dict[str, Any]:
     """A copy of ``collection`` whose extent also covers ``item`` (see ``union_extent``)."""
-    out = json.loads(json.dumps(collection))
+    out: dict[str, Any] = json.loads(json.dumps(collection))
     out["extent"] = union_extent(out.get("extent"), item_extent(item))
     return out
 
 
-def item_extent(item: pystac.Item | dict) -> dict:
+def item_extent(item: pystac.Item | dict[str, Any]) -> dict[str, Any]:
     """The extent of one item: its bbox and its [start, end] (both ``datetime`` for an instant)."""
     data = _item_dict(item)
     start, end = _item_interval(data)
@@ -304,14 +304,15 @@ def item_extent(item: pystac.Item | dict) -> dict:
                                                                                   _dt_str(end)]]}}
 
 
-def union_extent(current: dict | None, other: dict) -> dict:
+def union_extent(current: dict[str, Any] | None, other: dict[str, Any]) -> dict[str, Any]:
     """Collection extent covering both: the overall bbox (``bbox[0]``) becomes the smallest lon/lat
     box holding both (antimeridian-aware), the overall interval runs from the earliest start to the
     latest end (an open end, ``null``, stays open). Sub-extents (``bbox[1:]``, ``interval[1:]``) of
     ``current`` are kept as they are."""
     if not current:
-        return json.loads(json.dumps(other))
-    out = json.loads(json.dumps(current))
+        copied: dict[str, Any] = json.loads(json.dumps(other))
+        return copied
+    out: dict[str, Any] = json.loads(json.dumps(current))
     bboxes = out.setdefault("spatial", {}).setdefault("bbox", [])
     other_bbox = other["spatial"]["bbox"][0]
     bboxes[:1] = [union_bbox(bboxes[0], other_bbox) if bboxes else list(other_bbox)]
@@ -329,12 +330,9 @@ def union_bbox(a: list[float], b: list[float]) -> list[float]:
     """Smallest [w, s, e, n] holding two 2D bboxes; longitudes are arcs (west > east crosses 180)."""
     (a_w, a_s, a_e, a_n), (b_w, b_s, b_e, b_n) = _bbox2d(a), _bbox2d(b)
     spans = [(a_w, _lon_span(a_w, a_e)), (b_w, _lon_span(b_w, b_e))]
-    best = None
-    for (s1, w1), (s2, w2) in (spans, spans[::-1]):
-        width = max(w1, (s2 - s1) % 360.0 + w2)
-        if best is None or width < best[1]:
-            best = (s1, width)
-    start, width = best
+    # (start, width) of each way round, a's start first; the narrower wins (the first when equal)
+    start, width = min(((s1, max(w1, (s2 - s1) % 360.0 + w2)) for (s1, w1), (s2, w2) in (spans, spans[::-1])),
+                       key=lambda candidate: candidate[1])
     south, north = min(a_s, b_s), max(a_n, b_n)
     if width >= 360.0:
         return [-180.0, south, 180.0, north]
@@ -354,13 +352,13 @@ def _lon_span(west: float, east: float) -> float:
     return (east - west) % 360.0 or 360.0
 
 
-def _item_dict(item: pystac.Item | dict) -> dict:
+def _item_dict(item: pystac.Item | dict[str, Any]) -> dict[str, Any]:
     if isinstance(item, pystac.Item):
         return item.to_dict(include_self_link=False, transform_hrefs=False)
     return item
 
 
-def _item_interval(data: dict) -> tuple[datetime | None, datetime | None]:
+def _item_interval(data: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
     props = data.get("properties", {})
     start = props.get("start_datetime") or props.get("datetime")
     end = props.get("end_datetime") or props.get("datetime")

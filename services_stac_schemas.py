@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import pystac
 import referencing
@@ -19,7 +20,7 @@ from errors import TaskError
 EXTENSION_SCHEMA_URL = "https://stac-extensions.github.io/{name}/{version}/schema.json"
 
 
-def validate_item_offline(item: dict | pystac.Item, schemas_dir: str | Path | None,
+def validate_item_offline(item: dict[str, Any] | pystac.Item, schemas_dir: str | Path | None,
                           skip_unavailable: bool = False) -> list[str]:
     """Validate a STAC Item (or Collection) against the core schemas shipped in pystac and the
     extension schemas under ``schemas_dir/<extension>/<version>/schema.json``; never the network.
@@ -29,7 +30,7 @@ def validate_item_offline(item: dict | pystac.Item, schemas_dir: str | Path | No
     is left out of the check (and of the returned URIs) instead.
     """
     data = item.to_dict(include_self_link=False, transform_hrefs=False) if isinstance(item, pystac.Item) else item
-    kind = {"Feature": "item", "Collection": "collection"}.get(data.get("type"))
+    kind = {"Feature": "item", "Collection": "collection"}.get(str(data.get("type")))
     if kind is None:
         raise TaskError(f"not a STAC Item or Collection: type {data.get('type')!r}")
     version = data.get("stac_version", "")
@@ -77,7 +78,8 @@ def _deepest(error: ValidationError) -> ValidationError:
 def _registry(schemas_dir: str | None) -> referencing.Registry:
     """Every local schema, keyed by the URL that refers to it (with and without a trailing '#')."""
     def offline(uri: str) -> referencing.Resource:
-        raise referencing.exceptions.NoSuchResource(ref=uri)
+        # referencing builds __init__ with attrs through its own wrapper, which mypy's attrs plugin cannot see
+        raise referencing.exceptions.NoSuchResource(ref=uri)  # type: ignore[call-arg]
 
     resources = dict(get_local_schema_cache())
     if schemas_dir:
@@ -88,4 +90,4 @@ def _registry(schemas_dir: str | None) -> referencing.Registry:
     for url, schema in resources.items():
         resource = referencing.Resource.from_contents(schema, default_specification=DRAFT7)
         pairs += [(url, resource), (url + "#", resource)]
-    return referencing.Registry(retrieve=offline).with_resources(pairs)
+    return referencing.Registry(retrieve=offline).with_resources(pairs)  # type: ignore[call-arg]  # as above

@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -93,7 +93,7 @@ class Ifd:
         bw, bh = self.block
         return -(-self.width // bw), -(-self.height // bh)
 
-    def codec(self) -> tuple:
+    def codec(self) -> tuple[Any, ...]:
         """The tags that say how blocks decode (compared before blocks are mixed)."""
         return tuple((t, self.tags[t]) for t in CODEC_TAGS if t in self.tags)
 

@@ -15,7 +15,7 @@ import struct
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator, Sequence
 
 from services_tiff import (
     GEO_DOUBLE_PARAMS, GEO_KEY_DIRECTORY, IMAGE_LENGTH, IMAGE_WIDTH, LONG, LONG8, NEW_SUBFILE_TYPE, SHORT,
@@ -65,7 +65,7 @@ def image_tags(ifd: Ifd, overview: bool) -> dict[int, Tag]:
 
 
 def write_cog(dst_path: str | Path, images: list[Image], masks: list[Image | None],
-              sources: list[str | Path], bigtiff: bool | None = None) -> int:
+              sources: Sequence[str | Path], bigtiff: bool | None = None) -> int:
     """Write a COG of ``images`` (full resolution first, then overviews from the largest) and their
     ``masks`` (None where a level has none), copying every block from ``sources``. Returns the file size.
     ``bigtiff`` None: BigTIFF only when a classic TIFF cannot hold it."""
@@ -143,8 +143,8 @@ def _entries(image: Image, block_offsets: list[int] | None, bigtiff: bool) -> di
         tags[NEW_SUBFILE_TYPE] = Tag(LONG, 1, struct.pack("<I", image.subfile))
     else:
         tags.pop(NEW_SUBFILE_TYPE, None)
-    for tag, value in ((IMAGE_WIDTH, image.width), (IMAGE_LENGTH, image.height)):  # as libtiff writes them
-        tags[tag] = Tag(SHORT, 1, struct.pack("<H", value)) if value < 2**16 else Tag(LONG, 1, struct.pack("<I", value))
+    for tag, size in ((IMAGE_WIDTH, image.width), (IMAGE_LENGTH, image.height)):  # as libtiff writes them
+        tags[tag] = Tag(SHORT, 1, struct.pack("<H", size)) if size < 2**16 else Tag(LONG, 1, struct.pack("<I", size))
     kind = LONG8 if bigtiff else LONG
     tags[TILE_OFFSETS] = Tag(kind, n, struct.pack(wide % n, *offsets))
     tags[TILE_BYTE_COUNTS] = Tag(kind, n, struct.pack(wide % n, *(b.length for b in image.blocks)))
@@ -175,7 +175,7 @@ def _ifd_bytes(image: Image, block_offsets: list[int], at: int, following: int, 
     return head + b"".join(entries) + tail + bytes(extra)
 
 
-def _data_order(images: list[Image], masks: list[Image | None]):
+def _data_order(images: list[Image], masks: list[Image | None]) -> Iterator[tuple[Image, int]]:
     """(directory, block index) in file order: smallest overview first, each mask block after its image
     block."""
     for level in range(len(images) - 1, -1, -1):
@@ -197,7 +197,8 @@ def _place_blocks(images: list[Image], masks: list[Image | None], start: int) ->
     return placed
 
 
-def _copy_blocks(out: BinaryIO, images: list[Image], masks: list[Image | None], sources: list[str | Path]) -> None:
+def _copy_blocks(out: BinaryIO, images: list[Image], masks: list[Image | None],
+                 sources: Sequence[str | Path]) -> None:
     handles: OrderedDict[int, BinaryIO] = OrderedDict()
     try:
         for directory, n in _data_order(images, masks):
@@ -218,7 +219,7 @@ def _copy_blocks(out: BinaryIO, images: list[Image], masks: list[Image | None], 
             fh.close()
 
 
-def pack_levels(paths: list[str | Path], dst_path: str | Path) -> int:
+def pack_levels(paths: Sequence[str | Path], dst_path: str | Path) -> int:
     """Write the full-resolution images of ``paths`` (a raster, then its overviews from the largest, each
     in a file of its own, with its mask if it has one) as one COG, copying their blocks."""
     images, masks = [], []

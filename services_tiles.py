@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import logging
 import math
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import rasterio
@@ -30,6 +30,7 @@ from affine import Affine
 from pydantic import BaseModel, Field
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.rio.overview import get_maximum_overview_level
+from rasterio.io import DatasetReader
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
@@ -98,7 +99,7 @@ class Layers(NamedTuple):
 
 
 # ------------------------------------------------------------------------------------------ plan
-def output_grid(src, options: CogOptions, limits: RasterLimits | None = None) -> TileGrid:
+def output_grid(src: DatasetReader, options: CogOptions, limits: RasterLimits | None = None) -> TileGrid:
     """The grid of the COG ``create_cog`` writes from the open dataset ``src`` with ``options``."""
     if not options.target_crs:
         return TileGrid(width=src.width, height=src.height, crs=crs_string(src.crs), transform=tuple(src.transform)[:6])
@@ -147,7 +148,7 @@ def plan_tiles(source: RasterInfo | str | Path | RasterSource, tile_size: int, m
 
 # ------------------------------------------------------------------------------------------ tile
 def _open_source(source: str | Path | RasterSource, limits: RasterLimits | None, remote_url: str | None = None,
-                 head: bytes | None = None):
+                 head: bytes | None = None) -> AbstractContextManager[DatasetReader]:
     """``open_user_raster`` of a path (with ``remote_url``/``head`` for a URL) or of a ``RasterSource``."""
     if isinstance(source, RasterSource):
         return open_user_raster(source.path, limits=limits, remote_url=source.remote_url, head=source.head)
@@ -202,9 +203,9 @@ def process_tile(src_path: str | Path | RasterSource, tile: TileWindow, dst_path
                       overview_levels=levels)
 
 
-def _warp_kwargs(src, options: CogOptions) -> dict:
+def _warp_kwargs(src: DatasetReader, options: CogOptions) -> dict[str, Any]:
     """The WarpedVRT ``create_cog`` reprojects through (without its output grid)."""
-    kwargs: dict = {"crs": options.target_crs, "resampling": Resampling[options.resampling]}
+    kwargs: dict[str, Any] = {"crs": options.target_crs, "resampling": Resampling[options.resampling]}
     if src.nodata is not None:
         kwargs.update(src_nodata=src.nodata, nodata=src.nodata)
     elif ColorInterp.alpha not in src.colorinterp:
@@ -212,16 +213,16 @@ def _warp_kwargs(src, options: CogOptions) -> dict:
     return kwargs
 
 
-def _facts(src) -> RasterInfo:
+def _facts(src: DatasetReader) -> RasterInfo:
     """What ``creation_options`` reads of a raster, from an open dataset (no second validation)."""
     flags = src.mask_flag_enums[0]
-    return RasterInfo.model_construct(
+    return RasterInfo.model_construct(  # type: ignore[call-arg]  # partial on purpose: only what is read
         path=src.name, dtypes=list(src.dtypes), count=src.count, nodata=src.nodata,
         colorinterp=[ci.name for ci in src.colorinterp], has_alpha=ColorInterp.alpha in src.colorinterp,
         has_mask=MaskFlags.per_dataset in flags and MaskFlags.alpha not in flags)
 
 
-def _layers(view, info: RasterInfo, add_mask: bool, alpha_added: bool) -> Layers:
+def _layers(view: DatasetReader | WarpedVRT, info: RasterInfo, add_mask: bool, alpha_added: bool) -> Layers:
     """``create_cog``'s rules for the bands, mask and nodata of ``view``."""
     every = list(view.indexes)
     if alpha_added:  # reprojected without nodata or alpha: the warper's alpha becomes the mask
@@ -238,8 +239,8 @@ def _layers(view, info: RasterInfo, add_mask: bool, alpha_added: bool) -> Layers
     return Layers(every, None, None, False, None)
 
 
-def _write_tile(view, layers: Layers, tile: TileWindow, path: Path, dst_kwargs: dict, options: CogOptions,
-                levels: int) -> list[Path]:
+def _write_tile(view: DatasetReader | WarpedVRT, layers: Layers, tile: TileWindow, path: Path,
+                dst_kwargs: dict[str, Any], options: CogOptions, levels: int) -> list[Path]:
     """Write the tile compressed, straight from ``view``, with its ``levels`` overviews; the files to pack.
 
     Nearest overviews are sampled from each row of blocks as it is read, with GDAL's own rules (pixel
@@ -302,7 +303,8 @@ def _nearest(size: int, out_size: int) -> np.ndarray:
     return np.minimum(picked, size - 1)
 
 
-def _read_layers(view, layers: Layers, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
+def _read_layers(view: DatasetReader | WarpedVRT, layers: Layers,
+                 window: Window) -> tuple[np.ndarray, np.ndarray | None]:
     """(data, mask) of a window, by ``create_cog``'s rules; mask None when the tile has none."""
     data = view.read(indexes=layers.data, window=window)
     alpha = view.read(layers.alpha, window=window) if layers.alpha else None
@@ -314,8 +316,8 @@ def _read_layers(view, layers: Layers, window: Window) -> tuple[np.ndarray, np.n
     return data, mask if layers.mask else None
 
 
-def _write_sampled(write, pixels: np.ndarray, rows: np.ndarray, cols: np.ndarray, row: int, col: int,
-                   window: Window) -> None:
+def _write_sampled(write: Callable[..., None], pixels: np.ndarray, rows: np.ndarray, cols: np.ndarray, row: int,
+                   col: int, window: Window) -> None:
     """Write (``write``: a dataset's ``write`` or ``write_mask``) the pixels of one level that the level
     takes from the window read (at ``row``, ``col`` of the tile)."""
     top, bottom = np.searchsorted(rows, [row, row + window.height])

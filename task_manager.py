@@ -25,15 +25,16 @@ import engine_faults
 import engine_jobs
 import engine_runs
 import engine_tracing
-from base_controller import JobController, TaskContext, TaskOutcome
+from base_controller import Completed, Failed, JobController, Retry, TaskContext, TaskOutcome, TaskResult, output_json
 from config import Settings, max_dequeue_count
 from controller_factory import TASK_HANDLERS, get_controller, get_handler
 from controller_geo_common import STAC_EXTENTS
 from engine_counters import Change
 from engine_group_commit import GroupCommit, ProgressReporter, TaskWrite
-from engine_task_io import TaskIO
+from engine_task_io import StorageTaskIO
 from errors import (
-    BadRequestError, ConflictError, ErrorCode, OrchestratorError, TransientError, error_code, validation_errors,
+    BadRequestError, ConflictError, EntityTooLargeError, ErrorCode, JobCancelledError, OrchestratorError,
+    TransientError, error_code, validation_errors,
 )
 from logs import log_context, log_event, redact
 from models import (
@@ -46,6 +47,7 @@ from repository_webhook_rules import check_url
 logger = logging.getLogger(__name__)
 MAX_QUEUE_DELAY_S = 7 * 24 * 3600 - 60
 LEASE_EXPIRED = "did not finish within"  # in last_error when an attempt overran its lease (gave_up_code)
+UNSTORABLE_END = "the task's end could not be stored (over Azure Table Storage's limits); see the function logs"
 
 
 class Engine:
@@ -57,7 +59,7 @@ class Engine:
         self.settings = repos.settings
         self.shards_per_stage = repos.settings.counter_shards
         self.max_attempts = max_attempts or max_dequeue_count()
-        self.io = TaskIO(repos.settings, repos.rasters, STAC_EXTENTS)
+        self.io = StorageTaskIO(repos.settings, repos.rasters, STAC_EXTENTS)
         self.io.results_reader = lambda job_id, stage, first, last: [
             t.result for t in self.store.task_range(job_id, stage, first, last) if t.status == Status.COMPLETED]
         self.commits = GroupCommit(repos.store)
@@ -108,7 +110,6 @@ class Engine:
             log_event(logger, "stage_chunk_ignored", job_id=job.job_id, stage=msg.stage, from_task=msg.from_task,
                       fanned_out=stage.fanned_out)
             return
-        redo = stage is not None and msg.from_task is None  # a redelivery or the sweeper: the chunk may have run
         if stage is None or not stage.plan_stored:  # deterministic: planning again gives the same tasks
             planned = engine_fanout.plan(self, job, controller, msg.stage)
             if planned is None:
@@ -120,7 +121,7 @@ class Engine:
         engine_faults.point("stage_rows_written")
         if not self._move_job(job, stage=msg.stage, stage_name=stage.name):
             return
-        engine_fanout.fan_out_chunk(self, job, stage, planned, redo=redo)
+        engine_fanout.fan_out_chunk(self, job, stage, planned)
 
     def _previous_stage_ended(self, job: JobRecord, number: int) -> bool:
         if number == 1:
@@ -157,10 +158,10 @@ class Engine:
             return
         if task.attempts > 0 and self._cancelled(task):  # a retry or a takeover: honour a cancel first
             return
-        now = utcnow()
+        now, skew = utcnow(), self.settings.max_clock_skew_s
         if task.status == Status.PROCESSING:
-            if task.lease_until is not None and task.lease_until > now:
-                delay = math.ceil((task.lease_until - now).total_seconds()) + 1
+            if task.lease_held(now, skew):  # live, or might be by its claimer's clock
+                delay = math.ceil((task.lease_until - now).total_seconds() + skew) + 1
                 self.repos.tasks_queue.send(msg, delay_s=min(delay, MAX_QUEUE_DELAY_S))
                 log_event(logger, "task_busy_deferred", delay_s=delay, **ids)
                 return
@@ -178,6 +179,10 @@ class Engine:
                         progress=-(task.progress or 0))
         try:
             task = self.commits.write(task.job_id, TaskWrite("claim", claim, change)).written
+        except JobCancelledError:  # the job was cancelled before this claim could land: the task never starts
+            self.cancel_task(task)
+            log_event(logger, "task_cancelled", status=task.status, **ids)
+            return
         except ConflictError:
             log_event(logger, "task_claimed_elsewhere", **ids)
             return
@@ -194,8 +199,10 @@ class Engine:
         engine_tracing.task_started(task)
         started = time.perf_counter()
         reporter = ProgressReporter(self.commits, task, self.settings.progress_interval_s)
-        status, result, error, code = self._call_handler(task, reporter)
+        outcome = self._call_handler(task, reporter)
         task = reporter.task  # its progress writes moved the row on
+        status, result = outcome.status, outcome.result if isinstance(outcome, Completed) else None
+        error, code = (None, None) if isinstance(outcome, Completed) else (outcome.error, outcome.code)
         error = redact(error) if error else error  # error text is shown to users: no SAS, keys or passwords
         log_event(logger, "task_ended", logging.INFO if status == Status.COMPLETED else logging.WARNING,
                   job_id=task.job_id, task_id=task.task_id, stage=stage_no, task_type=task.task_type,
@@ -206,31 +213,27 @@ class Engine:
             self._retry_later(task, error or "transient error")
             return
         engine_faults.point("handler_returned")
-        self.end_task(task, status, result, error, code)
+        self.end_task(task, status, result, error, code, claimer=True)
 
-    def _call_handler(self, task: TaskRecord, reporter: Callable[[float], None] | None = None
-                      ) -> tuple[Status, Any, str | None, ErrorCode | None]:
-        """(completed, result, None, None), (failed, None, error, code), or (queued, None, error, code) for a
-        transient error; ``code`` is the error's machine-readable reason (errors.ErrorCode)."""
+    def _call_handler(self, task: TaskRecord, reporter: Callable[[float], None] | None = None) -> TaskResult:
+        """Run the task's handler once: ``Completed`` (its output as JSON), ``Failed`` (a permanent error), or
+        ``Retry`` (a transient one); each error with its machine-readable reason (errors.ErrorCode)."""
         ctx = TaskContext(task.job_id, task.task_id, task.stage, task.index, task.attempts, self.io, reporter)
         try:
             handler = get_handler(task.task_type)
             params = handler.parameters_model.model_validate(task.parameters)
-            result = handler.run(params, ctx)
-            if hasattr(result, "model_dump"):
-                result = result.model_dump(mode="json")
-            return Status.COMPLETED, result, None, None
+            return Completed(output_json(handler.run(params, ctx)))
         except TransientError as exc:
-            return Status.QUEUED, None, exc.message, error_code(exc)
+            return Retry(exc.message, error_code(exc))
         except ValidationError as exc:
             fields = "; ".join(f"{e['field']}: {e['message']}" for e in validation_errors(exc))
-            return Status.FAILED, None, f"invalid task parameters: {fields}", ErrorCode.INVALID_PARAMETERS
+            return Failed(f"invalid task parameters: {fields}", ErrorCode.INVALID_PARAMETERS)
         except OrchestratorError as exc:
-            return Status.FAILED, None, exc.message, error_code(exc)
+            return Failed(exc.message, error_code(exc))
         except Exception as exc:  # a handler bug must end the task, not hang the job
             log_event(logger, "task_crashed", logging.ERROR, exc_info=True, job_id=task.job_id,
                       task_id=task.task_id)
-            return Status.FAILED, None, f"{type(exc).__name__}: {exc}", ErrorCode.INTERNAL_ERROR
+            return Failed(f"{type(exc).__name__}: {exc}", ErrorCode.INTERNAL_ERROR)
 
     def retry_cap_s(self, attempt: int) -> float:
         """Backoff before attempt ``attempt + 1`` without jitter: base * 2^(attempt-1), capped."""
@@ -259,7 +262,7 @@ class Engine:
         stage = self.store.get_stage(task.job_id, task.stage)
         if stage is None or not stage.cancelled:
             return False
-        if task.status == Status.PROCESSING and task.lease_until is not None and task.lease_until > utcnow():
+        if task.lease_held(utcnow(), self.settings.max_clock_skew_s):
             return False  # its worker finishes it; the cancelled job advances nothing
         self.cancel_task(task)
         log_event(logger, "task_cancelled", job_id=task.job_id, task_id=task.task_id, status=task.status)
@@ -274,14 +277,30 @@ class Engine:
 
     def _release(self, task: TaskRecord, error: str) -> TaskRecord | None:
         """Hand a claimed task back (queued, with its error); None if someone else moved it meanwhile."""
-        released = task.model_copy(update={"status": Status.QUEUED, "last_error": error, "lease_until": None,
-                                           "progress": None})
-        change = Change(task.shard, task_id=task.task_id, error=error, attempt=task.attempts,
-                        progress=-(task.progress or 0))
+        def release(t: TaskRecord) -> TaskWrite:
+            return TaskWrite("release", t.model_copy(update={
+                "status": Status.QUEUED, "last_error": error, "lease_until": None, "progress": None}),
+                Change(t.shard, task_id=t.task_id, error=error, attempt=t.attempts, progress=-(t.progress or 0)))
+
         try:
-            return self.commits.write(task.job_id, TaskWrite("release", released, change)).written
+            return self._commit_own(task, release).written
         except (ConflictError, TransientError):
             return None
+
+    def _commit_own(self, task: TaskRecord, build: Callable[[TaskRecord], TaskWrite]) -> TaskWrite:
+        """Commit ``build(task)``. If the row moved only by this worker's own progress writes (one whose reply
+        was lost and whose re-read failed leaves the worker on an old ETag), commit it on the stored row.
+        ConflictError when the row is someone else's now (another attempt, a cancel, an end)."""
+        try:
+            return self.commits.write(task.job_id, build(task))
+        except ConflictError:
+            current = self.store.get_task(task.job_id, task.stage, task.index)
+            if current is None or current.etag == task.etag or not current.same_claim(task):
+                raise ConflictError(f"task {task.task_id} is {current.status if current else 'gone'}, "
+                                    f"attempt {current.attempts if current else '-'}") from None
+            log_event(logger, "task_row_moved_by_own_progress", job_id=task.job_id, task_id=task.task_id,
+                      attempt=task.attempts, progress=current.progress)
+            return self.commits.write(task.job_id, build(current))
 
     def cancel_task(self, task: TaskRecord) -> bool:
         """Mark a queued task cancelled (conditional); False if it was claimed meanwhile."""
@@ -292,22 +311,31 @@ class Engine:
             return False
 
     def end_task(self, task: TaskRecord, status: Status, result: Any, error: str | None,
-                 code: ErrorCode | None = None) -> None:
+                 code: ErrorCode | None = None, claimer: bool = False) -> None:
         """Commit the task's end with its counters (group-committed with other ends of the job); the one
-        commit that ends the stage advances it. A superseded end (the row moved) commits nothing.
-        ``code``: why it failed (``task_failed`` when a failure gives none)."""
+        commit that ends the stage advances it. A superseded end (the row is someone else's now) commits nothing;
+        for the worker holding the claim (``claimer``), a row moved only by its own progress writes does not
+        (``_commit_own``). ``code``: why it failed (``task_failed`` when a failure gives none)."""
         code = (code or ErrorCode.TASK_FAILED) if status == Status.FAILED else None
-        ended = task.model_copy(update={"status": status, "result": result, "error_details": error,
-                                        "error_code": code, "ended_at": utcnow(), "lease_until": None,
-                                        "progress": 100 if status == Status.COMPLETED else task.progress})
-        change = Change(task.shard, ended=status, task_id=task.task_id, error=error, error_code=code,
-                        attempt=task.attempts, progress=-(task.progress or 0))
+
+        def end(t: TaskRecord) -> TaskWrite:
+            return TaskWrite("end", t.model_copy(update={
+                "status": status, "result": result, "error_details": error, "error_code": code, "ended_at": utcnow(),
+                "lease_until": None, "progress": 100 if status == Status.COMPLETED else t.progress}),
+                Change(t.shard, ended=status, task_id=t.task_id, error=error, error_code=code, attempt=t.attempts,
+                       progress=-(t.progress or 0)))
+
         try:
-            write = self.commits.write(task.job_id, TaskWrite("end", ended, change))
-        except ConflictError:
-            current = self.store.get_task(task.job_id, task.stage, task.index)
-            log_event(logger, "task_end_superseded", job_id=task.job_id, task_id=task.task_id,
-                      status=current.status if current else None)
+            write = self._commit_own(task, end) if claimer else self.commits.write(task.job_id, end(task))
+        except ConflictError as exc:
+            log_event(logger, "task_end_superseded", job_id=task.job_id, task_id=task.task_id, error=exc.message)
+            return
+        except EntityTooLargeError as exc:  # this end cannot be stored as it is: end with a fixed-size error
+            if error == UNSTORABLE_END:
+                raise
+            log_event(logger, "task_end_refused", logging.ERROR, job_id=task.job_id, task_id=task.task_id,
+                      status=status, error=exc.message[:500])
+            self.end_task(task, Status.FAILED, None, UNSTORABLE_END, ErrorCode.INTERNAL_ERROR, claimer=claimer)
             return
         if write.finished is not None:
             engine_faults.point("stage_decided")

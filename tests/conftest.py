@@ -31,7 +31,7 @@ def azurite(tmp_path_factory):
 def fresh_settings(connection_string: str, **overrides) -> Settings:
     """Settings with table/queue/container names no other test run uses."""
     run = uuid.uuid4().hex[:10]
-    overrides = {"schedules_table": f"sched{run}", **overrides}
+    overrides = {"schedules_table": f"sched{run}", "max_clock_skew_s": 0, **overrides}  # tests share one clock
     return Settings(storage_connection_string=connection_string, jobs_queue=f"jobs-{run}",
                     tasks_queue=f"tasks-{run}", jobs_table=f"jobs{run}", tasks_table=f"tasks{run}",
                     payload_container=f"payloads-{run}", **overrides)
@@ -67,7 +67,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "JOBS_QUEUE": settings.jobs_queue, "TASKS_QUEUE": settings.tasks_queue,
             "JOBS_TABLE": settings.jobs_table, "TASKS_TABLE": settings.tasks_table,
             "PAYLOAD_CONTAINER": settings.payload_container, "SCHEDULES_TABLE": settings.schedules_table,
-            "COUNTER_SHARDS": str(settings.counter_shards)}
+            "COUNTER_SHARDS": str(settings.counter_shards), "MAX_CLOCK_SKEW_S": str(settings.max_clock_skew_s)}
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The app's contract with the Functions host: function index, README table, message encoding."""
+"""The app's contract with the Functions host: function index, its table in docs/api.md, message encoding."""
 from __future__ import annotations
 
 import base64
@@ -16,12 +16,12 @@ from local_host_queues import decode_body
 from models import StageMessage, TaskMessage, decode_job_message
 from repository_queues import encode_policies
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+FUNCTION_TABLE_DOC = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 
 
-def readme_function_table() -> dict[str, dict[str, str]]:
-    """Rows of the README's function table (between the <!-- functions --> markers)."""
-    text = README.read_text()
+def documented_function_table() -> dict[str, dict[str, str]]:
+    """Rows of the function table in docs/api.md (between the <!-- functions --> markers)."""
+    text = FUNCTION_TABLE_DOC.read_text()
     block = text.split("<!-- functions -->")[1].split("<!-- /functions -->")[0]
     rows = {}
     for line in block.strip().splitlines()[2:]:
@@ -44,8 +44,8 @@ def monkeypatch_module_env():
     mp.undo()
 
 
-def test_function_index_matches_the_readme(functions):
-    documented = readme_function_table()
+def test_function_index_matches_the_documented_table(functions):
+    documented = documented_function_table()
     assert set(documented) == set(functions)
     for name, fn in functions.items():
         row = documented[name]

@@ -107,9 +107,9 @@ def test_a_load_chunk_delivered_twice_changes_nothing(geo_engine, tmp_path):
     before = snapshot(geo_engine, collection_id)
     assert len(before[0]) == N
     for task in geo_engine.store.list_tasks(job_id, 3):  # each load handler run again, as a late redelivery would
-        outcome, result, error, _code = geo_engine._call_handler(task)  # issue #12: + error code
-        assert (outcome, error) == (Status.COMPLETED, None)
-        assert (result["created"], result["updated"]) == (0, task.parameters["built"])
+        outcome = geo_engine._call_handler(task)  # issue #21: a tagged result (Completed, Failed or Retry)
+        assert (outcome.status, getattr(outcome, "error", None)) == (Status.COMPLETED, None)
+        assert (outcome.result["created"], outcome.result["updated"]) == (0, task.parameters["built"])
     assert snapshot(geo_engine, collection_id) == before  # same rows, same content, none rewritten (xmin)
     check_extent(geo_engine, collection_id)
 

@@ -17,6 +17,8 @@ from models import make_task_id
 from repositories import Repositories
 from test_http_api import wait_terminal
 
+pytestmark = pytest.mark.chaos
+
 FAST_RECOVERY = {"LOCAL_HOST_LEASE_SECONDS": "3", "TASK_TIME_LIMIT_S": "4", "RETRY_BASE_DELAY_S": "0.2",
                  "SWEEPER_SCHEDULE": "*/2 * * * * *", "SWEEPER_GRACE_S": "3"}
 

@@ -14,6 +14,8 @@ from controller_geo_common import STAC_EXTENTS
 from engine_fanout import run_length
 from test_chaos_transport import JobSpec, describe, run_transport
 
+pytestmark = pytest.mark.chaos
+
 FILES = 256
 
 

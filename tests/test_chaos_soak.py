@@ -24,6 +24,8 @@ from conftest_geo import smooth_image, write_raster
 from controller_geo_common import STAC_EXTENTS
 from test_chaos_transport import JobSpec, describe, hello_job, run_transport
 
+pytestmark = pytest.mark.chaos
+
 RUNS = int(os.environ.get("CHAOS_SOAK_RUNS", "100"))
 RATES = (0.01, 0.05)
 RASTER_EVERY = 5

@@ -26,6 +26,8 @@ import requests
 
 from test_chaos_processes import Cluster, expected
 
+pytestmark = pytest.mark.chaos
+
 SEEDS = (11, 22, 33)
 TERMINAL = ("completed", "failed", "cancelled")
 # Sweeper every 2 s with 3 s grace; a queued task whose message is gone is re-driven after

@@ -26,6 +26,8 @@ import api_jobs
 import services_stac
 from repositories import Repositories
 
+pytestmark = pytest.mark.browser
+
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOT = ROOT / "docs" / "dashboard.png"
 KEY = "dashboard-test-key-" + uuid.uuid4().hex[:8]

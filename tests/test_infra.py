@@ -31,6 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 from config import Settings  # noqa: E402
 
+pytestmark = pytest.mark.infra
+
 INFRA = ROOT / "infra"
 CHECKOV = "checkov==3.3.30"
 CHECKOV_VENV = ROOT / ".venv-checkov"
@@ -51,7 +53,7 @@ DEPLOYMENT_DECIDES = {"AzureWebJobsStorage__accountName", "AzureWebJobsStorage__
                       "PGSTAC_SSLMODE", "APPLICATIONINSIGHTS_CONNECTION_STRING"}
 # PGSTAC_PASSWORD and WEBHOOK_SECRET are Key Vault references (checked below): config.py reads an unresolved
 # reference as unset, so they load as the defaults here and the platform supplies the values at run time.
-# Built-in role definition ids (the same in every tenant), by the names README uses.
+# Built-in role definition ids (the same in every tenant), by the names docs/operations.md uses.
 BUILTIN_ROLES = {
     "Storage Blob Data Owner": "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
     "Storage Blob Data Contributor": "ba92f5b4-2d11-453d-a403-e96b0029c9fe",
@@ -214,10 +216,10 @@ def resolve(value: Any, names: dict[str, str]) -> Any:
 
 
 def deploy_section() -> str:
-    """README's "Deploy to Azure" section."""
-    text = (ROOT / "README.md").read_text()
-    start = text.index("### Deploy to Azure")
-    end = min(i for i in (text.find("\n## ", start), text.find("\n### ", start + 1), len(text)) if i > 0)
+    """The "Deploy to Azure" section of docs/operations.md (up to the next heading of its level or above)."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    start = text.index("\n## Deploy to Azure\n") + 1
+    end = min(i for i in (text.find("\n## ", start), text.find("\n# ", start), len(text)) if i > 0)
     return text[start:end]
 
 
@@ -389,8 +391,9 @@ def test_resources_are_configured_as_required(bicep: dict[str, Any]) -> None:
     assert {"infra", "azure.yaml", ".azure", ".venv-checkov"} <= set(funcignore)
 
 
-def test_role_assignments_match_the_readme(bicep: dict[str, Any]) -> None:
-    """The roles README lists for the app's identity and for the deployer are the ones the template assigns."""
+def test_role_assignments_match_the_docs(bicep: dict[str, Any]) -> None:
+    """The roles docs/operations.md lists for the app's identity and for the deployer are the ones the template
+    assigns."""
     roles = bicep["modules/roles.bicep"]
     role_ids = roles["variables"]["roleIds"]["value"]
     assert set(role_ids.values()) <= set(BUILTIN_ROLES.values()), "a role id that is not the built-in role's"
@@ -407,19 +410,19 @@ def test_role_assignments_match_the_readme(bicep: dict[str, Any]) -> None:
         items = loops[loop["detail"]["array_name"]] if loop else [role]
         assigned[body["properties"]["principalId"]] |= {role_ids[accessor(item)[1]] for item in items}
 
-    readme: dict[str, set[str]] = {"appPrincipalId": set(), "deployerPrincipalId": set()}
+    documented: dict[str, set[str]] = {"appPrincipalId": set(), "deployerPrincipalId": set()}
     for row in re.findall(r"^\|([^|\n]+)\|([^|\n]+)\|", deploy_section(), re.M):
         who, role = row[0].strip().lower(), row[1].strip().strip("*")
         if role in BUILTIN_ROLES:
             key = "appPrincipalId" if who.startswith("function app") else "deployerPrincipalId"
-            readme[key].add(BUILTIN_ROLES[role])
-    assert readme["appPrincipalId"], "README lists the app identity's roles in a table"
-    assert readme == assigned
+            documented[key].add(BUILTIN_ROLES[role])
+    assert documented["appPrincipalId"], "docs/operations.md lists the app identity's roles in a table"
+    assert documented == assigned
 
 
 def test_checkov_passes_with_justified_skips_only(analyser: Path, tmp_path: Path) -> None:
     """checkov finds nothing in infra/ (no severities offline: zero failed checks), every skip has a reason
-    listed in README, and the same run fails a copy with https-only and TLS 1.2 taken out."""
+    listed in docs/operations.md, and the same run fails a copy with https-only and TLS 1.2 taken out."""
     storage = tmp_path / "broken" / "storage.bicep"
     storage.parent.mkdir()
     storage.write_text((INFRA / "modules/storage.bicep").read_text()
@@ -439,4 +442,5 @@ def test_checkov_passes_with_justified_skips_only(analyser: Path, tmp_path: Path
     skips = re.findall(r"checkov:skip=(CKV\w*)(:?)(.*)", "\n".join(p.read_text() for p in INFRA.rglob("*.bicep")))
     assert skips and all(colon and len(reason.strip()) > 20 for _, colon, reason in skips), "each skip says why"
     section = deploy_section()
-    assert not {check for check, _, _ in skips} - set(re.findall(r"CKV\w+", section)), "README lists every skip"
+    listed = set(re.findall(r"CKV\w+", section))
+    assert not {check for check, _, _ in skips} - listed, "docs/operations.md lists every skip"

@@ -3,7 +3,7 @@ catalogue readers sign through POST /api/sign.
 
 End to end on real services: a process_raster job (SAS_TTL_MINUTES=1) on a private Azurite and the session's
 pgstac; the item found through stac-fastapi-pgstac (a uvicorn subprocess on a loopback port) with
-pystac-client and the README's modifier, signed by a local host process serving the app's HTTP functions,
+pystac-client and the modifier in docs/api.md, signed by a local host process serving the app's HTTP functions,
 read with rio-tiler at the COG's min and max zoom after the job's own links would have expired.
 """
 from __future__ import annotations
@@ -116,16 +116,16 @@ def stac_api(job, pgstac_server) -> str:
         log.close()
 
 
-def readme_modifier(sign_url: str, stac_url: str) -> dict:
-    """Run the README's pystac-client snippet against these URLs; its namespace (``catalog``, ``sign_inplace``)."""
-    text = (ROOT / "README.md").read_text()
+def documented_modifier(sign_url: str, stac_url: str) -> dict:
+    """Run docs/api.md's pystac-client snippet against these URLs; its namespace (``catalog``, ``sign_inplace``)."""
+    text = (ROOT / "docs" / "api.md").read_text()
     block = text.split("<!-- sign-modifier -->")[1].split("<!-- /sign-modifier -->")[0]
     code = block.split("```python")[1].split("```")[0]
     code, n = re.subn(r'^SIGN_URL = .*$', f"SIGN_URL = {sign_url!r}", code, flags=re.M)
     code, m = re.subn(r'^STAC_URL = .*$', f"STAC_URL = {stac_url!r}", code, flags=re.M)
-    assert n == m == 1, "the README snippet sets SIGN_URL and STAC_URL on lines of their own"
+    assert n == m == 1, "the documented snippet sets SIGN_URL and STAC_URL on lines of their own"
     namespace: dict = {}
-    exec(compile(code, "README.md#sign-modifier", "exec"), namespace)  # noqa: S102 - our own documentation
+    exec(compile(code, "docs/api.md#sign-modifier", "exec"), namespace)  # noqa: S102 - our own documentation
     return namespace
 
 
@@ -299,7 +299,7 @@ def test_a_catalogue_reader_finds_signs_and_tiles_the_cog_after_the_jobs_links_e
     raw = requests.get(f"{stac_api}/collections/{collection}/items", timeout=30).json()["features"]
     assert len(raw) == 1 and "?" not in raw[0]["assets"]["data"]["href"]  # the catalogue holds plain URLs
 
-    namespace = readme_modifier(f"{host.url}/sign", stac_api)
+    namespace = documented_modifier(f"{host.url}/sign", stac_api)
     catalog = namespace["catalog"]
     (item,) = list(catalog.search(collections=[collection], max_items=10).items())  # pages signed as dicts
     data = item.assets["data"]

@@ -119,6 +119,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'FANOUT_THREADS', value: '16' }
         { name: 'MAX_REQUEST_BYTES', value: '1048576' }
         { name: 'TASK_TIME_LIMIT_S', value: '300' }
+        { name: 'MAX_CLOCK_SKEW_S', value: '60' }
         { name: 'RETRY_BASE_DELAY_S', value: '2' }
         { name: 'RETRY_MAX_DELAY_S', value: '120' }
         { name: 'SWEEPER_SCHEDULE', value: '0 */1 * * * *' }

@@ -47,7 +47,7 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
 }
 
 resource pgstacPasswordSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
-  // checkov:skip=CKV_AZURE_41: the app reads this secret continuously; an expiry date would break its Key Vault reference without warning. Rotate it by hand (README).
+  // checkov:skip=CKV_AZURE_41: the app reads this secret continuously; an expiry date would break its Key Vault reference without warning. Rotate it by hand (docs/operations.md).
   parent: vault
   name: 'pgstac-password'
   properties: {
@@ -57,7 +57,7 @@ resource pgstacPasswordSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
 }
 
 resource webhookSecretSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
-  // checkov:skip=CKV_AZURE_41: the app reads this secret continuously; an expiry date would break its Key Vault reference without warning. Rotate it by hand (README).
+  // checkov:skip=CKV_AZURE_41: the app reads this secret continuously; an expiry date would break its Key Vault reference without warning. Rotate it by hand (docs/operations.md).
   parent: vault
   name: 'webhook-secret'
   properties: {

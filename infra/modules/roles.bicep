@@ -1,4 +1,4 @@
-// Role assignments: what the Function App's identity may do (README "Deploy to Azure" lists the same
+// Role assignments: what the Function App's identity may do (docs/operations.md "Deploy to Azure" lists the same
 // roles), and what the deploying principal may do when azd passes its id.
 @description('Storage account of the host and the app.')
 param storageAccountName string
