@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 import engine_schedules
 from api_jobs import parse_json_object
 from api_models import Deleted, ScheduleList, ScheduleRequest, ScheduleView, WatchList, WatchRequest, WatchView
-from errors import ParameterValidationError
+from errors import ParameterValidationError, validation_errors
 from models import ScheduleRecord, WatchRecord, utcnow
 from task_manager import Engine
 
@@ -27,8 +27,7 @@ def _request(model: type[M], engine: Engine, body: bytes) -> M:
     try:
         return model.model_validate(value)
     except ValidationError as exc:
-        errors = [{"field": ".".join(str(p) for p in e["loc"]) or "(body)", "message": e["msg"], "type": e["type"]}
-                  for e in exc.errors(include_url=False)]
+        errors = validation_errors(exc)
         raise ParameterValidationError("invalid request: " + "; ".join(f"{e['field']}: {e['message']}"
                                                                       for e in errors), errors=errors) from None
 

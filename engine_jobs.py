@@ -13,7 +13,7 @@ import engine_tracing
 from base_controller import JobController, TaskHandler, TaskOutcome
 from controller_factory import JOB_TYPES, get_controller, get_handler
 from engine_context import EngineContext
-from errors import BadRequestError, ConflictError, NotFoundError, OrchestratorError, TransientError
+from errors import BadRequestError, ConflictError, NotFoundError, OrchestratorError, TransientError, echo
 from logs import log_event
 from models import (
     TERMINAL, CompletionMessage, JobRecord, NotifyMessage, StageMessage, Status, check_transition, is_job_id,
@@ -40,7 +40,7 @@ def require_job(store: JobStore, job_id: str) -> JobRecord:
     """The job row; NotFoundError naming the id otherwise."""
     job = store.get_job(job_id) if is_job_id(job_id) else None
     if job is None:
-        raise NotFoundError(f"no job with id {job_id!r}")
+        raise NotFoundError(f"no job with id {echo(job_id)}")
     return job
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from errors import BadRequestError
+from errors import BadRequestError, echo
 from models import utcnow
 from repository_rasters import RasterStore, ReadLink
 
@@ -61,7 +61,7 @@ class Signer:
         link = self.link(href)
         if link is None:
             allowed = self.allowed
-            raise BadRequestError(f"{what} {href!r} is not a blob of this app's containers; only blob URLs of "
+            raise BadRequestError(f"{what} {echo(href)} is not a blob of this app's containers; only blob URLs of "
                                   f"{self.rasters.endpoint()} in these containers are signed: "
                                   f"{', '.join(allowed) or '(none)'}", allowed_containers=allowed)
         return link
@@ -73,11 +73,11 @@ class Signer:
 
     def item(self, item: dict[str, Any]) -> dict[str, Any]:
         """A STAC item (or any object with ``assets``) with every asset href signed and its expiry beside it."""
-        name = f"item {item.get('id')!r}" if item.get("id") is not None else "item"
+        name = f"item {echo(item.get('id'))}" if item.get("id") is not None else "item"
         assets = {}
         for key, asset in (item.get("assets") or {}).items():
             link = self.required(asset.get("href") if isinstance(asset, dict) else None,
-                                 f"asset {key!r} of {name}: href")
+                                 f"asset {echo(key)} of {name}: href")
             assets[key] = _with_expiry({**asset, "href": link.href}, link)
         return {**item, "assets": assets}
 

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import controller_triggers as triggers
 from config import Settings
 from engine_jobs import Submitted
-from errors import ConflictError, NotFoundError, OrchestratorError, TransientError
+from errors import ConflictError, NotFoundError, OrchestratorError, TransientError, echo
 from logs import log_event
 from models import BlobArrival, ScheduleRecord, WatchRecord, utcnow
 from repository_schedules import ScheduleStore
@@ -40,7 +40,7 @@ SETTINGS_READ_AT = utcnow()  # the creation time shown for watches from settings
 
 def _checked_id(kind: str, value: str) -> str:
     if not _ID.match(value or ""):
-        raise NotFoundError(f"no {kind} with id {value!r}")
+        raise NotFoundError(f"no {kind} with id {echo(value)}")
     return value
 
 
@@ -81,13 +81,13 @@ class Schedules:
         """One schedule; NotFoundError otherwise."""
         row = self.store.get(ScheduleRecord, _checked_id("schedule", schedule_id))
         if row is None:
-            raise NotFoundError(f"no schedule with id {schedule_id!r}")
+            raise NotFoundError(f"no schedule with id {echo(schedule_id)}")
         return row
 
     def delete_schedule(self, schedule_id: str) -> None:
         """Delete a schedule (jobs it started are left alone); NotFoundError if there is none."""
         if not self.store.delete(ScheduleRecord, _checked_id("schedule", schedule_id)):
-            raise NotFoundError(f"no schedule with id {schedule_id!r}")
+            raise NotFoundError(f"no schedule with id {echo(schedule_id)}")
         log_event(logger, "schedule_deleted", schedule_id=schedule_id)
 
     def run_due(self, now: datetime | None = None) -> list[dict[str, Any]]:
@@ -198,7 +198,7 @@ class Schedules:
         _checked_id("watch", watch_id)
         found = next((w for w in self.list_watches() if w.watch_id == watch_id), None)
         if found is None:
-            raise NotFoundError(f"no watch with id {watch_id!r}")
+            raise NotFoundError(f"no watch with id {echo(watch_id)}")
         return found
 
     def delete_watch(self, watch_id: str) -> None:
@@ -208,7 +208,7 @@ class Schedules:
             return
         if any(w.watch_id == watch_id for w in self.settings_watches()):
             raise ConflictError(f"watch {watch_id} is defined in the WATCHES setting; remove it there")
-        raise NotFoundError(f"no watch with id {watch_id!r}")
+        raise NotFoundError(f"no watch with id {echo(watch_id)}")
 
     def on_blob_event(self, event_id: str | None, event_type: str, subject: str, data: Any) -> list[Submitted]:
         """The Event Grid function's body: a BlobCreated event starts one job per covering watch."""

@@ -26,15 +26,14 @@ from pydantic import ValidationError
 import engine_complete
 import engine_faults
 import engine_tracing
-from base_controller import (
-    Completed, Failed, Retry, TaskContext, TaskResult, output_json, validation_errors,
-)
+from base_controller import Completed, Failed, Retry, TaskContext, TaskResult, output_json
 from controller_factory import TASK_HANDLERS, get_handler
 from engine_context import EngineContext
 from engine_counters import Change
 from engine_group_commit import ProgressReporter, TaskWrite
 from errors import (
     ConflictError, EntityTooLargeError, ErrorCode, JobCancelledError, OrchestratorError, TransientError, error_code,
+    validation_errors,
 )
 from logs import log_context, log_event, redact
 from models import TERMINAL, Status, TaskMessage, TaskRecord, parse_task_id, utcnow
