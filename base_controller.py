@@ -21,7 +21,7 @@ from typing import (
 from pydantic import BaseModel, Field, ValidationError
 
 from config import Settings
-from errors import ErrorCode, ParameterValidationError
+from errors import ErrorCode, ParameterValidationError, validation_errors
 from models import MAX_STAGES, TASK_INDEX_LIMIT, BlobInfo, Status
 
 P = TypeVar("P", bound=BaseModel)  # a task type's parameters model
@@ -262,12 +262,6 @@ class TaskHandler(Generic[P]):
     version: int = 1  # bump when the task's meaning or output changes; carried by rows, status and logs
     tasks_per_message: int = 1  # > 1 for short tasks: fan-out sends one message per run of up to this many
     # neighbouring tasks, which one invocation runs in order (each still claimed, retried and ended alone)
-
-
-def validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
-    """One readable entry per invalid field."""
-    return [{"field": ".".join(str(p) for p in err["loc"]) or "(body)", "message": err["msg"],
-             "type": err["type"]} for err in exc.errors(include_url=False)]
 
 
 @dataclass(frozen=True)

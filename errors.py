@@ -10,6 +10,43 @@ from enum import EnumMeta, StrEnum
 from typing import TYPE_CHECKING, Any
 
 
+MAX_ECHO = 100  # characters of a caller's input an error message quotes
+
+
+def echo(value: Any, limit: int = MAX_ECHO) -> str:
+    """How an error message quotes what a caller sent: its repr, cut to ``limit`` characters of the value
+    (saying how long the whole was), so no input comes back whole in an error."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= limit:
+        return repr(text) if isinstance(value, str) else text
+    return f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
+def clip(text: str, limit: int = 300) -> str:
+    """A message part built from a caller's input (a field path, a validation message), cut to ``limit``."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+MAX_FIELD_ERRORS = 10  # entries an invalid request's answer lists (a last one counts the others)
+
+
+def field_errors(found: list[dict[str, Any]], skip: int = 0) -> list[dict[str, Any]]:
+    """One readable entry per invalid field of pydantic's ``errors()`` (``skip``: leading ``loc`` parts to
+    leave out), the first ``MAX_FIELD_ERRORS`` of them; field paths and messages quote what the caller sent
+    (an unknown key, a bad value), so each is cut to a bound."""
+    errors = [{"field": clip(".".join(str(p) for p in err["loc"][skip:]) or "(body)", 100),
+               "message": clip(err["msg"]), "type": err["type"]} for err in found[:MAX_FIELD_ERRORS]]
+    if len(found) > MAX_FIELD_ERRORS:
+        errors.append({"field": "...", "message": f"{len(found) - MAX_FIELD_ERRORS:,} more errors not listed",
+                       "type": "more_errors"})
+    return errors
+
+
+def validation_errors(exc: Any) -> list[dict[str, Any]]:
+    """``field_errors`` of a pydantic ``ValidationError``."""
+    return field_errors(exc.errors(include_url=False))
+
+
 class OrchestratorError(Exception):
     """Root of every error this project raises on purpose."""
 
@@ -61,7 +98,7 @@ class UnknownNameError(NotFoundError):
 
     def __init__(self, kind: str, name: str, available: list[str]) -> None:
         super().__init__(
-            f"unknown {kind} {name!r}; available: {', '.join(sorted(available)) or '(none)'}",
+            f"unknown {kind} {echo(name)}; available: {', '.join(sorted(available)) or '(none)'}",
             available=sorted(available),
         )
 

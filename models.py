@@ -16,7 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 
-from errors import InvalidKeyError, InvalidTransitionError
+from errors import InvalidKeyError, InvalidTransitionError, echo
 
 SCHEMA_VERSION = 1
 MAX_STAGES = 99
@@ -80,7 +80,7 @@ MAX_BLOB_NAME = 1024
 def validate_container_name(name: str) -> str:
     """Azure's container rules: 3-63 chars, lowercase letters, digits, single hyphens inside."""
     if not isinstance(name, str) or not _CONTAINER.match(name):
-        raise ValueError(f"{name!r} is not a valid container name (3-63 lowercase letters, digits and "
+        raise ValueError(f"{echo(name)} is not a valid container name (3-63 lowercase letters, digits and "
                          "single hyphens, starting and ending with a letter or digit)")
     return name
 
@@ -90,11 +90,11 @@ def validate_blob_name(name: str) -> str:
     if not isinstance(name, str) or not name or len(name) > MAX_BLOB_NAME:
         raise ValueError(f"a blob name must be 1-{MAX_BLOB_NAME} characters")
     if name.startswith("/") or "\\" in name:
-        raise ValueError(f"blob name {name!r} must be a relative path with '/' separators")
+        raise ValueError(f"blob name {echo(name)} must be a relative path with '/' separators")
     if any(part in ("", ".", "..") for part in name.split("/")):
-        raise ValueError(f"blob name {name!r} has an empty, '.' or '..' path segment")
+        raise ValueError(f"blob name {echo(name)} has an empty, '.' or '..' path segment")
     if _CONTROL.search(name):
-        raise ValueError(f"blob name {name!r} contains control characters")
+        raise ValueError(f"blob name {echo(name)} contains control characters")
     if name.count("/") >= 254:
         raise ValueError("a blob name may have at most 254 path segments")
     return name
@@ -134,7 +134,7 @@ def parse_task_id(task_id: str) -> tuple[str, int, int]:
     """(job id prefix, stage, index) of a task id; InvalidKeyError if malformed."""
     match = _TASK_ID.match(task_id or "")
     if not match:
-        raise InvalidKeyError(f"malformed task id {task_id!r}")
+        raise InvalidKeyError(f"malformed task id {echo(task_id)}")
     return match.group(1), int(match.group(2)), int(match.group(3))
 
 
@@ -275,7 +275,6 @@ class StageRecord(Row):
     plan_stored: bool = False  # the plan is a blob (fixed once; read by every chunk)
     cancelled: bool = False
     cancelled_tasks: int = 0
-    advance_sent: bool = False
     created_at: datetime = Field(default_factory=utcnow)
     ended_at: datetime | None = None
     schema_version: int = SCHEMA_VERSION

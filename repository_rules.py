@@ -7,7 +7,7 @@ import re
 from datetime import datetime
 from typing import Any
 
-from errors import EntityTooLargeError, InvalidKeyError
+from errors import EntityTooLargeError, InvalidKeyError, echo
 from models import utf16_len
 
 MAX_PROPERTY_BYTES = 64 * 1024
@@ -25,7 +25,7 @@ def validate_key(key: str) -> str:
         raise InvalidKeyError(f"table key longer than {MAX_KEY_CHARS} characters")
     bad = _FORBIDDEN_KEY.search(key)
     if bad:
-        raise InvalidKeyError(f"table key {key!r} contains forbidden character {bad.group()!r}")
+        raise InvalidKeyError(f"table key {echo(key)} contains forbidden character {bad.group()!r}")
     return key
 
 
