@@ -9,7 +9,8 @@ from azure.data.tables import UpdateMode
 
 from controller_geo_common import STAC_EXTENTS
 from engine_task_io import StorageTaskIO
-from models import StageMessage, Status, decode_job_message, stage_row_key
+from models import StageMessage, Status, decode_job_message
+from repository_entities import stage_row_key
 from queue_driver import QueueDriver
 
 
