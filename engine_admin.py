@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from itertools import groupby
+from typing import cast
 
 import engine_faults
 import engine_tracing
@@ -13,7 +14,8 @@ from engine_tasks import cancel_task
 from errors import ConflictError, TransientError
 from logs import log_event
 from models import (
-    TERMINAL, JobRecord, ShardRecord, StageMessage, Status, TaskMessage, TaskRecord, check_transition, utcnow,
+    TERMINAL, JobRecord, ShardRecord, StageMessage, StageRecord, Status, TaskMessage, TaskRecord,
+    check_transition, utcnow,
 )
 
 logger = logging.getLogger(__name__)
@@ -132,7 +134,7 @@ def _reopen_shard(ctx: EngineContext, job_id: str, stage_no: int, shard: ShardRe
                                       "lease_until": None, "ended_at": None}) for t in chunk]
         stage = None
         if shard.remaining == 0:  # the shard had ended: take its totals back out of the stage row
-            row = ctx.store.get_stage(job_id, stage_no)
+            row = cast(StageRecord, ctx.store.get_stage(job_id, stage_no))  # its shards exist, so the stage row does
             stage = row.model_copy(update={
                 "shards_remaining": row.shards_remaining + 1, "completed": row.completed - shard.completed,
                 "failed": row.failed - shard.failed, "status": Status.PROCESSING, "finisher": None,
@@ -143,7 +145,7 @@ def _reopen_shard(ctx: EngineContext, job_id: str, stage_no: int, shard: ShardRe
                                          "started": shard.started - claimed, "retried": shard.retried + claimed})
         ctx.store.reopen(reset, shard, stage)
         engine_faults.point("retry_shard_reopened")
-        shard = ctx.store.get_shard(job_id, stage_no, shard.shard)
+        shard = cast(ShardRecord, ctx.store.get_shard(job_id, stage_no, shard.shard))  # reopened just now: it exists
     return len(tasks)
 
 

@@ -8,6 +8,7 @@ job row moves with a conditional write).
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import engine_faults
 import engine_jobs
@@ -54,7 +55,7 @@ def complete(ctx: EngineContext, msg: CompletionMessage) -> None:
         finish_job(ctx, job.job_id, Status.FAILED, error=failure_summary(ctx, failed[0]))
     elif last is not None and last.status == Status.COMPLETED:
         outcomes: dict[int, list[TaskOutcome]] = {}
-        tolerated = []
+        tolerated: list[dict[str, Any]] = []  # {"task_id": str, "error": str | None}
         read = (set(controller.outcome_stages or stages) if controller.aggregates_outcomes else set()) & set(stages)
         rows = engine_jobs.outcomes(ctx.store, job.job_id) if read == set(stages) else [  # all stages: one query
             o for number in sorted(read) for o in engine_jobs.outcomes(ctx.store, job.job_id, number)]

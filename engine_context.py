@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any
 
 from config import Settings
 from controller_geo_common import STAC_EXTENTS
@@ -48,7 +49,7 @@ class EngineContext:
         """A context over ``repos``; the task I/O reads earlier stages' results through the job store."""
         store = repos.store
 
-        def completed_results(job_id: str, stage: int, first: int, last: int) -> list[dict]:
+        def completed_results(job_id: str, stage: int, first: int, last: int) -> list[dict[str, Any]]:
             return [t.result for t in store.task_range(job_id, stage, first, last) if t.status == Status.COMPLETED]
 
         return cls(store=store,
@@ -64,7 +65,8 @@ class EngineContext:
 
     def retry_cap_s(self, attempt: int) -> float:
         """Backoff before attempt ``attempt + 1`` without jitter: base * 2^(attempt-1), capped."""
-        return min(self.settings.retry_base_delay_s * 2 ** max(0, attempt - 1), self.settings.retry_max_delay_s)
+        doubled: float = self.settings.retry_base_delay_s * 2 ** max(0, attempt - 1)  # int ** int is typed Any
+        return min(doubled, self.settings.retry_max_delay_s)
 
     def retry_delay_s(self, attempt: int) -> int:
         """Backoff before attempt ``attempt + 1``, with +-20% jitter."""

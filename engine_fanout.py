@@ -91,7 +91,8 @@ def plan_name(job_id: str, stage: int) -> str:
     return f"{job_id}/plans/stage-{stage:02d}.json"
 
 
-def plan(ctx: EngineContext, job: JobRecord, controller: JobController, number: int) -> list[dict[str, Any]] | None:
+def plan(ctx: EngineContext, job: JobRecord, controller: JobController[Any],
+         number: int) -> list[dict[str, Any]] | None:
     """Each task's parameters for stage ``number``; None after failing the job (planning is deterministic:
     a retry would fail the same way)."""
     definition = controller.stage(number)
@@ -124,7 +125,7 @@ def _previous(ctx: EngineContext, job_id: str, number: int, with_results: bool) 
             for index, status in ctx.store.task_statuses(job_id, number)]
 
 
-def new_stage(ctx: EngineContext, job: JobRecord, controller: JobController, number: int,
+def new_stage(ctx: EngineContext, job: JobRecord, controller: JobController[Any], number: int,
               planned: list[dict[str, Any]]) -> tuple[StageRecord, list[dict[str, Any]]]:
     """Create a stage's counters (plan stored first when it spans chunks); returns the stored row and
     the plan every chunk must use."""
@@ -144,7 +145,8 @@ def new_stage(ctx: EngineContext, job: JobRecord, controller: JobController, num
 
 def stored_plan(ctx: EngineContext, stage: StageRecord) -> list[dict[str, Any]]:
     """The plan a stage was created with (only for stages whose plan is stored)."""
-    return ctx.blobs.get_named_json(plan_name(stage.job_id, stage.stage))
+    planned: list[dict[str, Any]] = ctx.blobs.get_named_json(plan_name(stage.job_id, stage.stage))
+    return planned
 
 
 def fan_out_chunk(ctx: EngineContext, job: JobRecord, stage: StageRecord, planned: list[dict[str, Any]]) -> None:
@@ -252,8 +254,9 @@ def _advance_cursor(ctx: EngineContext, stage: StageRecord, end: int) -> bool:
                 "fanned_out": end, "dispatched": end >= current.total, "fanout_at": utcnow()}))
             return True
         except ConflictError:  # the counters moved (tasks ending): read and try again
-            current = ctx.store.get_stage(stage.job_id, stage.stage)
-            if current is None:
+            read = ctx.store.get_stage(stage.job_id, stage.stage)
+            if read is None:
                 return False
+            current = read
     raise TransientError(f"stage {stage.stage} of job {stage.job_id}: its cursor stayed contended")
 

@@ -26,12 +26,12 @@ logger = logging.getLogger(__name__)
 MAX_CAS_ATTEMPTS = 50
 
 
-def job_types() -> Mapping[str, JobController]:
+def job_types() -> Mapping[str, JobController[Any]]:
     """Every registered job type (read-only view of the registry)."""
     return MappingProxyType(JOB_TYPES)
 
 
-def handler(task_type: str) -> TaskHandler:
+def handler(task_type: str) -> TaskHandler[Any]:
     """A registered task type (version, time limit); UnknownNameError listing the known ones otherwise."""
     return get_handler(task_type)
 
@@ -99,7 +99,7 @@ def submit(ctx: EngineContext, job_type: str, body: dict[str, Any], callback_url
                   ctx.shards_per_stage)
 
 
-def create(store: JobStore, send_stage: Callable[[StageMessage], Any], controller: JobController,
+def create(store: JobStore, send_stage: Callable[[StageMessage], Any], controller: JobController[Any],
            parameters: dict[str, Any], callback_url: str | None, counter_shards: int) -> Submitted:
     """Create the job (once per identity) and send its first stage message.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import timedelta
+from typing import cast
 
 import engine_links
 import engine_status
@@ -50,11 +51,12 @@ def deliver(ctx: EngineContext, msg: NotifyMessage) -> None:
     headers = {"Content-Type": "application/json", "User-Agent": "geoetl-webhook/1",
                SIGNATURE_HEADER: sign(body, settings.webhook_secret.get_secret_value()),
                "X-Geoetl-Event": f"job.{job.status.value}", "X-Geoetl-Delivery": f"{job.job_id}:{job.status.value}"}
+    callback_url = cast(str, job.callback_url)  # claim() moved only a row with a callback_url
     try:
-        host, port = check_url(job.callback_url, settings.webhook_allow_loopback)
+        host, port = check_url(callback_url, settings.webhook_allow_loopback)
         addresses = repository_webhooks.resolve(host, port)
         check_addresses(addresses, settings.webhook_allow_loopback)
-        code = repository_webhooks.post(job.callback_url, body, headers, settings.webhook_timeout_s,
+        code = repository_webhooks.post(callback_url, body, headers, settings.webhook_timeout_s,
                                         host=host, port=port, addresses=addresses)  # only the checked addresses
         error = None if 200 <= code < 300 else f"receiver answered HTTP {code}"
     except TargetRefused as exc:

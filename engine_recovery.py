@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from typing import Any
 
 import engine_admin
 import engine_tracing
@@ -16,9 +17,10 @@ from engine_tasks import end_task, gave_up_code
 from errors import OrchestratorError
 from logs import log_event
 from models import (
-    TERMINAL, CompletionMessage, JobRecord, Message, NotifyMessage, StageMessage, Status, TaskMessage, TaskRecord,
+    TERMINAL, CompletionMessage, JobRecord, NotifyMessage, StageMessage, Status, TaskMessage, TaskRecord,
     decode_job_message, decode_task_message, lease_cutoff, parse_task_id, utcnow,
 )
+from repository_queues import QueueProducer
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +80,8 @@ def _gave_up(ctx: EngineContext, task: TaskRecord, attempt: int | None) -> bool:
     return not task.lease_held(utcnow(), ctx.settings.max_clock_skew_s)
 
 
-def _poison_later(queue, msg: Message, exc: Exception) -> None:
+def _poison_later(queue: QueueProducer, msg: TaskMessage | StageMessage | CompletionMessage | NotifyMessage,
+                  exc: Exception) -> None:
     """Put a poison message back on its own queue with a delay (the sweeper is the backstop)."""
     job_id = msg.job_id
     try:
@@ -111,7 +114,7 @@ def on_job_poison(ctx: EngineContext, body: str | bytes) -> None:
 def sweep(ctx: EngineContext, now: datetime | None = None) -> dict[str, int]:
     """Re-drive every active job whose next step looks lost; returns counts of actions taken."""
     now = now or utcnow()
-    actions: dict[str, int] = {}
+    actions: dict[str, Any] = {}  # action -> count (Any: logged as **fields)
     for job in ctx.store.active_jobs():
         try:
             for action in sweep_job(ctx, job, now):

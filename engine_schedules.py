@@ -107,12 +107,14 @@ class Schedules:
 
     def _tick(self, row: ScheduleRecord, now: datetime) -> list[dict[str, Any]]:
         store, done = self.store, []
-        unfinished = row.last_slot is not None and row.last_job_id is None and row.last_error is None
-        if unfinished and (row.claimed_at is None or now - row.claimed_at >= REDRIVE_AFTER):
+        unfinished = row.last_job_id is None and row.last_error is None  # with a claimed slot: no job, no error
+        if row.last_slot is not None and unfinished and (
+                row.claimed_at is None or now - row.claimed_at >= REDRIVE_AFTER):
             done.append(self._submit_slot(row, row.last_slot))  # the claimer died or failed: same slot, same job
-            row = store.get(ScheduleRecord, row.schedule_id)
-            if row is None:
+            again = store.get(ScheduleRecord, row.schedule_id)
+            if again is None:
                 return done
+            row = again
         slot, skipped = triggers.due_slot(row, now)
         if slot is None:
             return done
@@ -224,7 +226,8 @@ class Schedules:
 
     def on_blob_created(self, arrival: BlobArrival) -> list[Submitted]:
         """Start one job per watch covering this blob version (none for sidecars and non-rasters)."""
-        ids = {"container": arrival.container, "blob": arrival.blob, "etag": arrival.etag, "event_id": arrival.event_id}
+        ids: dict[str, Any] = {"container": arrival.container, "blob": arrival.blob, "etag": arrival.etag,
+                               "event_id": arrival.event_id}
         reason = triggers.arrival_skip_reason(arrival)
         if reason:
             log_event(logger, "arrival_ignored", reason=reason, **ids)

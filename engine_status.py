@@ -193,7 +193,7 @@ def status_document(store: JobStore, job: JobRecord) -> JobStatusResponse:
             stage=number, name=definition.name, status=shown, tasks=counts, attempts=attempts,
             progress=100.0 if shown == Status.COMPLETED else stage_progress(counts, mine),
             started_at=row.created_at if row else None, ended_at=ended,
-            duration_s=round((ended - row.created_at).total_seconds(), 3) if ended else None))
+            duration_s=round((ended - row.created_at).total_seconds(), 3) if ended and row is not None else None))
     totals = TaskCounts(**{f: sum(getattr(s.tasks, f) for s in stages) for f in TaskCounts.model_fields})
     return JobStatusResponse(
         job_id=job.job_id, job_type=job.job_type, status=job.status, stage=job.stage,

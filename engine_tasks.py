@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any, Callable, Literal, cast
 
 from pydantic import ValidationError
 
@@ -55,7 +55,8 @@ def run_task(ctx: EngineContext, msg: TaskMessage, dequeue_count: int = 1) -> No
 
 
 @engine_tracing.consumer("task.run")
-def run_one(ctx: EngineContext, msg: TaskMessage, dequeue_count: int, row: TaskRecord | None | bool = False) -> None:
+def run_one(ctx: EngineContext, msg: TaskMessage, dequeue_count: int,
+            row: TaskRecord | None | Literal[False] = False) -> None:
     """One task; ``row``: its row as a run read it (False: read it here)."""
     _, stage_no, index = parse_task_id(msg.task_id)
     with log_context(job_id=msg.job_id, task_id=msg.task_id):
@@ -69,7 +70,7 @@ def run_one(ctx: EngineContext, msg: TaskMessage, dequeue_count: int, row: TaskR
 
 
 def _run_task(ctx: EngineContext, msg: TaskMessage, task: TaskRecord | None, stage_no: int, dequeue_count: int) -> None:
-    ids = {"job_id": msg.job_id, "task_id": msg.task_id, "dequeue_count": dequeue_count}
+    ids: dict[str, Any] = {"job_id": msg.job_id, "task_id": msg.task_id, "dequeue_count": dequeue_count}
     if task is None or task.status in TERMINAL:  # includes tasks a cancel has flipped
         log_event(logger, "task_message_ignored", status=task.status if task else None, **ids)
         return
@@ -77,7 +78,7 @@ def _run_task(ctx: EngineContext, msg: TaskMessage, task: TaskRecord | None, sta
         return
     now, skew = utcnow(), ctx.settings.max_clock_skew_s
     if task.status == Status.PROCESSING:
-        if task.lease_held(now, skew):  # live, or might be by its claimer's clock
+        if task.lease_until is not None and task.lease_held(now, skew):  # live, or might be by its claimer's clock
             delay = math.ceil((task.lease_until - now).total_seconds() + skew) + 1
             ctx.queues.tasks.send(msg, delay_s=min(delay, MAX_QUEUE_DELAY_S))
             log_event(logger, "task_busy_deferred", delay_s=delay, **ids)
@@ -95,7 +96,8 @@ def _run_task(ctx: EngineContext, msg: TaskMessage, task: TaskRecord | None, sta
     change = Change(task.shard, started=int(task.attempts == 0), retried=int(task.attempts > 0),
                     progress=-(task.progress or 0))
     try:
-        task = ctx.commits.write(task.job_id, TaskWrite("claim", claim, change)).written
+        # a write that returns was settled with its stored row (GroupCommit.write raises otherwise)
+        claimed = cast(TaskRecord, ctx.commits.write(task.job_id, TaskWrite("claim", claim, change)).written)
     except JobCancelledError:  # the job was cancelled before this claim could land: the task never starts
         cancel_task(ctx, task)
         log_event(logger, "task_cancelled", status=task.status, **ids)
@@ -103,6 +105,7 @@ def _run_task(ctx: EngineContext, msg: TaskMessage, task: TaskRecord | None, sta
     except ConflictError:
         log_event(logger, "task_claimed_elsewhere", **ids)
         return
+    task = claimed
     try:
         _run_claimed(ctx, task, stage_no)
     except TransientError as exc:  # storage trouble in the engine: hand the task back, let the host retry

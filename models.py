@@ -12,7 +12,7 @@ import re
 import uuid
 from datetime import datetime, timedelta, timezone
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union, overload
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -156,6 +156,12 @@ def _cut_marker(cut: int) -> str:
     return f"\n[... {cut:,} characters cut ...]\n"
 
 
+@overload
+def bound_text(text: str, budget: int = TEXT_BUDGET) -> str: ...
+@overload
+def bound_text(text: None, budget: int = TEXT_BUDGET) -> None: ...
+@overload
+def bound_text(text: str | None, budget: int = TEXT_BUDGET) -> str | None: ...
 def bound_text(text: str | None, budget: int = TEXT_BUDGET) -> str | None:
     """``text`` if it fits ``budget`` UTF-16 units, else its head and tail around a marker saying how many
     characters were cut (never splitting a surrogate pair); idempotent. A budget too small for the marker

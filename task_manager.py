@@ -23,7 +23,7 @@ its writer sends the one advance message. Every handler is safe to repeat.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import engine_admin
 import engine_complete
@@ -98,7 +98,7 @@ class Engine:
         """Run one task (or a run of them) once: claim, call its handler, record the outcome, advance if last."""
         engine_tasks.run_task(self.context, msg, dequeue_count)
 
-    def run_one(self, msg: TaskMessage, dequeue_count: int, row: TaskRecord | None | bool = False) -> None:
+    def run_one(self, msg: TaskMessage, dequeue_count: int, row: TaskRecord | None | Literal[False] = False) -> None:
         """One task; ``row``: its row as a run read it (False: read it here)."""
         engine_tasks.run_one(self.context, msg, dequeue_count, row)
 
