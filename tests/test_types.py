@@ -1,6 +1,6 @@
 """The handler contract, checked by a tool: mypy, strict on what a job type is (base_controller.py), the
-handlers and planners (controller_*.py), the work they call (services_*.py) and the task I/O the engine hands
-them (engine_task_io.py); configured in pyproject.toml ([tool.mypy]). A type error fails ``./dev.sh test``.
+handlers and planners (controller_*.py), the work they call (services_*.py) and the engine that runs them
+(engine_*.py, task_manager.py); configured in pyproject.toml ([tool.mypy]). A type error fails ``./dev.sh test``.
 
 And the tagged results: what the engine makes of one run of a handler (``Completed``, ``Failed``, ``Retry``).
 """
