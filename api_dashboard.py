@@ -18,9 +18,9 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel, Field
 
-import engine_catalog
+import engine_status
 from api_listing import limit_of
-from errors import BadRequestError
+from errors import BadRequestError, echo
 from task_manager import Engine
 
 DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboard"
@@ -60,7 +60,7 @@ def files() -> list[str]:
 
 
 def _not_found(name: str) -> Asset:
-    body = json.dumps({"error": "not_found", "message": f"no dashboard file {name[:100]!r}; the page is "
+    body = json.dumps({"error": "not_found", "message": f"no dashboard file {echo(name)}; the page is "
                                                         "/api/dashboard/"}).encode()
     return Asset(404, "application/json", body, {**SECURITY_HEADERS, "Cache-Control": "no-store"})
 
@@ -140,8 +140,8 @@ def catalog_items(engine: Engine, collection: str | None = None, limit: str | No
     """GET /api/catalog/items?collection=&limit=: item footprints as GeoJSON; 503 without a catalogue."""
     if collection and not COLLECTION_ID.fullmatch(collection):
         raise BadRequestError(f"collection must be a STAC collection id (letters, digits, '.', '_', '-'; at most "
-                              f"200 characters), got {collection[:100]!r}")
+                              f"200 characters), got {echo(collection)}")
     count = limit_of(limit, 100)
-    features = engine_catalog.item_footprints(engine, collection or None, count)
+    features = engine_status.item_footprints(engine.io, collection or None, count)
     body = ItemFootprints(features=[ItemFeature(**f) for f in features], collection=collection or None, limit=count)
     return 200, body.model_dump(mode="json")

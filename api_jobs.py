@@ -10,7 +10,6 @@ import logging
 from typing import Any, Callable
 
 import api_listing
-import engine_admin
 import engine_jobs
 import engine_links
 import engine_status
@@ -75,21 +74,21 @@ def status(engine: Engine, job_id: str, verbose: bool = False, limit: int = 100,
     """GET /api/jobs/status/{job_id}: the job, its stages (timings, counts, attempts), progress; read links
     (``href``, ``expires_at``) beside the blob URLs of its result and tasks, minted now."""
     job = engine_jobs.require_job(engine.store, job_id)
-    document = engine_status.status_document(engine, job)
+    document = engine_status.status_document(engine.store, job)
     if verbose:
         document.task_page = api_listing.task_page(engine, job_id, None, None, limit, continuation)
-    return 200, engine_links.sign_status(engine, document.model_dump(mode="json", exclude_none=True))
+    return 200, engine_links.sign_status(engine.io.rasters, document.model_dump(mode="json", exclude_none=True))
 
 
 def retry(engine: Engine, job_id: str) -> Response:
     """POST /api/jobs/{job_id}/retry: 202 and the job's status; 409 unless the job failed."""
-    engine_admin.retry(engine, job_id)
+    engine.retry(job_id)
     return 202, status(engine, job_id)[1]
 
 
 def cancel(engine: Engine, job_id: str) -> Response:
     """POST /api/jobs/{job_id}/cancel: 200 and the job's status; 409 if it already ended."""
-    engine_admin.cancel(engine, job_id)
+    engine.cancel(job_id)
     return 200, status(engine, job_id)[1]
 
 
@@ -104,4 +103,5 @@ def respond(call: Callable[[], Response]) -> Response:
         return code, exc.to_body()
     except Exception:  # never a stack trace to the client
         log_event(logger, "api_crash", logging.ERROR, exc_info=True)
-        return 500, {"error": "internal_error", "message": "internal error; see the function logs"}
+        crash = OrchestratorError("internal error; see the function logs")
+        return http_status_for(crash), crash.to_body()

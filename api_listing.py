@@ -11,7 +11,7 @@ import engine_links
 from config import get_settings
 from api_models import JobPage, JobSummary, JobTypeInfo, JobTypes, StageInfo, TaskPage
 from engine_status import task_view
-from errors import BadRequestError, NotFoundError
+from errors import BadRequestError, NotFoundError, echo
 from models import Status, parse_task_id, utcnow
 from task_manager import Engine
 
@@ -44,9 +44,9 @@ def number(value: str | None, name: str, default: float, low: float, high: float
     try:
         parsed = float(value)
     except (TypeError, ValueError):
-        raise BadRequestError(f"{name} must be a number, got {value!r}") from None
+        raise BadRequestError(f"{name} must be a number, got {echo(value)}") from None
     if not math.isfinite(parsed) or not low <= parsed <= high:
-        raise BadRequestError(f"{name} must be a number between {low:g} and {high:g}, got {value!r}")
+        raise BadRequestError(f"{name} must be a number between {low:g} and {high:g}, got {echo(value)}")
     return parsed
 
 
@@ -57,7 +57,7 @@ def flag(value: str | None, name: str) -> bool:
         return True
     if text in ("false", "0", "no", ""):
         return False
-    raise BadRequestError(f"{name} must be true or false, got {value!r}")
+    raise BadRequestError(f"{name} must be true or false, got {echo(value)}")
 
 
 def limit_of(value: str | int | None, default: int = 50) -> int:
@@ -65,7 +65,7 @@ def limit_of(value: str | int | None, default: int = 50) -> int:
     try:
         limit = int(value) if value not in (None, "") else default
     except (TypeError, ValueError):
-        raise BadRequestError(f"limit must be a whole number, got {value!r}") from None
+        raise BadRequestError(f"limit must be a whole number, got {echo(value)}") from None
     if not 1 <= limit <= MAX_LIMIT:
         raise BadRequestError(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
     return limit
@@ -77,7 +77,7 @@ def _status(value: str | None) -> Status | None:
     try:
         return Status(value)
     except ValueError:
-        raise BadRequestError(f"unknown status {value!r}; one of {', '.join(s.value for s in Status)}") from None
+        raise BadRequestError(f"unknown status {echo(value)}; one of {', '.join(s.value for s in Status)}") from None
 
 
 def _stage(value: str | None) -> int | None:
@@ -86,7 +86,7 @@ def _stage(value: str | None) -> int | None:
     try:
         stage = int(value)
     except ValueError:
-        raise BadRequestError(f"stage must be a whole number, got {value!r}") from None
+        raise BadRequestError(f"stage must be a whole number, got {echo(value)}") from None
     if not 1 <= stage <= 99:
         raise BadRequestError(f"stage must be between 1 and 99, got {stage}")
     return stage
@@ -97,7 +97,7 @@ def list_jobs(engine: Engine, base_url: str, status: str | None = None, job_type
     """GET /api/jobs: newest first, filtered by status and job type, paged."""
     known = engine_jobs.job_types()
     if job_type and job_type not in known:
-        raise BadRequestError(f"unknown job_type {job_type!r}; available: {', '.join(sorted(known))}")
+        raise BadRequestError(f"unknown job_type {echo(job_type)}; available: {', '.join(sorted(known))}")
     rows, nxt = engine.store.list_jobs(_status(status), job_type or None, limit_of(limit),
                                       decode_token(continuation))
     jobs = [JobSummary(status_url=f"{base_url}/api/jobs/status/{r['job_id']}",
@@ -118,7 +118,7 @@ def list_tasks(engine: Engine, job_id: str, stage: str | None = None, status: st
     """GET /api/jobs/{job_id}/tasks (read links beside the blob URLs of their results, minted now)."""
     engine_jobs.require_job(engine.store, job_id)
     body = task_page(engine, job_id, stage, status, limit, continuation).model_dump(mode="json")
-    return 200, {**body, "tasks": engine_links.sign_tasks(engine, body["tasks"])}
+    return 200, {**body, "tasks": engine_links.sign_tasks(engine.io.rasters, body["tasks"])}
 
 
 def get_task(engine: Engine, job_id: str, task_id: str, full: str | None = None) -> Response:
@@ -129,13 +129,13 @@ def get_task(engine: Engine, job_id: str, task_id: str, full: str | None = None)
     try:
         prefix, stage, index = parse_task_id(task_id)
     except Exception:
-        raise NotFoundError(f"no task {task_id!r} in job {job_id}") from None
+        raise NotFoundError(f"no task {echo(task_id)} in job {job_id}") from None
     task = engine.store.get_task(job_id, stage, index) if job_id.startswith(prefix) else None
     if task is None:
-        raise NotFoundError(f"no task {task_id!r} in job {job_id}")
+        raise NotFoundError(f"no task {echo(task_id)} in job {job_id}")
     if whole:
         task = engine.store.whole_texts(task)
-    (view,) = engine_links.sign_tasks(engine, [task_view(task).model_dump(mode="json")])
+    (view,) = engine_links.sign_tasks(engine.io.rasters, [task_view(task).model_dump(mode="json")])
     return 200, view
 
 

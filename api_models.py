@@ -28,14 +28,6 @@ class SubmitResponse(BaseModel):
     hint: str | None = None
 
 
-class StageTiming(BaseModel):
-    """When a stage ran."""
-
-    started_at: datetime | None = None
-    ended_at: datetime | None = None
-    duration_s: float | None = None
-
-
 class JobSummary(BaseModel):
     """One job in a listing."""
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 import engine_schedules
 from api_jobs import parse_json_object
 from api_models import Deleted, ScheduleList, ScheduleRequest, ScheduleView, WatchList, WatchRequest, WatchView
-from errors import ParameterValidationError
+from errors import ParameterValidationError, validation_errors
 from models import ScheduleRecord, WatchRecord, utcnow
 from task_manager import Engine
 
@@ -27,8 +27,7 @@ def _request(model: type[M], engine: Engine, body: bytes) -> M:
     try:
         return model.model_validate(value)
     except ValidationError as exc:
-        errors = [{"field": ".".join(str(p) for p in e["loc"]) or "(body)", "message": e["msg"], "type": e["type"]}
-                  for e in exc.errors(include_url=False)]
+        errors = validation_errors(exc)
         raise ParameterValidationError("invalid request: " + "; ".join(f"{e['field']}: {e['message']}"
                                                                       for e in errors), errors=errors) from None
 
@@ -51,48 +50,48 @@ def _out(model: BaseModel) -> dict[str, Any]:
 def create_schedule(engine: Engine, body: bytes) -> Response:
     """POST /api/schedules: 201 a new schedule, 200 the same definition's existing one."""
     request = _request(ScheduleRequest, engine, body)
-    row, created = engine_schedules.create_schedule(engine, request.job_type, request.parameters,
+    row, created = engine.schedules.create_schedule(request.job_type, request.parameters,
                                                     request.expression, request.name)
     return (201 if created else 200), _out(schedule_view(row))
 
 
 def list_schedules(engine: Engine) -> Response:
     """GET /api/schedules."""
-    rows = sorted(engine_schedules.list_schedules(engine), key=lambda r: r.created_at)
+    rows = sorted(engine.schedules.list_schedules(), key=lambda r: r.created_at)
     return 200, _out(ScheduleList(schedules=[schedule_view(r) for r in rows]))
 
 
 def get_schedule(engine: Engine, schedule_id: str) -> Response:
     """GET /api/schedules/{schedule_id}."""
-    return 200, _out(schedule_view(engine_schedules.get_schedule(engine, schedule_id)))
+    return 200, _out(schedule_view(engine.schedules.get_schedule(schedule_id)))
 
 
 def delete_schedule(engine: Engine, schedule_id: str) -> Response:
     """DELETE /api/schedules/{schedule_id}: jobs it started are left alone."""
-    engine_schedules.delete_schedule(engine, schedule_id)
+    engine.schedules.delete_schedule(schedule_id)
     return 200, _out(Deleted(deleted=schedule_id))
 
 
 def create_watch(engine: Engine, body: bytes) -> Response:
     """POST /api/watches: 201 a new watch, 200 the same definition's existing one."""
     request = _request(WatchRequest, engine, body)
-    row, created = engine_schedules.create_watch(engine, request.container, request.prefix, request.job_type,
+    row, created = engine.schedules.create_watch(request.container, request.prefix, request.job_type,
                                                  request.options, request.name)
     return (201 if created else 200), _out(watch_view(row))
 
 
 def list_watches(engine: Engine) -> Response:
     """GET /api/watches: created over the API and from the WATCHES setting."""
-    rows = sorted(engine_schedules.list_watches(engine), key=lambda r: (r.source, r.created_at))
+    rows = sorted(engine.schedules.list_watches(), key=lambda r: (r.source, r.created_at))
     return 200, _out(WatchList(watches=[watch_view(r) for r in rows]))
 
 
 def get_watch(engine: Engine, watch_id: str) -> Response:
     """GET /api/watches/{watch_id}."""
-    return 200, _out(watch_view(engine_schedules.get_watch(engine, watch_id)))
+    return 200, _out(watch_view(engine.schedules.get_watch(watch_id)))
 
 
 def delete_watch(engine: Engine, watch_id: str) -> Response:
     """DELETE /api/watches/{watch_id}: 409 for a watch defined in settings."""
-    engine_schedules.delete_watch(engine, watch_id)
+    engine.schedules.delete_watch(watch_id)
     return 200, _out(Deleted(deleted=watch_id))

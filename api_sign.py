@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 import engine_links
 from api_jobs import parse_json_object
-from errors import BadRequestError, ParameterValidationError
+from errors import BadRequestError, ParameterValidationError, field_errors
 from task_manager import Engine
 
 Response = tuple[int, dict[str, Any]]
@@ -69,8 +69,8 @@ def _check(value: dict[str, Any]) -> None:
     except ValidationError as exc:
         declared = value.get("type") if isinstance(value.get("type"), str) else None  # any JSON value may be there
         kind = {"Feature": StacItem, "FeatureCollection": StacItemCollection}.get(declared, HrefRequest)
-        errors = [{"field": ".".join(str(p) for p in e["loc"][1:]) or "(body)", "message": e["msg"], "type": e["type"]}
-                  for e in exc.errors(include_url=False) if e["loc"] and e["loc"][0] == kind.__name__]
+        errors = field_errors([e for e in exc.errors(include_url=False) if e["loc"] and e["loc"][0] == kind.__name__],
+                              skip=1)
         raise ParameterValidationError(
             'give {"href": <blob URL>}, a STAC Item or an ItemCollection: '
             + ("; ".join(f"{e['field']}: {e['message']}" for e in errors) or "none of them matches"),
@@ -80,7 +80,7 @@ def _check(value: dict[str, Any]) -> None:
 def sign(engine: Engine, body: bytes, href: str | None = None) -> Response:
     """``?href=`` signed, else the JSON body (an href object, an item or an item collection) signed."""
     if href:
-        return 200, engine_links.signer(engine).href(href)
+        return 200, engine_links.signer(engine.io.rasters).href(href)
     if not body.strip():
         raise BadRequestError('give ?href=<blob URL>, or POST {"href": ...}, a STAC Item or an ItemCollection')
     value = parse_json_object(body, engine.settings.max_request_bytes)
@@ -89,4 +89,4 @@ def sign(engine: Engine, body: bytes, href: str | None = None) -> Response:
     except ValueError:
         raise BadRequestError("request body holds NaN or Infinity, which JSON does not allow") from None
     _check(value)
-    return 200, engine_links.signer(engine).stac(value)
+    return 200, engine_links.signer(engine.io.rasters).stac(value)

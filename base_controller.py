@@ -20,9 +20,9 @@ from typing import (
 
 from pydantic import BaseModel, Field, ValidationError
 
-from config import Settings, get_settings
-from errors import ErrorCode, ParameterValidationError
-from models import MAX_STAGES, MAX_TASKS_PER_STAGE, BlobInfo, Status
+from config import Settings
+from errors import ErrorCode, ParameterValidationError, validation_errors
+from models import MAX_STAGES, TASK_INDEX_LIMIT, BlobInfo, Status
 
 P = TypeVar("P", bound=BaseModel)  # a task type's parameters model
 J = TypeVar("J", bound=BaseModel)  # a job type's parameters model
@@ -264,12 +264,6 @@ class TaskHandler(Generic[P]):
     # neighbouring tasks, which one invocation runs in order (each still claimed, retried and ended alone)
 
 
-def validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
-    """One readable entry per invalid field."""
-    return [{"field": ".".join(str(p) for p in err["loc"]) or "(body)", "message": err["msg"],
-             "type": err["type"]} for err in exc.errors(include_url=False)]
-
-
 @dataclass(frozen=True)
 class JobController(Generic[J]):
     """A job type: parameters, ordered stages (at least one), and result aggregation.
@@ -310,14 +304,13 @@ class JobController(Generic[J]):
         """Stage ``number`` (1-based)."""
         return self.stages[number - 1]
 
-    def validate(self, raw: object, settings: Settings | None = None) -> J:
-        """Validated parameters with defaults applied (settings-based ones from ``settings``), or
+    def validate(self, raw: object, settings: Settings) -> J:
+        """Validated parameters with defaults applied (settings-based ones from ``settings``, the engine's), or
         ParameterValidationError."""
         if not isinstance(raw, dict):
             raise ParameterValidationError("parameters must be a JSON object",
                                            errors=[{"field": "(body)", "message": "expected a JSON object",
                                                     "type": "dict_type"}])
-        settings = settings or get_settings()
         defaults = getattr(self.parameters_model, "SETTINGS_DEFAULTS", {})
         raw = {**{name: getattr(settings, setting) for name, setting in defaults.items()}, **raw}
         try:  # strict JSON types: "3" is not an integer, 1700000000 is not a date-time
@@ -333,7 +326,8 @@ class JobController(Generic[J]):
 
     def plan_stage(self, number: int, parameters: BaseModel, previous: list[TaskOutcome],
                    io: TaskIO | None = None) -> PlannedTasks:
-        """Task parameters for stage ``number``; at most MAX_TASKS_PER_STAGE."""
+        """Task parameters for stage ``number``; at most TASK_INDEX_LIMIT (the engine also checks the
+        deployment's own MAX_TASKS_PER_STAGE setting)."""
         stage = self.stage(number)
         if stage.plan_uses_io:  # the flag says which of the two planner shapes ``plan`` has
             if io is None:
@@ -341,8 +335,8 @@ class JobController(Generic[J]):
             tasks = cast(IoPlanner, stage.plan)(parameters, previous, io)
         else:
             tasks = cast(Planner, stage.plan)(parameters, previous)
-        if len(tasks) > MAX_TASKS_PER_STAGE:
-            raise ValueError(f"stage {number} planned {len(tasks)} tasks; the limit is {MAX_TASKS_PER_STAGE}")
+        if len(tasks) > TASK_INDEX_LIMIT:
+            raise ValueError(f"stage {number} planned {len(tasks)} tasks; the limit is {TASK_INDEX_LIMIT}")
         return tasks
 
 

@@ -21,7 +21,8 @@ from config import Settings
 from controller_sources import open_blob
 from errors import InputNotFoundError, NotFoundError, TaskError
 from models import BlobInfo, BlobName, ContainerName
-from services_gdal import RasterLimits, user_crs
+from services_crs import user_crs
+from services_gdal import RasterLimits
 from services_raster import crs_string, validate_raster
 import services_stac
 from services_stac import Provenance, build_collection, build_item

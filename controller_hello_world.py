@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from base_controller import (
     JobController, JobParameters, Stage, TaskContext, TaskHandler, TaskOutcome, outcomes_in_order,
 )
-from config import Settings, get_settings
+from config import Settings
 from errors import ParameterValidationError, TaskError, TransientError
 
 SLEEP_SHARE = 0.8  # of the task time limit; the rest is the engine's own reads and writes around the sleep
@@ -113,9 +113,8 @@ def aggregate(p: HelloWorldParameters, outcomes: dict[int, list[TaskOutcome]]) -
 class HelloWorldController(JobController[HelloWorldParameters]):
     """hello_world's controller: parameters are also checked against the task time limit (a setting)."""
 
-    def validate(self, raw: object, settings: Settings | None = None) -> HelloWorldParameters:
+    def validate(self, raw: object, settings: Settings) -> HelloWorldParameters:
         """As ``JobController.validate``; a ``sleep_ms`` that would outlast a task's lease is refused too."""
-        settings = settings or get_settings()
         params = super().validate(raw, settings)
         limit_s = min(h.time_limit_s or settings.task_time_limit_s for h in HANDLERS)
         most = int(limit_s * 1000 * SLEEP_SHARE)

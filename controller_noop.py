@@ -2,7 +2,7 @@
 
 Each ``noop`` task returns ``{"i": index}``; the job's result is only their count, so a job of
 100,000 tasks has a small result. Use it to see how fast a deployment fans out, runs and finishes
-tasks (``benchmarks/bench_engine.py --scale`` does). ``n`` goes up to MAX_TASKS_PER_STAGE (999,999);
+tasks (``benchmarks/bench_engine.py --scale`` does). ``n`` goes up to models.TASK_INDEX_LIMIT (999,999);
 a submit over the deployment's ``MAX_TASKS_PER_STAGE`` setting is refused, naming the setting.
 """
 from __future__ import annotations
@@ -12,16 +12,16 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from base_controller import JobController, JobParameters, Stage, TaskContext, TaskHandler, TaskOutcome
-from config import Settings, get_settings
+from config import Settings
 from errors import ParameterValidationError
-from models import MAX_TASKS_PER_STAGE
+from models import TASK_INDEX_LIMIT
 
 
 class NoopParameters(JobParameters):
     """Parameters of a noop job."""
 
     model_config = ConfigDict(extra="forbid")
-    n: int = Field(default=100, ge=1, le=MAX_TASKS_PER_STAGE,
+    n: int = Field(default=100, ge=1, le=TASK_INDEX_LIMIT,
                    description="Tasks in the stage (at most the MAX_TASKS_PER_STAGE setting, 100,000 by default).")
 
 
@@ -55,10 +55,9 @@ def aggregate(p: NoopParameters, outcomes: dict[int, list[TaskOutcome]]) -> dict
 class NoopController(JobController[NoopParameters]):
     """noop's controller: ``n`` is also checked against the MAX_TASKS_PER_STAGE setting at submit."""
 
-    def validate(self, raw: object, settings: Settings | None = None) -> NoopParameters:
+    def validate(self, raw: object, settings: Settings) -> NoopParameters:
         """As ``JobController.validate``; an ``n`` over the deployment's stage limit is refused now, not at
         planning (where the job would fail)."""
-        settings = settings or get_settings()
         params = super().validate(raw, settings)
         if params.n > settings.max_tasks_per_stage:
             message = (f"n: {params.n:,} tasks exceed this deployment's limit of {settings.max_tasks_per_stage:,} "

@@ -72,7 +72,9 @@ def new_schedule(job_type: str, parameters: dict[str, Any], expression: str, nam
 def due_slot(schedule: ScheduleRecord, now: datetime) -> tuple[datetime | None, int]:
     """The latest slot after the schedule's last one (or its creation) and at or before ``now``, and how
     many slots before it the latest-only policy skips; (None, 0) when nothing is due."""
-    cron = Cron.parse(schedule.expression)
+    cron = stored_cron(schedule)
+    if cron is None:
+        return None, 0
     after = max(schedule.created_at, schedule.last_slot or schedule.created_at)
     latest = cron.latest_at_or_before(now)
     if latest is None or latest <= after:
@@ -82,7 +84,17 @@ def due_slot(schedule: ScheduleRecord, now: datetime) -> tuple[datetime | None, 
 
 def next_slot(schedule: ScheduleRecord, now: datetime) -> datetime | None:
     """The schedule's next slot after ``now``."""
-    return Cron.parse(schedule.expression).next_after(now)
+    cron = stored_cron(schedule)
+    return cron.next_after(now) if cron is not None else None
+
+
+def stored_cron(schedule: ScheduleRecord) -> Cron | None:
+    """A stored schedule's expression, parsed; None for one stored before a rule it breaks was checked (e.g.
+    non-ASCII digits, issue 20): that schedule never fires, and stops no other one."""
+    try:
+        return Cron.parse(schedule.expression)
+    except CronError:
+        return None
 
 
 def slot_parameters(schedule: ScheduleRecord, slot: datetime) -> dict[str, Any]:

@@ -80,12 +80,3 @@ def apply_changes(stage: StageRecord, shards: dict[int, ShardRecord], changes: l
         stage_after.ended_at = now
     return list(after.values()), stage_after
 
-
-def count_end(shard: ShardRecord, stage: StageRecord, status: Status,
-              token: str) -> tuple[ShardRecord, StageRecord | None]:
-    """Counters after one task ends; the stage row changes only when the shard reaches zero.
-
-    A stage ends ``failed`` when more of its tasks failed than it tolerates, else ``completed``.
-    """
-    shards, stage_after = apply_changes(stage, {shard.shard: shard}, [Change(shard.shard, ended=status)], token)
-    return shards[0], stage_after

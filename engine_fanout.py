@@ -21,26 +21,69 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import engine_faults
+import engine_jobs
 import engine_tracing
 from base_controller import JobController, TaskOutcome
-from controller_factory import get_handler
+from controller_factory import get_controller, get_handler
+from engine_context import EngineContext
 from engine_counters import shard_count
-from errors import ConflictError, OrchestratorError, TooLargeError, TransientError
+from engine_jobs import describe, finish_job, move_job
+from errors import ConflictError, TooLargeError, TransientError
 from logs import log_event
 from models import (
-    JobRecord, ShardRecord, StageMessage, StageRecord, Status, TaskMessage, TaskRecord, make_task_id, utcnow,
+    TERMINAL, JobRecord, ShardRecord, StageMessage, StageRecord, Status, TaskMessage, TaskRecord, make_task_id,
+    utcnow,
 )
 from repository_rules import BATCH_MAX_OPERATIONS
-
-if TYPE_CHECKING:
-    from task_manager import Engine
 
 logger = logging.getLogger(__name__)
 ROW_WRITERS = 4  # row transactions in flight ahead of the sends
 RUN_MIN_MESSAGES = 32  # a stage of runs keeps at least this many messages (two hosts' batchSize of 16)
+
+
+@engine_tracing.consumer("stage.run")
+def run_stage(ctx: EngineContext, msg: StageMessage) -> None:
+    """Write stage ``msg.stage``'s rows (once), mark the job, queue the task messages."""
+    job = ctx.store.get_job(msg.job_id)
+    if job is None or job.status in TERMINAL or msg.stage < job.stage:
+        log_event(logger, "stage_message_ignored", job_id=msg.job_id, stage=msg.stage,
+                  reason="unknown job" if job is None else f"job is {job.status} at stage {job.stage}")
+        return
+    controller = get_controller(job.job_type)
+    if msg.stage > controller.total_stages or not _previous_stage_ended(ctx, job, msg.stage):
+        log_event(logger, "stage_message_ignored", logging.WARNING, job_id=job.job_id, stage=msg.stage,
+                  reason="stage out of range or previous stage not ended")
+        return
+    stage = ctx.store.get_stage(job.job_id, msg.stage)
+    if stage is not None and stage.dispatched:
+        log_event(logger, "stage_already_dispatched", job_id=job.job_id, stage=msg.stage)
+        return
+    if stage is not None and msg.from_task is not None and msg.from_task != stage.fanned_out:
+        log_event(logger, "stage_chunk_ignored", job_id=job.job_id, stage=msg.stage, from_task=msg.from_task,
+                  fanned_out=stage.fanned_out)
+        return
+    if stage is None or not stage.plan_stored:  # deterministic: planning again gives the same tasks
+        planned = plan(ctx, job, controller, msg.stage)
+        if planned is None:
+            return
+        if stage is None:
+            stage, planned = new_stage(ctx, job, controller, msg.stage, planned)
+    else:
+        planned = stored_plan(ctx, stage)
+    engine_faults.point("stage_rows_written")
+    if not move_job(ctx.store, job, stage=msg.stage, stage_name=stage.name):
+        return
+    fan_out_chunk(ctx, job, stage, planned)
+
+
+def _previous_stage_ended(ctx: EngineContext, job: JobRecord, number: int) -> bool:
+    if number == 1:
+        return True
+    previous = ctx.store.get_stage(job.job_id, number - 1)
+    return previous is not None and previous.status == Status.COMPLETED
 
 
 def plan_name(job_id: str, stage: int) -> str:
@@ -48,76 +91,78 @@ def plan_name(job_id: str, stage: int) -> str:
     return f"{job_id}/plans/stage-{stage:02d}.json"
 
 
-def plan(engine: "Engine", job: JobRecord, controller: JobController, number: int) -> list[dict[str, Any]] | None:
+def plan(ctx: EngineContext, job: JobRecord, controller: JobController[Any],
+         number: int) -> list[dict[str, Any]] | None:
     """Each task's parameters for stage ``number``; None after failing the job (planning is deterministic:
     a retry would fail the same way)."""
     definition = controller.stage(number)
-    previous = _previous(engine, job.job_id, number - 1, definition.plan_reads_results) if number > 1 else []
+    previous = _previous(ctx, job.job_id, number - 1, definition.plan_reads_results) if number > 1 else []
     try:
         params = controller.parameters_model.model_validate(job.parameters)
         if definition.plan_uses_io:
-            planned = controller.plan_stage(number, params, previous, engine.io)
+            planned = controller.plan_stage(number, params, previous, ctx.io)
         else:
             planned = controller.plan_stage(number, params, previous)
         if not planned:
             raise ValueError(f"stage {number} ({definition.name}) has no tasks to run")
-        if len(planned) > engine.settings.max_tasks_per_stage:
+        if len(planned) > ctx.settings.max_tasks_per_stage:
             raise TooLargeError(f"too_large: stage {number} ({definition.name}) planned {len(planned):,} "
-                                f"tasks; the limit is {engine.settings.max_tasks_per_stage:,} (MAX_TASKS_PER_STAGE)")
+                                f"tasks; the limit is {ctx.settings.max_tasks_per_stage:,} (MAX_TASKS_PER_STAGE)")
         return planned
     except TransientError:
         raise
     except Exception as exc:  # noqa: BLE001
-        engine.finish_job(job.job_id, Status.FAILED, error=f"planning stage {number} ({definition.name}) "
+        finish_job(ctx, job.job_id, Status.FAILED, error=f"planning stage {number} ({definition.name}) "
                                                          f"failed: {describe(exc)}")
         return None
 
 
-def _previous(engine: "Engine", job_id: str, number: int, with_results: bool) -> list[TaskOutcome]:
+def _previous(ctx: EngineContext, job_id: str, number: int, with_results: bool) -> list[TaskOutcome]:
     """A stage's outcomes for the next planner: whole, or status and index only (one projected query)."""
     if with_results:
-        return engine.outcomes(job_id, number)
+        return engine_jobs.outcomes(ctx.store, job_id, number)
     return [TaskOutcome(task_id=make_task_id(job_id, number, index), stage=number, index=index, status=status)
-            for index, status in engine.store.task_statuses(job_id, number)]
+            for index, status in ctx.store.task_statuses(job_id, number)]
 
 
-def new_stage(engine: "Engine", job: JobRecord, controller: JobController, number: int,
+def new_stage(ctx: EngineContext, job: JobRecord, controller: JobController[Any], number: int,
               planned: list[dict[str, Any]]) -> tuple[StageRecord, list[dict[str, Any]]]:
     """Create a stage's counters (plan stored first when it spans chunks); returns the stored row and
     the plan every chunk must use."""
     definition = controller.stage(number)
-    store_plan = definition.plan_uses_io or len(planned) > engine.settings.fanout_chunk
+    store_plan = definition.plan_uses_io or len(planned) > ctx.settings.fanout_chunk
     if store_plan:  # fixed the first time: a redelivery or a later chunk must plan the same tasks
-        planned = engine.repos.blobs.put_json_once(plan_name(job.job_id, number), planned)
-    shards = shard_count(len(planned), job.counter_shards or engine.shards_per_stage)
+        planned = ctx.blobs.put_json_once(plan_name(job.job_id, number), planned)
+    shards = shard_count(len(planned), job.counter_shards or ctx.shards_per_stage)
     shard_rows = [ShardRecord(job_id=job.job_id, stage=number, shard=s, total=len(range(s, len(planned), shards)),
                               remaining=len(range(s, len(planned), shards))) for s in range(shards)]
     stage = StageRecord(job_id=job.job_id, stage=number, name=definition.name, task_type=definition.task_type,
                         total=len(planned), shards=shards, shards_remaining=shards, plan_stored=store_plan,
                         tolerated_failures=controller.tolerated_failures(len(planned), number),
                         fanout_at=utcnow())
-    return engine.store.create_counters(stage, shard_rows), planned
+    return ctx.store.create_counters(stage, shard_rows), planned
 
 
-def stored_plan(engine: "Engine", stage: StageRecord) -> list[dict[str, Any]]:
+def stored_plan(ctx: EngineContext, stage: StageRecord) -> list[dict[str, Any]]:
     """The plan a stage was created with (only for stages whose plan is stored)."""
-    return engine.repos.blobs.get_named_json(plan_name(stage.job_id, stage.stage))
+    planned: list[dict[str, Any]] = ctx.blobs.get_named_json(plan_name(stage.job_id, stage.stage))
+    return planned
 
 
-def fan_out_chunk(engine: "Engine", job: JobRecord, stage: StageRecord, planned: list[dict[str, Any]]) -> None:
+def fan_out_chunk(ctx: EngineContext, job: JobRecord, stage: StageRecord, planned: list[dict[str, Any]]) -> None:
     """Write the next chunk's task rows and send their messages; move the cursor; continue or finish.
 
     A batch whose rows existed already (a redelivered first message or continuation, a sweeper's re-drive)
     may have gone out before: its messages go only to tasks still queued and untried.
     """
     start = stage.fanned_out
-    end = min(stage.total, start + engine.settings.fanout_chunk)
+    end = min(stage.total, start + ctx.settings.fanout_chunk)
     if start >= end:  # every chunk went out; only the flag is missing
-        engine.store.mark_stage(job.job_id, stage.stage, dispatched=True)
+        ctx.store.mark_stage(job.job_id, stage.stage, dispatched=True)
         return
-    if start > 0 and _backlogged(engine, job, stage):
+    if start > 0 and _backlogged(ctx, job, stage):
         return
-    engine.store.mark_stage(job.job_id, stage.stage, fanout_at=utcnow())  # a live chain: the sweeper waits
+    ctx.store.mark_stage(job.job_id, stage.stage, fanout_at=utcnow())  # a live chain: the sweeper waits
     shards = stage.shards
     version = get_handler(stage.task_type).version
     tasks = [TaskRecord(job_id=job.job_id, task_id=make_task_id(job.job_id, stage.stage, i), stage=stage.stage,
@@ -129,15 +174,15 @@ def fan_out_chunk(engine: "Engine", job: JobRecord, stage: StageRecord, planned:
     # Rows are written a few batches ahead; each batch's messages go out, in index order, as soon as its
     # rows exist (a host then receives neighbouring tasks together and group commit reads them in one
     # range query), so rows and sends overlap and a message never precedes its row.
-    send = engine.repos.tasks_queue.send
+    send = ctx.queues.tasks.send
     per_message = run_length(get_handler(stage.task_type).tasks_per_message, stage.total)
     with ThreadPoolExecutor(max_workers=ROW_WRITERS) as rows, \
-            ThreadPoolExecutor(max_workers=engine.settings.fanout_threads) as sends:
-        written = [rows.submit(engine.store.create_tasks, b) for b in batches]
+            ThreadPoolExecutor(max_workers=ctx.settings.fanout_threads) as sends:
+        written = [rows.submit(ctx.store.create_tasks, b) for b in batches]
         sent = []
         for batch, done in zip(batches, written, strict=True):
             if done.result():  # rows written before: only the tasks still untried get a message
-                batch = _untried(engine, batch)
+                batch = _untried(ctx, batch)
             sent += [sends.submit(send, TaskMessage(job_id=job.job_id, task_id=batch_ids[0], count=len(batch_ids),
                                                     traceparent=traceparent))
                      for batch_ids in runs(batch, per_message)]
@@ -145,19 +190,19 @@ def fan_out_chunk(engine: "Engine", job: JobRecord, stage: StageRecord, planned:
             future.result()
     engine_tracing.fanned_out(stage.task_type, stage.name, end - start, end, time.perf_counter() - began)
     engine_faults.point("task_messages_sent")
-    if not _advance_cursor(engine, stage, end):
+    if not _advance_cursor(ctx, stage, end):
         return
     if end < stage.total:
-        engine.repos.jobs_queue.send(StageMessage(job_id=job.job_id, stage=stage.stage, from_task=end,
+        ctx.queues.jobs.send(StageMessage(job_id=job.job_id, stage=stage.stage, from_task=end,
                                                   traceparent=traceparent))
     log_event(logger, "stage_dispatched" if end >= stage.total else "stage_chunk_dispatched", job_id=job.job_id,
               stage=stage.stage, tasks=end - start, fanned_out=end, total=stage.total,
               send_ms=round((time.perf_counter() - began) * 1000))
 
 
-def _untried(engine: "Engine", batch: list[TaskRecord]) -> list[TaskRecord]:
+def _untried(ctx: EngineContext, batch: list[TaskRecord]) -> list[TaskRecord]:
     """The tasks of a batch whose rows are still queued and never tried (one range query)."""
-    stored = {t.index: t for t in engine.store.task_range(batch[0].job_id, batch[0].stage, batch[0].index,
+    stored = {t.index: t for t in ctx.store.task_range(batch[0].job_id, batch[0].stage, batch[0].index,
                                                           batch[-1].index)}
     return [t for t in batch if (row := stored.get(t.index)) is not None
             and row.status == Status.QUEUED and row.attempts == 0]
@@ -182,39 +227,36 @@ def runs(tasks: list[TaskRecord], length: int) -> list[list[str]]:
     return out
 
 
-def _backlogged(engine: "Engine", job: JobRecord, stage: StageRecord) -> bool:
+def _backlogged(ctx: EngineContext, job: JobRecord, stage: StageRecord) -> bool:
     """Backpressure: while the tasks queue holds more than FANOUT_MAX_BACKLOG messages, the chain waits
     (the same continuation, delayed; ``fanout_at`` is touched so the sweeper sees a live chain)."""
-    limit = engine.settings.fanout_max_backlog
-    depth = engine.repos.tasks_queue.depth() if limit else 0
+    limit = ctx.settings.fanout_max_backlog
+    depth = ctx.queues.tasks.depth() if limit else 0
     if depth <= limit:
         return False
-    engine.store.mark_stage(job.job_id, stage.stage, fanout_at=utcnow())
-    engine.repos.jobs_queue.send(StageMessage(job_id=job.job_id, stage=stage.stage, from_task=stage.fanned_out,
+    ctx.store.mark_stage(job.job_id, stage.stage, fanout_at=utcnow())
+    ctx.queues.jobs.send(StageMessage(job_id=job.job_id, stage=stage.stage, from_task=stage.fanned_out,
                                               traceparent=engine_tracing.carry(job)),
-                                 delay_s=engine.settings.fanout_pause_s)
+                                 delay_s=ctx.settings.fanout_pause_s)
     log_event(logger, "stage_fanout_paused", job_id=job.job_id, stage=stage.stage, queue_depth=depth,
               fanned_out=stage.fanned_out, total=stage.total)
     return True
 
 
-def _advance_cursor(engine: "Engine", stage: StageRecord, end: int) -> bool:
+def _advance_cursor(ctx: EngineContext, stage: StageRecord, end: int) -> bool:
     """Move ``fanned_out`` forward to ``end`` (conditional); False if another invocation already did."""
     current = stage
     for _ in range(50):
         if current.fanned_out >= end:
             return False
         try:
-            engine.store.replace_stage(current.model_copy(update={
+            ctx.store.replace_stage(current.model_copy(update={
                 "fanned_out": end, "dispatched": end >= current.total, "fanout_at": utcnow()}))
             return True
         except ConflictError:  # the counters moved (tasks ending): read and try again
-            current = engine.store.get_stage(stage.job_id, stage.stage)
-            if current is None:
+            read = ctx.store.get_stage(stage.job_id, stage.stage)
+            if read is None:
                 return False
+            current = read
     raise TransientError(f"stage {stage.stage} of job {stage.job_id}: its cursor stayed contended")
 
-
-def describe(exc: Exception) -> str:
-    """An exception as a user reads it: our own message, or its type and text."""
-    return exc.message if isinstance(exc, OrchestratorError) else f"{type(exc).__name__}: {exc}"

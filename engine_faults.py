@@ -24,7 +24,7 @@ POINTS = (
     "task_claimed",             # run_task: task marked processing, handler not called
     "handler_returned",         # run_task: handler done, end not committed
     "stage_decided",            # end_task: the commit that ended the stage landed, nothing sent
-    "advance_message_sent",     # advance: next message sent, stage not marked advance_sent
+    "advance_message_sent",     # advance: next message sent, the advance not yet logged
     "completion_aggregated",    # complete: result computed, job row not written
 )
 OPERATOR_POINTS = (  # on an operator's path only (a job's normal run never passes them)

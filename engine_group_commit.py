@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Callable, Literal, cast
 
 from engine_counters import Change, apply_changes
 from errors import ConflictError, JobCancelledError, OrchestratorError, TransientError
@@ -137,7 +137,7 @@ class GroupCommit:
             raise write.error
         return write
 
-    def _wait(self, job: _Job, kind: str, mine: TaskWrite | _Read, flush) -> None:
+    def _wait(self, job: _Job, kind: str, mine: TaskWrite | _Read, flush: Callable[[list[Any]], None]) -> None:
         """Queue ``mine``; lead if nobody does (or when asked to), else wait until it is served."""
         flag = "reading" if kind == "reads" else "writing"
         with job.lock:
@@ -154,12 +154,12 @@ class GroupCommit:
             lead = True  # handed the lead by a caller whose own operation is done
 
     @staticmethod
-    def _lead(job: _Job, kind: str, flag: str, mine: TaskWrite | _Read, flush) -> None:
+    def _lead(job: _Job, kind: str, flag: str, mine: TaskWrite | _Read, flush: Callable[[list[Any]], None]) -> None:
         """Serve the queue in batches (they form while a flush is in flight) until our own operation is
         done; then hand the lead to the next waiting caller, so no caller serves others for ever."""
         while True:
             with job.lock:
-                waiting: list = getattr(job, kind)
+                waiting: list[Any] = getattr(job, kind)  # job.reads or job.writes, as ``kind`` says
                 if mine.done.is_set() and waiting:
                     waiting[0].wake.set()  # its caller leads from here
                     return
@@ -317,7 +317,9 @@ def _take(waiting: list[TaskWrite]) -> list[TaskWrite]:
     """The next batch: writes of one stage, one per task row, at most MAX_TASK_OPS (the rest wait)."""
     if not waiting:
         return []
-    stage, seen, batch = waiting[0].row.stage, set(), []
+    stage = waiting[0].row.stage
+    seen: set[int] = set()
+    batch: list[TaskWrite] = []
     for w in waiting:
         if w.row.stage == stage and w.row.index not in seen and len(batch) < MAX_TASK_OPS:
             seen.add(w.row.index)
@@ -361,7 +363,9 @@ class ProgressReporter:
             row = self.task.model_copy(update={"progress": value})
             change = Change(self.task.shard, progress=value - (self.task.progress or 0))
             try:
-                self.task = self.commits.write(self.task.job_id, TaskWrite("progress", row, change)).written
+                # a write that returns was settled with its stored row (GroupCommit.write raises otherwise)
+                written = self.commits.write(self.task.job_id, TaskWrite("progress", row, change)).written
+                self.task = cast(TaskRecord, written)
             except (ConflictError, TransientError) as exc:
                 log_event(logger, "task_progress_not_written", job_id=self.task.job_id, task_id=self.task.task_id,
                           error=str(exc)[:200])

@@ -15,10 +15,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from errors import BadRequestError
+from errors import BadRequestError, echo
 from models import utcnow
 from repository_rasters import RasterStore, ReadLink
-from task_manager import Engine
 
 STORED_SAS = "sas_url"  # what results stored before links were signed on read
 
@@ -62,7 +61,7 @@ class Signer:
         link = self.link(href)
         if link is None:
             allowed = self.allowed
-            raise BadRequestError(f"{what} {href!r} is not a blob of this app's containers; only blob URLs of "
+            raise BadRequestError(f"{what} {echo(href)} is not a blob of this app's containers; only blob URLs of "
                                   f"{self.rasters.endpoint()} in these containers are signed: "
                                   f"{', '.join(allowed) or '(none)'}", allowed_containers=allowed)
         return link
@@ -74,11 +73,11 @@ class Signer:
 
     def item(self, item: dict[str, Any]) -> dict[str, Any]:
         """A STAC item (or any object with ``assets``) with every asset href signed and its expiry beside it."""
-        name = f"item {item.get('id')!r}" if item.get("id") is not None else "item"
+        name = f"item {echo(item.get('id'))}" if item.get("id") is not None else "item"
         assets = {}
         for key, asset in (item.get("assets") or {}).items():
             link = self.required(asset.get("href") if isinstance(asset, dict) else None,
-                                 f"asset {key!r} of {name}: href")
+                                 f"asset {echo(key)} of {name}: href")
             assets[key] = _with_expiry({**asset, "href": link.href}, link)
         return {**item, "assets": assets}
 
@@ -99,24 +98,25 @@ def _with_expiry(target: dict[str, Any], link: ReadLink) -> dict[str, Any]:
     return target
 
 
-def signer(engine: Engine, now: datetime | None = None) -> Signer:
-    """A signer over the engine's job containers (the allow-list jobs use: never the payload container nor
-    the Functions host's)."""
-    return Signer(engine.io.rasters, now)
+def signer(rasters: RasterStore, now: datetime | None = None) -> Signer:
+    """A signer over ``rasters``' containers: the engine's ``io.rasters``, the job containers (the allow-list
+    jobs use: never the payload container nor the Functions host's)."""
+    return Signer(rasters, now)
 
 
-def sign_tasks(engine: Engine, tasks: list[dict[str, Any]], now: datetime | None = None) -> list[dict[str, Any]]:
+def sign_tasks(rasters: RasterStore, tasks: list[dict[str, Any]],
+               now: datetime | None = None) -> list[dict[str, Any]]:
     """Task views (as JSON) with their results' links signed."""
-    return _tasks(signer(engine, now), tasks)
+    return _tasks(signer(rasters, now), tasks)
 
 
 def _tasks(sign: Signer, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{**t, "result": sign.results(t["result"])} if t.get("result") is not None else t for t in tasks]
 
 
-def sign_status(engine: Engine, document: dict[str, Any], now: datetime | None = None) -> dict[str, Any]:
+def sign_status(rasters: RasterStore, document: dict[str, Any], now: datetime | None = None) -> dict[str, Any]:
     """A status document (as JSON) with the links of its result and of its page of tasks signed."""
-    sign = signer(engine, now)
+    sign = signer(rasters, now)
     out = dict(document)
     if out.get("result_data") is not None:
         out["result_data"] = sign.results(out["result_data"])

@@ -19,15 +19,17 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Callable
 
 import controller_triggers as triggers
+from config import Settings
 from engine_jobs import Submitted
-from errors import ConflictError, NotFoundError, OrchestratorError, TransientError
+from errors import ConflictError, NotFoundError, OrchestratorError, TransientError, echo
 from logs import log_event
 from models import BlobArrival, ScheduleRecord, WatchRecord, utcnow
-from task_manager import Engine
+from repository_schedules import ScheduleStore
 
 logger = logging.getLogger(__name__)
 MAX_RECORD_ATTEMPTS = 20
@@ -38,44 +40,8 @@ SETTINGS_READ_AT = utcnow()  # the creation time shown for watches from settings
 
 def _checked_id(kind: str, value: str) -> str:
     if not _ID.match(value or ""):
-        raise NotFoundError(f"no {kind} with id {value!r}")
+        raise NotFoundError(f"no {kind} with id {echo(value)}")
     return value
-
-
-# ------------------------------------------------------------------ schedules
-def create_schedule(engine: Engine, job_type: str, parameters: dict[str, Any], expression: str,
-                    name: str | None = None, now: datetime | None = None) -> tuple[ScheduleRecord, bool]:
-    """Create a schedule (checked: expression, job type, parameters); (row, created). The same
-    definition again returns the existing schedule."""
-    row = triggers.new_schedule(job_type, parameters, expression, name, engine.settings, now or utcnow())
-    created = engine.repos.schedules.create(row)
-    if created is not None:
-        log_event(logger, "schedule_created", schedule_id=row.schedule_id, job_type=job_type, expression=expression)
-        return created, True
-    existing = engine.repos.schedules.get(ScheduleRecord, row.schedule_id)
-    if existing is None:  # deleted between our insert and our read
-        raise TransientError(f"schedule {row.schedule_id} changed while it was created; retry")
-    return existing, False
-
-
-def list_schedules(engine: Engine) -> list[ScheduleRecord]:
-    """Every schedule."""
-    return engine.repos.schedules.list(ScheduleRecord)
-
-
-def get_schedule(engine: Engine, schedule_id: str) -> ScheduleRecord:
-    """One schedule; NotFoundError otherwise."""
-    row = engine.repos.schedules.get(ScheduleRecord, _checked_id("schedule", schedule_id))
-    if row is None:
-        raise NotFoundError(f"no schedule with id {schedule_id!r}")
-    return row
-
-
-def delete_schedule(engine: Engine, schedule_id: str) -> None:
-    """Delete a schedule (jobs it started are left alone); NotFoundError if there is none."""
-    if not engine.repos.schedules.delete(ScheduleRecord, _checked_id("schedule", schedule_id)):
-        raise NotFoundError(f"no schedule with id {schedule_id!r}")
-    log_event(logger, "schedule_deleted", schedule_id=schedule_id)
 
 
 def next_slot(schedule: ScheduleRecord, now: datetime | None = None) -> datetime | None:
@@ -83,171 +49,207 @@ def next_slot(schedule: ScheduleRecord, now: datetime | None = None) -> datetime
     return triggers.next_slot(schedule, now or utcnow())
 
 
-def run_due(engine: Engine, now: datetime | None = None) -> list[dict[str, Any]]:
-    """The timer's body: submit every schedule's due slot once; what was submitted (or refused).
+@dataclass(frozen=True)
+class Schedules:
+    """Schedules and watches: their rows (``store``), the settings that check them and hold the WATCHES setting,
+    and how a due slot or an arrival becomes a job (``submit``, the engine's)."""
 
-    A schedule whose storage fails is logged and left to the next tick; the others go on.
-    """
-    now = now or utcnow()
-    done: list[dict[str, Any]] = []
-    for row in list_schedules(engine):
-        try:
-            done += _tick(engine, row, now)
-        except TransientError as exc:
-            log_event(logger, "schedule_tick_failed", logging.WARNING, schedule_id=row.schedule_id, error=exc.message)
-    return done
+    store: ScheduleStore
+    settings: Settings
+    submit: Callable[..., Submitted]
 
+    # ------------------------------------------------------------------ schedules
+    def create_schedule(self, job_type: str, parameters: dict[str, Any], expression: str,
+                        name: str | None = None, now: datetime | None = None) -> tuple[ScheduleRecord, bool]:
+        """Create a schedule (checked: expression, job type, parameters); (row, created). The same
+        definition again returns the existing schedule."""
+        row = triggers.new_schedule(job_type, parameters, expression, name, self.settings, now or utcnow())
+        created = self.store.create(row)
+        if created is not None:
+            log_event(logger, "schedule_created", schedule_id=row.schedule_id, job_type=job_type, expression=expression)
+            return created, True
+        existing = self.store.get(ScheduleRecord, row.schedule_id)
+        if existing is None:  # deleted between our insert and our read
+            raise TransientError(f"schedule {row.schedule_id} changed while it was created; retry")
+        return existing, False
 
-def _tick(engine: Engine, row: ScheduleRecord, now: datetime) -> list[dict[str, Any]]:
-    store, done = engine.repos.schedules, []
-    unfinished = row.last_slot is not None and row.last_job_id is None and row.last_error is None
-    if unfinished and (row.claimed_at is None or now - row.claimed_at >= REDRIVE_AFTER):
-        done.append(_submit_slot(engine, row, row.last_slot))  # the claimer died or failed: same slot, same job
-        row = store.get(ScheduleRecord, row.schedule_id)
+    def list_schedules(self) -> list[ScheduleRecord]:
+        """Every schedule."""
+        return self.store.list(ScheduleRecord)
+
+    def get_schedule(self, schedule_id: str) -> ScheduleRecord:
+        """One schedule; NotFoundError otherwise."""
+        row = self.store.get(ScheduleRecord, _checked_id("schedule", schedule_id))
         if row is None:
+            raise NotFoundError(f"no schedule with id {echo(schedule_id)}")
+        return row
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        """Delete a schedule (jobs it started are left alone); NotFoundError if there is none."""
+        if not self.store.delete(ScheduleRecord, _checked_id("schedule", schedule_id)):
+            raise NotFoundError(f"no schedule with id {echo(schedule_id)}")
+        log_event(logger, "schedule_deleted", schedule_id=schedule_id)
+
+    def run_due(self, now: datetime | None = None) -> list[dict[str, Any]]:
+        """The timer's body: submit every schedule's due slot once; what was submitted (or refused).
+
+        A schedule whose storage fails is logged and left to the next tick; the others go on.
+        """
+        now = now or utcnow()
+        done: list[dict[str, Any]] = []
+        for row in self.list_schedules():
+            try:
+                done += self._tick(row, now)
+            except TransientError as exc:
+                log_event(logger, "schedule_tick_failed", logging.WARNING, schedule_id=row.schedule_id,
+                          error=exc.message)
+        return done
+
+    def _tick(self, row: ScheduleRecord, now: datetime) -> list[dict[str, Any]]:
+        store, done = self.store, []
+        unfinished = row.last_job_id is None and row.last_error is None  # with a claimed slot: no job, no error
+        if row.last_slot is not None and unfinished and (
+                row.claimed_at is None or now - row.claimed_at >= REDRIVE_AFTER):
+            done.append(self._submit_slot(row, row.last_slot))  # the claimer died or failed: same slot, same job
+            again = store.get(ScheduleRecord, row.schedule_id)
+            if again is None:
+                return done
+            row = again
+        slot, skipped = triggers.due_slot(row, now)
+        if slot is None:
             return done
-    slot, skipped = triggers.due_slot(row, now)
-    if slot is None:
-        return done
-    claim = row.model_copy(update={"last_slot": slot, "claimed_at": now, "last_job_id": None, "last_error": None,
-                                   "skipped_slots": row.skipped_slots + skipped})
-    try:
-        store.replace(claim)
-    except (ConflictError, NotFoundError):  # another instance claimed first (or the schedule was deleted)
-        log_event(logger, "schedule_slot_taken", schedule_id=row.schedule_id, slot=slot)
-        return done
-    if skipped:
-        log_event(logger, "schedule_slots_skipped", logging.WARNING, schedule_id=row.schedule_id, slot=slot,
-                  skipped=skipped, policy="latest only")
-    return [*done, _submit_slot(engine, claim, slot)]
+        claim = row.model_copy(update={"last_slot": slot, "claimed_at": now, "last_job_id": None, "last_error": None,
+                                       "skipped_slots": row.skipped_slots + skipped})
+        try:
+            store.replace(claim)
+        except (ConflictError, NotFoundError):  # another instance claimed first (or the schedule was deleted)
+            log_event(logger, "schedule_slot_taken", schedule_id=row.schedule_id, slot=slot)
+            return done
+        if skipped:
+            log_event(logger, "schedule_slots_skipped", logging.WARNING, schedule_id=row.schedule_id, slot=slot,
+                      skipped=skipped, policy="latest only")
+        return [*done, self._submit_slot(claim, slot)]
 
+    def _submit_slot(self, row: ScheduleRecord, slot: datetime) -> dict[str, Any]:
+        outcome: dict[str, Any] = {"schedule_id": row.schedule_id, "slot": slot.isoformat()}
+        try:
+            submitted = self.submit(row.job_type, triggers.slot_parameters(row, slot))
+        except TransientError:
+            raise
+        except OrchestratorError as exc:  # e.g. a settings change made the parameters invalid: permanent
+            log_event(logger, "schedule_slot_refused", logging.WARNING, schedule_id=row.schedule_id, slot=slot,
+                      error=exc.message)
+            self._record(row.schedule_id, slot, last_error=exc.message)
+            return {**outcome, "error": exc.message}
+        self._record(row.schedule_id, slot, last_job_id=submitted.job.job_id)
+        log_event(logger, "schedule_slot_submitted", schedule_id=row.schedule_id, slot=slot,
+                  job_id=submitted.job.job_id, created=submitted.created)
+        return {**outcome, "job_id": submitted.job.job_id, "created": submitted.created}
 
-def _submit_slot(engine: Engine, row: ScheduleRecord, slot: datetime) -> dict[str, Any]:
-    outcome: dict[str, Any] = {"schedule_id": row.schedule_id, "slot": slot.isoformat()}
-    try:
-        submitted = engine.submit(row.job_type, triggers.slot_parameters(row, slot))
-    except TransientError:
-        raise
-    except OrchestratorError as exc:  # e.g. a settings change made the parameters invalid: permanent
-        log_event(logger, "schedule_slot_refused", logging.WARNING, schedule_id=row.schedule_id, slot=slot,
-                  error=exc.message)
-        _record(engine, row.schedule_id, slot, last_error=exc.message)
-        return {**outcome, "error": exc.message}
-    _record(engine, row.schedule_id, slot, last_job_id=submitted.job.job_id)
-    log_event(logger, "schedule_slot_submitted", schedule_id=row.schedule_id, slot=slot,
-              job_id=submitted.job.job_id, created=submitted.created)
-    return {**outcome, "job_id": submitted.job.job_id, "created": submitted.created}
+    def _record(self, schedule_id: str, slot: datetime, **fields: Any) -> None:
+        """Write what became of ``slot`` on the schedule row, unless a later slot was claimed meanwhile."""
+        store = self.store
+        for _ in range(MAX_RECORD_ATTEMPTS):
+            row = store.get(ScheduleRecord, schedule_id)
+            if row is None or row.last_slot != slot or all(getattr(row, k) == v for k, v in fields.items()):
+                return
+            try:
+                store.replace(row.model_copy(update=fields))
+                return
+            except (ConflictError, NotFoundError):
+                continue
+        raise TransientError(f"schedule {schedule_id}: its row kept changing while slot {slot.isoformat()} "
+                             "was recorded")
 
+    # ------------------------------------------------------------------ watches
+    def create_watch(self, container: str, prefix: str, job_type: str, options: dict[str, Any],
+                     name: str | None = None) -> tuple[WatchRecord, bool]:
+        """Create a watch (checked with the job type's controller); (row, created)."""
+        row = triggers.new_watch(container, prefix, job_type, options, name, self.settings, utcnow())
+        created = self.store.create(row)
+        if created is not None:
+            log_event(logger, "watch_created", watch_id=row.watch_id, container=container, prefix=prefix,
+                      job_type=job_type)
+            return created, True
+        existing = self.store.get(WatchRecord, row.watch_id)
+        if existing is None:
+            raise TransientError(f"watch {row.watch_id} changed while it was created; retry")
+        return existing, False
 
-def _record(engine: Engine, schedule_id: str, slot: datetime, **fields: Any) -> None:
-    """Write what became of ``slot`` on the schedule row, unless a later slot was claimed meanwhile."""
-    store = engine.repos.schedules
-    for _ in range(MAX_RECORD_ATTEMPTS):
-        row = store.get(ScheduleRecord, schedule_id)
-        if row is None or row.last_slot != slot or all(getattr(row, k) == v for k, v in fields.items()):
+    def settings_watches(self) -> list[WatchRecord]:
+        """The watches of the WATCHES setting that are valid (an invalid one is logged and left out)."""
+        found = []
+        for i, spec in enumerate(self.settings.watches):
+            try:
+                found.append(triggers.new_watch(
+                    spec.get("container", ""), spec.get("prefix", ""), spec.get("job_type", ""),
+                    spec.get("options") or {}, spec.get("name"), self.settings, SETTINGS_READ_AT, "settings"))
+            except OrchestratorError as exc:
+                log_event(logger, "settings_watch_invalid", logging.ERROR, index=i, error=exc.message)
+        return found
+
+    def list_watches(self) -> list[WatchRecord]:
+        """The watches created over the API, then those from settings (one per id)."""
+        rows = {w.watch_id: w for w in self.store.list(WatchRecord)}
+        for watch in self.settings_watches():
+            rows.setdefault(watch.watch_id, watch)
+        return list(rows.values())
+
+    def get_watch(self, watch_id: str) -> WatchRecord:
+        """One watch (from the table or from settings); NotFoundError otherwise."""
+        _checked_id("watch", watch_id)
+        found = next((w for w in self.list_watches() if w.watch_id == watch_id), None)
+        if found is None:
+            raise NotFoundError(f"no watch with id {echo(watch_id)}")
+        return found
+
+    def delete_watch(self, watch_id: str) -> None:
+        """Delete a watch; NotFoundError if there is none; ConflictError for one defined in settings."""
+        if self.store.delete(WatchRecord, _checked_id("watch", watch_id)):
+            log_event(logger, "watch_deleted", watch_id=watch_id)
             return
+        if any(w.watch_id == watch_id for w in self.settings_watches()):
+            raise ConflictError(f"watch {watch_id} is defined in the WATCHES setting; remove it there")
+        raise NotFoundError(f"no watch with id {echo(watch_id)}")
+
+    def on_blob_event(self, event_id: str | None, event_type: str, subject: str, data: Any) -> list[Submitted]:
+        """The Event Grid function's body: a BlobCreated event starts one job per covering watch."""
         try:
-            store.replace(row.model_copy(update=fields))
-            return
-        except (ConflictError, NotFoundError):
-            continue
-    raise TransientError(f"schedule {schedule_id}: its row kept changing while slot {slot.isoformat()} was recorded")
+            arrival = triggers.arrival_from_event(event_id, event_type, subject, data)
+        except ValueError as exc:  # never becomes valid: not worth a redelivery
+            log_event(logger, "arrival_malformed", logging.WARNING, event_id=event_id, error=str(exc))
+            return []
+        if arrival is None:
+            log_event(logger, "arrival_ignored", event_id=event_id, reason=f"event type {event_type}")
+            return []
+        return self.on_blob_created(arrival)
 
-
-# ------------------------------------------------------------------ watches
-def create_watch(engine: Engine, container: str, prefix: str, job_type: str, options: dict[str, Any],
-                 name: str | None = None) -> tuple[WatchRecord, bool]:
-    """Create a watch (checked with the job type's controller); (row, created)."""
-    row = triggers.new_watch(container, prefix, job_type, options, name, engine.settings, utcnow())
-    created = engine.repos.schedules.create(row)
-    if created is not None:
-        log_event(logger, "watch_created", watch_id=row.watch_id, container=container, prefix=prefix,
-                  job_type=job_type)
-        return created, True
-    existing = engine.repos.schedules.get(WatchRecord, row.watch_id)
-    if existing is None:
-        raise TransientError(f"watch {row.watch_id} changed while it was created; retry")
-    return existing, False
-
-
-def settings_watches(engine: Engine) -> list[WatchRecord]:
-    """The watches of the WATCHES setting that are valid (an invalid one is logged and left out)."""
-    found = []
-    for i, spec in enumerate(engine.settings.watches):
-        try:
-            found.append(triggers.new_watch(
-                spec.get("container", ""), spec.get("prefix", ""), spec.get("job_type", ""),
-                spec.get("options") or {}, spec.get("name"), engine.settings, SETTINGS_READ_AT, "settings"))
-        except OrchestratorError as exc:
-            log_event(logger, "settings_watch_invalid", logging.ERROR, index=i, error=exc.message)
-    return found
-
-
-def list_watches(engine: Engine) -> list[WatchRecord]:
-    """The watches created over the API, then those from settings (one per id)."""
-    rows = {w.watch_id: w for w in engine.repos.schedules.list(WatchRecord)}
-    for watch in settings_watches(engine):
-        rows.setdefault(watch.watch_id, watch)
-    return list(rows.values())
-
-
-def get_watch(engine: Engine, watch_id: str) -> WatchRecord:
-    """One watch (from the table or from settings); NotFoundError otherwise."""
-    _checked_id("watch", watch_id)
-    found = next((w for w in list_watches(engine) if w.watch_id == watch_id), None)
-    if found is None:
-        raise NotFoundError(f"no watch with id {watch_id!r}")
-    return found
-
-
-def delete_watch(engine: Engine, watch_id: str) -> None:
-    """Delete a watch; NotFoundError if there is none; ConflictError for one defined in settings."""
-    if engine.repos.schedules.delete(WatchRecord, _checked_id("watch", watch_id)):
-        log_event(logger, "watch_deleted", watch_id=watch_id)
-        return
-    if any(w.watch_id == watch_id for w in settings_watches(engine)):
-        raise ConflictError(f"watch {watch_id} is defined in the WATCHES setting; remove it there")
-    raise NotFoundError(f"no watch with id {watch_id!r}")
-
-
-def on_blob_event(engine: Engine, event_id: str | None, event_type: str, subject: str, data: Any) -> list[Submitted]:
-    """The Event Grid function's body: a BlobCreated event starts one job per covering watch."""
-    try:
-        arrival = triggers.arrival_from_event(event_id, event_type, subject, data)
-    except ValueError as exc:  # never becomes valid: not worth a redelivery
-        log_event(logger, "arrival_malformed", logging.WARNING, event_id=event_id, error=str(exc))
-        return []
-    if arrival is None:
-        log_event(logger, "arrival_ignored", event_id=event_id, reason=f"event type {event_type}")
-        return []
-    return on_blob_created(engine, arrival)
-
-
-def on_blob_created(engine: Engine, arrival: BlobArrival) -> list[Submitted]:
-    """Start one job per watch covering this blob version (none for sidecars and non-rasters)."""
-    ids = {"container": arrival.container, "blob": arrival.blob, "etag": arrival.etag, "event_id": arrival.event_id}
-    reason = triggers.arrival_skip_reason(arrival)
-    if reason:
-        log_event(logger, "arrival_ignored", reason=reason, **ids)
-        return []
-    watches = triggers.watches_for(list_watches(engine), arrival)
-    if not watches:
-        log_event(logger, "arrival_unwatched", **ids)
-        return []
-    submitted: list[Submitted] = []
-    transient: TransientError | None = None
-    for watch in watches:
-        try:
-            result = engine.submit(watch.job_type, triggers.arrival_parameters(watch, arrival))
-        except TransientError as exc:
-            transient = transient or exc
-            continue
-        except OrchestratorError as exc:
-            log_event(logger, "arrival_refused", logging.WARNING, watch_id=watch.watch_id, error=exc.message, **ids)
-            continue
-        submitted.append(result)
-        log_event(logger, "arrival_submitted", watch_id=watch.watch_id, job_id=result.job.job_id,
-                  created=result.created, **ids)
-    if transient is not None:
-        raise transient
-    return submitted
+    def on_blob_created(self, arrival: BlobArrival) -> list[Submitted]:
+        """Start one job per watch covering this blob version (none for sidecars and non-rasters)."""
+        ids: dict[str, Any] = {"container": arrival.container, "blob": arrival.blob, "etag": arrival.etag,
+                               "event_id": arrival.event_id}
+        reason = triggers.arrival_skip_reason(arrival)
+        if reason:
+            log_event(logger, "arrival_ignored", reason=reason, **ids)
+            return []
+        watches = triggers.watches_for(self.list_watches(), arrival)
+        if not watches:
+            log_event(logger, "arrival_unwatched", **ids)
+            return []
+        submitted: list[Submitted] = []
+        transient: TransientError | None = None
+        for watch in watches:
+            try:
+                result = self.submit(watch.job_type, triggers.arrival_parameters(watch, arrival))
+            except TransientError as exc:
+                transient = transient or exc
+                continue
+            except OrchestratorError as exc:
+                log_event(logger, "arrival_refused", logging.WARNING, watch_id=watch.watch_id, error=exc.message, **ids)
+                continue
+            submitted.append(result)
+            log_event(logger, "arrival_submitted", watch_id=watch.watch_id, job_id=result.job.job_id,
+                      created=result.created, **ids)
+        if transient is not None:
+            raise transient
+        return submitted

@@ -1,7 +1,8 @@
-"""The status document of a job: what the status endpoint shows and what webhooks deliver.
+"""What the engine shows: the status document of a job (what the status endpoint shows and what webhooks
+deliver), task views, and the catalogued items' footprints (the dashboard's map).
 
 Built here, in the engine, so both the API and webhook delivery use one definition (the API adds
-paging of the job's tasks on top).
+paging of the job's tasks on top), and no API module touches the database.
 """
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 import engine_tracing
-from errors import ErrorCode
+from controller_factory import get_controller
+from engine_task_io import StorageTaskIO
+from errors import ErrorCode, NotConfiguredError
 from models import TERMINAL, JobRecord, ShardRecord, StageRecord, Status, TaskRecord, is_cut
-from task_manager import Engine
+from repositories import JobStore
 
 RECENT_ERRORS = 5
 
@@ -169,14 +172,14 @@ def recent_errors(shards: list[ShardRecord]) -> list[TaskErrorSummary]:
             for e in entries[:RECENT_ERRORS]]
 
 
-def status_document(engine: Engine, job: JobRecord) -> JobStatusResponse:
+def status_document(store: JobStore, job: JobRecord) -> JobStatusResponse:
     """The job, its stages (timings, counts, attempts), progress, recent errors, result or error.
 
     Two storage requests whatever the number of tasks: the job row and one range query over its stage
     and counter rows.
     """
-    controller = engine.controller(job.job_type)
-    rows, all_shards = engine.store.stage_rows(job.job_id)
+    controller = get_controller(job.job_type)
+    rows, all_shards = store.stage_rows(job.job_id)
     stage_rows = {s.stage: s for s in rows}
     stages: list[StageStatus] = []
     for number, definition in enumerate(controller.stages, start=1):
@@ -190,7 +193,7 @@ def status_document(engine: Engine, job: JobRecord) -> JobStatusResponse:
             stage=number, name=definition.name, status=shown, tasks=counts, attempts=attempts,
             progress=100.0 if shown == Status.COMPLETED else stage_progress(counts, mine),
             started_at=row.created_at if row else None, ended_at=ended,
-            duration_s=round((ended - row.created_at).total_seconds(), 3) if ended else None))
+            duration_s=round((ended - row.created_at).total_seconds(), 3) if ended and row is not None else None))
     totals = TaskCounts(**{f: sum(getattr(s.tasks, f) for s in stages) for f in TaskCounts.model_fields})
     return JobStatusResponse(
         job_id=job.job_id, job_type=job.job_type, status=job.status, stage=job.stage,
@@ -208,3 +211,16 @@ def progress(job_status: Status, stages: list[StageStatus]) -> float:
     if job_status == Status.COMPLETED:
         return 100.0
     return round(sum(s.progress for s in stages) / max(1, len(stages)), 1)
+
+
+def item_footprints(io: StorageTaskIO, collection: str | None, limit: int) -> list[dict[str, Any]]:
+    """Up to ``limit`` catalogued items (of ``collection``, or of every collection) as GeoJSON features:
+    id, collection, bbox, geometry and datetime. NotConfiguredError (503) without a catalogue."""
+    if not io.settings.pgstac_host:
+        raise NotConfiguredError("no STAC catalogue is configured: set PGSTAC_HOST (and the other PGSTAC_* "
+                                 "settings) to see catalogued items")
+    items = io.pgstac().search(collections=[collection] if collection else None, limit=limit)
+    return [{"type": "Feature", "id": item.get("id"), "collection": item.get("collection"),
+             "bbox": item.get("bbox"), "geometry": item.get("geometry"),
+             "properties": {"datetime": (item.get("properties") or {}).get("datetime")}}
+            for item in items]

@@ -124,10 +124,10 @@ class StorageTaskIO:
     settings: Settings
     rasters: RasterStore
     extents: ExtentRules  # the catalogue's extent rules (controller_geo_common.STAC_EXTENTS)
+    results_reader: ResultsReader = field(repr=False)  # completed tasks' results of a stage range (the job store)
     _pgstac: PgstacRepository | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     known_collections: set[str] = field(default_factory=set, repr=False)  # ensured by this process
-    results_reader: ResultsReader | None = field(default=None, repr=False)  # set by the engine
     intermediates: Intermediates = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -138,8 +138,6 @@ class StorageTaskIO:
     def stage_results(self, job_id: str, stage: int, first: int, last: int) -> list[dict[str, Any]]:
         """Results of the completed tasks ``first``..``last`` of a stage of the job, in index order (one range
         query): how a task reads its share of an earlier stage's results."""
-        if self.results_reader is None:
-            raise TaskError("this worker cannot read task results (no engine)")
         return self.results_reader(job_id, stage, first, last)
 
     def pgstac(self) -> PgstacRepository:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
@@ -106,10 +106,13 @@ def setup(settings: Settings, repos: "Repositories | None" = None) -> str:
 def _install_sdk(exporter: str, endpoint: str | None) -> None:
     """Global SDK providers exporting spans and metrics to the console (JSON lines on stdout) or OTLP/HTTP."""
     from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+    from opentelemetry.sdk.metrics.export import MetricExporter, PeriodicExportingMetricReader
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+
+    spans: SpanExporter
+    numbers: MetricExporter
 
     if exporter == "console":
         from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
@@ -174,13 +177,15 @@ def _queue_depths(repos: "Repositories") -> Callable[[Any], list[metrics.Observa
             except Exception as exc:  # noqa: BLE001 - a missed sample; the next interval tries again
                 log_event(logger, "queue_depth_unread", logging.WARNING, queue=queue.name, error=str(exc))
                 continue
-            found.append(metrics.Observation(depth, {"queue": queue.name}))
+            # azure-storage-queue types approximate_message_count Optional; get_queue_properties always fills it
+            found.append(metrics.Observation(depth, {"queue": queue.name}))  # type: ignore[arg-type]
         return found
     return observe
 
 
 # ---------------------------------------------------------------- spans
-def span(name: str, kind: SpanKind = SpanKind.INTERNAL, parent: str | None = None, **attributes: Any):
+def span(name: str, kind: SpanKind = SpanKind.INTERNAL, parent: str | None = None,
+         **attributes: Any) -> AbstractContextManager[Any]:
     """A context manager: a span ``name`` (child of ``parent``, a traceparent, or of the current span),
     attributes named with dots for underscores (``job_id`` -> ``job.id``); log lines inside carry its ids.
     Off: one shared no-op context."""

@@ -1,12 +1,50 @@
-"""One error hierarchy for the orchestrator, mapped to HTTP codes in one place.
+"""One error hierarchy for the orchestrator: each class declares its ``code`` (the wire value) and its
+``http_status`` once; the task failure codes (``ErrorCode``) and the HTTP status of an error are derived from them.
 
 Queue handlers split errors in two: *permanent* ones are recorded on the task and never retried;
 *transient* ones are re-raised so the queue delivers the message again.
 """
 from __future__ import annotations
 
-from enum import StrEnum
-from typing import Any
+from enum import EnumMeta, StrEnum
+from typing import TYPE_CHECKING, Any
+
+
+MAX_ECHO = 100  # characters of a caller's input an error message quotes
+
+
+def echo(value: Any, limit: int = MAX_ECHO) -> str:
+    """How an error message quotes what a caller sent: its repr, cut to ``limit`` characters of the value
+    (saying how long the whole was), so no input comes back whole in an error."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= limit:
+        return repr(text) if isinstance(value, str) else text
+    return f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
+def clip(text: str, limit: int = 300) -> str:
+    """A message part built from a caller's input (a field path, a validation message), cut to ``limit``."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+MAX_FIELD_ERRORS = 10  # entries an invalid request's answer lists (a last one counts the others)
+
+
+def field_errors(found: list[dict[str, Any]], skip: int = 0) -> list[dict[str, Any]]:
+    """One readable entry per invalid field of pydantic's ``errors()`` (``skip``: leading ``loc`` parts to
+    leave out), the first ``MAX_FIELD_ERRORS`` of them; field paths and messages quote what the caller sent
+    (an unknown key, a bad value), so each is cut to a bound."""
+    errors = [{"field": clip(".".join(str(p) for p in err["loc"][skip:]) or "(body)", 100),
+               "message": clip(err["msg"]), "type": err["type"]} for err in found[:MAX_FIELD_ERRORS]]
+    if len(found) > MAX_FIELD_ERRORS:
+        errors.append({"field": "...", "message": f"{len(found) - MAX_FIELD_ERRORS:,} more errors not listed",
+                       "type": "more_errors"})
+    return errors
+
+
+def validation_errors(exc: Any) -> list[dict[str, Any]]:
+    """``field_errors`` of a pydantic ``ValidationError``."""
+    return field_errors(exc.errors(include_url=False))
 
 
 class OrchestratorError(Exception):
@@ -60,7 +98,7 @@ class UnknownNameError(NotFoundError):
 
     def __init__(self, kind: str, name: str, available: list[str]) -> None:
         super().__init__(
-            f"unknown {kind} {name!r}; available: {', '.join(sorted(available)) or '(none)'}",
+            f"unknown {kind} {echo(name)}; available: {', '.join(sorted(available)) or '(none)'}",
             available=sorted(available),
         )
 
@@ -179,51 +217,51 @@ class NotConfiguredError(TransientError):
     code = "not_configured"
 
 
-class ErrorCode(StrEnum):
-    """Machine-readable reasons a task failed (``TaskRecord.error_code``): the ``code`` of the error it
-    raised, or what the engine saw (``timeout``: its lease kept expiring; ``storage``: transient storage or
-    network faults until its attempts ran out)."""
+# --- what the engine records when no error class was raised: the task's attempts ran out (see ErrorCode)
+ENGINE_CODES = ("timeout", "storage")
 
-    NOT_FOUND = "not_found"
-    NOT_A_RASTER = "not_a_raster"
-    CORRUPT_RASTER = "corrupt_raster"
-    NO_CRS = "no_crs"
-    NO_GEOTRANSFORM = "no_geotransform"
-    OFF_GLOBE = "off_globe"
-    TOO_LARGE = "too_large"
-    UNSUPPORTED_DTYPE = "unsupported_dtype"
-    TIMEOUT = "timeout"
-    STORAGE = "storage"
-    CATALOGUE = "catalogue"
-    INVALID_PARAMETERS = "invalid_parameters"
-    TASK_FAILED = "task_failed"  # a TaskError with no more specific class
-    INTERNAL_ERROR = "internal_error"  # a bug in a handler (an unexpected exception)
+
+def _family(root: type[OrchestratorError]) -> list[type[OrchestratorError]]:
+    """``root`` and every subclass of it, in definition order."""
+    return [root, *(cls for sub in root.__subclasses__() for cls in _family(sub))]
+
+
+def _failure_codes() -> dict[str, str]:
+    """Every code a task failure can be recorded under, by enum member name: a handler bug
+    (``internal_error``), invalid task parameters, every ``TaskError`` class's own code, then what the engine
+    saw (ENGINE_CODES). A new ``TaskError`` subclass with its own ``code``, written in this module (ErrorCode is
+    made when it is imported), joins by being written."""
+    codes = [OrchestratorError.code, ParameterValidationError.code, *(c.code for c in _family(TaskError)),
+             *ENGINE_CODES]
+    return {code.upper(): code for code in dict.fromkeys(codes)}
+
+
+if TYPE_CHECKING:  # the members are made at import, so the type checker takes any member name as an ErrorCode
+    class _DerivedMembers(EnumMeta):  # (tests/test_error_codes.py checks every name the code uses exists)
+        def __getattr__(cls, name: str) -> ErrorCode: ...
+
+    class ErrorCode(StrEnum, metaclass=_DerivedMembers):
+        """Machine-readable reasons a task failed (see below)."""
+else:
+    # derived from the error classes above: each code is written once, on its class
+    ErrorCode = StrEnum("ErrorCode", _failure_codes(), module=__name__)
+    ErrorCode.__doc__ = """Machine-readable reasons a task failed (``TaskRecord.error_code``): the ``code`` of
+    the error it raised, or what the engine saw (``timeout``: its lease kept expiring; ``storage``: transient
+    storage or network faults until its attempts ran out)."""
 
 
 def error_code(error: BaseException) -> ErrorCode:
     """The code a task failure with ``error`` is recorded under (``task_failed`` for codes not listed)."""
-    code = getattr(error, "code", None) if isinstance(error, OrchestratorError) else ErrorCode.INTERNAL_ERROR
     if isinstance(error, TransientError):
         return ErrorCode.STORAGE
+    if not isinstance(error, OrchestratorError):
+        return ErrorCode.INTERNAL_ERROR
     try:
-        return ErrorCode(code)
+        return ErrorCode(error.code)
     except ValueError:
         return ErrorCode.TASK_FAILED
 
 
-HTTP_STATUS_BY_ERROR: dict[type[OrchestratorError], int] = {
-    cls: cls.http_status
-    for cls in (
-        OrchestratorError, BadRequestError, ParameterValidationError, PayloadTooLargeError,
-        NotFoundError, UnknownNameError, ConflictError, InvalidTransitionError,
-        EntityTooLargeError, InvalidKeyError, TaskError, TransientError,
-    )
-}
-
-
 def http_status_for(error: OrchestratorError) -> int:
-    """HTTP status for an error: the nearest class in the MRO that the table names."""
-    for cls in type(error).__mro__:
-        if cls in HTTP_STATUS_BY_ERROR:
-            return HTTP_STATUS_BY_ERROR[cls]
-    return 500
+    """HTTP status for an error: the ``http_status`` its class declares (or inherits)."""
+    return error.http_status

@@ -18,9 +18,6 @@ import api_listing
 import api_schedules
 import api_sign
 import api_system
-import engine_notify
-import engine_recovery
-import engine_schedules
 import api_jobs
 from config import JOBS_QUEUE_SETTING, STORAGE_CONNECTION, TASKS_QUEUE_SETTING, get_settings
 from logs import log_event
@@ -224,14 +221,14 @@ def blob_arrived(event: func.EventGridEvent) -> None:
     """Event Grid BlobCreated (the storage account's system topic): each watch covering the raster starts one
     job for this blob version; sidecars and other files start nothing. Raises on transient storage errors,
     so Event Grid delivers the event again."""
-    engine_schedules.on_blob_event(engine(), event.id, event.event_type, event.subject, event.get_json())
+    engine().schedules.on_blob_event(event.id, event.event_type, event.subject, event.get_json())
 
 
 @app.timer_trigger(schedule=get_settings().schedules_timer, arg_name="timer", run_on_startup=False)
 def run_schedules(timer: func.TimerRequest) -> None:
     """Submit each schedule's due slot once, whatever the number of instances; after downtime only the
     latest missed slot runs."""
-    engine_schedules.run_due(engine())
+    engine().schedules.run_due()
 
 
 @app.queue_trigger(arg_name="msg", queue_name=f"%{JOBS_QUEUE_SETTING}%", connection=STORAGE_CONNECTION)
@@ -245,7 +242,7 @@ def process_job_message(msg: func.QueueMessage) -> None:
     elif message.kind == "complete":
         engine().complete(message)
     else:
-        engine_notify.deliver(engine(), message)
+        engine().deliver_webhook(message)
 
 
 @app.queue_trigger(arg_name="msg", queue_name=f"%{TASKS_QUEUE_SETTING}%", connection=STORAGE_CONNECTION)
@@ -258,16 +255,16 @@ def process_task_message(msg: func.QueueMessage) -> None:
 @app.queue_trigger(arg_name="msg", queue_name=f"%{JOBS_QUEUE_SETTING}%-poison", connection=STORAGE_CONNECTION)
 def process_job_poison(msg: func.QueueMessage) -> None:
     """Jobs poison queue: a stage or completion message gave up; the job is failed."""
-    engine_recovery.on_job_poison(engine(), msg.get_body())
+    engine().on_job_poison(msg.get_body())
 
 
 @app.queue_trigger(arg_name="msg", queue_name=f"%{TASKS_QUEUE_SETTING}%-poison", connection=STORAGE_CONNECTION)
 def process_task_poison(msg: func.QueueMessage) -> None:
     """Tasks poison queue: a task gave up; it is failed with its last error."""
-    engine_recovery.on_task_poison(engine(), msg.get_body())
+    engine().on_task_poison(msg.get_body())
 
 
 @app.timer_trigger(schedule=get_settings().sweeper_schedule, arg_name="timer", run_on_startup=False)
 def sweeper(timer: func.TimerRequest) -> None:
     """Re-drive what a crash left unfinished (lost advances, unsent first messages, dead leases)."""
-    engine_recovery.sweep(engine())
+    engine().sweep()

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_TIMESPAN = re.compile(r"^(?:(\d+)\.)?(\d{1,2}):(\d{1,2})(?::(\d{1,2})(\.\d+)?)?$")
+_TIMESPAN = re.compile(r"^(?:([0-9]+)\.)?([0-9]{1,2}):([0-9]{1,2})(?::([0-9]{1,2})(\.[0-9]+)?)?$")  # ASCII digits
+_DIGITS = re.compile(r"[0-9]+")  # str.isdigit() also takes '²' and '٣'; NCRONTAB reads ASCII digits only
 _FIELDS = (("second", 0, 59), ("minute", 0, 59), ("hour", 0, 23), ("day", 1, 31), ("month", 1, 12),
            ("day-of-week", 0, 6))
 _NAMES = {4: ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"],
@@ -71,6 +72,8 @@ class CronSchedule:
 
     def __init__(self, expression: str) -> None:
         self.expression = expression
+        if not expression.isascii():
+            raise ValueError(f"NCRONTAB takes ASCII only (digits 0-9, names, '*,-/' and spaces): {expression!r}")
         parts = expression.split()
         if len(parts) != 6:
             raise ValueError(f"NCRONTAB needs 6 fields (sec min hour day month day-of-week): {expression!r}")
@@ -81,6 +84,8 @@ class CronSchedule:
         values: set[int] = set()
         for item in text.lower().split(","):
             base, _, step_text = item.partition("/")
+            if step_text and not _DIGITS.fullmatch(step_text):
+                raise ValueError(f"bad {name} step {step_text!r} in {self.expression!r}")
             step = int(step_text) if step_text else 1
             if base == "*":
                 start, stop = low, high
@@ -97,7 +102,7 @@ class CronSchedule:
     def _value(self, index: int, text: str) -> int:
         if index in _NAMES and text in _NAMES[index]:
             return _NAMES[index].index(text) + _OFFSET[index]
-        if not text.isdigit():
+        if not _DIGITS.fullmatch(text):
             raise ValueError(f"bad {_FIELDS[index][0]} value {text!r} in {self.expression!r}")
         return int(text)
 

@@ -1,7 +1,8 @@
 """Pydantic models for every row, message and API body, and the one status table.
 
-Rows convert symmetrically with ``to_entity()`` / ``from_entity()``; messages with ``encode()`` /
-``decode()``. Keys are validated against Table Storage's forbidden characters.
+Messages convert symmetrically with ``encode()`` / ``decode()``. Rows declare their JSON fields and their free
+texts (bounded where they are made); ``repository_entities`` stores them as Table Storage entities
+(``to_entity()`` / ``from_entity()``, keys validated against Table Storage's forbidden characters).
 """
 from __future__ import annotations
 
@@ -11,15 +12,15 @@ import re
 import uuid
 from datetime import datetime, timedelta, timezone
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union, overload
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 
-from errors import InvalidKeyError, InvalidTransitionError
+from errors import InvalidKeyError, InvalidTransitionError, echo
 
 SCHEMA_VERSION = 1
 MAX_STAGES = 99
-MAX_TASKS_PER_STAGE = 999_999
+TASK_INDEX_LIMIT = 999_999  # a task's index has 6 digits in its id and RowKey: no stage holds more tasks
 
 
 def utcnow() -> datetime:
@@ -70,22 +71,7 @@ def check_transition(current: Status, new: Status, retry: bool = False) -> None:
 
 
 # ---------------------------------------------------------------- names Azure Storage accepts
-_FORBIDDEN_KEY = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
-MAX_KEY_CHARS = 1024
-
-
-def validate_key(key: str) -> str:
-    """Return ``key`` if Table Storage accepts it as a PartitionKey/RowKey, else raise."""
-    if not isinstance(key, str) or not key:
-        raise InvalidKeyError("table key must be a non-empty string")
-    if len(key) > MAX_KEY_CHARS:
-        raise InvalidKeyError(f"table key longer than {MAX_KEY_CHARS} characters")
-    bad = _FORBIDDEN_KEY.search(key)
-    if bad:
-        raise InvalidKeyError(f"table key {key!r} contains forbidden character {bad.group()!r}")
-    return key
-
-
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # never in a blob name
 
 _CONTAINER = re.compile(r"^(?=.{3,63}$)[a-z0-9](?:[a-z0-9]|-(?!-))*[a-z0-9]$")
 MAX_BLOB_NAME = 1024
@@ -94,7 +80,7 @@ MAX_BLOB_NAME = 1024
 def validate_container_name(name: str) -> str:
     """Azure's container rules: 3-63 chars, lowercase letters, digits, single hyphens inside."""
     if not isinstance(name, str) or not _CONTAINER.match(name):
-        raise ValueError(f"{name!r} is not a valid container name (3-63 lowercase letters, digits and "
+        raise ValueError(f"{echo(name)} is not a valid container name (3-63 lowercase letters, digits and "
                          "single hyphens, starting and ending with a letter or digit)")
     return name
 
@@ -104,11 +90,11 @@ def validate_blob_name(name: str) -> str:
     if not isinstance(name, str) or not name or len(name) > MAX_BLOB_NAME:
         raise ValueError(f"a blob name must be 1-{MAX_BLOB_NAME} characters")
     if name.startswith("/") or "\\" in name:
-        raise ValueError(f"blob name {name!r} must be a relative path with '/' separators")
+        raise ValueError(f"blob name {echo(name)} must be a relative path with '/' separators")
     if any(part in ("", ".", "..") for part in name.split("/")):
-        raise ValueError(f"blob name {name!r} has an empty, '.' or '..' path segment")
-    if _FORBIDDEN_KEY.search(name.replace("/", "").replace("#", "").replace("?", "")):
-        raise ValueError(f"blob name {name!r} contains control characters")
+        raise ValueError(f"blob name {echo(name)} has an empty, '.' or '..' path segment")
+    if _CONTROL.search(name):
+        raise ValueError(f"blob name {echo(name)} contains control characters")
     if name.count("/") >= 254:
         raise ValueError("a blob name may have at most 254 path segments")
     return name
@@ -148,32 +134,8 @@ def parse_task_id(task_id: str) -> tuple[str, int, int]:
     """(job id prefix, stage, index) of a task id; InvalidKeyError if malformed."""
     match = _TASK_ID.match(task_id or "")
     if not match:
-        raise InvalidKeyError(f"malformed task id {task_id!r}")
+        raise InvalidKeyError(f"malformed task id {echo(task_id)}")
     return match.group(1), int(match.group(2)), int(match.group(3))
-
-
-INDEX_PARTITION = "jobs"
-_MAX_MS = 10**14
-
-
-def job_index_key(created_at: datetime, job_id: str) -> str:
-    """Inverted creation time (ms) then the id: a plain RowKey scan lists newest first."""
-    return f"{_MAX_MS - int(created_at.timestamp() * 1000):014d}-{job_id}"
-
-
-def stage_row_key(stage: int) -> str:
-    """RowKey of a stage's summary row."""
-    return f"stage-{stage:02d}"
-
-
-def shard_row_key(stage: int, shard: int) -> str:
-    """RowKey of one of a stage's counter shards."""
-    return f"stage-{stage:02d}-shard-{shard:02d}"
-
-
-def task_row_key(stage: int, index: int) -> str:
-    """RowKey of a task row: tasks sort by stage, then index."""
-    return f"task-{stage:02d}-{index:06d}"
 
 
 # ---------------------------------------------------------------- texts bounded where they are made
@@ -194,6 +156,12 @@ def _cut_marker(cut: int) -> str:
     return f"\n[... {cut:,} characters cut ...]\n"
 
 
+@overload
+def bound_text(text: str, budget: int = TEXT_BUDGET) -> str: ...
+@overload
+def bound_text(text: None, budget: int = TEXT_BUDGET) -> None: ...
+@overload
+def bound_text(text: str | None, budget: int = TEXT_BUDGET) -> str | None: ...
 def bound_text(text: str | None, budget: int = TEXT_BUDGET) -> str | None:
     """``text`` if it fits ``budget`` UTF-16 units, else its head and tail around a marker saying how many
     characters were cut (never splitting a surrogate pair); idempotent. A budget too small for the marker
@@ -288,11 +256,6 @@ class JobRecord(Row):
             return {"webhook": None}
         return {"webhook": "pending", "webhook_attempt": 0, "webhook_due": utcnow()}
 
-    @property
-    def index_key(self) -> str:
-        """RowKey of the job's listing row: newest jobs sort first."""
-        return job_index_key(self.created_at, self.job_id)
-
 
 class StageRecord(Row):
     """A stage's summary row (in the job's partition of the tasks table).
@@ -318,7 +281,6 @@ class StageRecord(Row):
     plan_stored: bool = False  # the plan is a blob (fixed once; read by every chunk)
     cancelled: bool = False
     cancelled_tasks: int = 0
-    advance_sent: bool = False
     created_at: datetime = Field(default_factory=utcnow)
     ended_at: datetime | None = None
     schema_version: int = SCHEMA_VERSION
@@ -398,49 +360,6 @@ def lease_cutoff(now: datetime, skew_s: float) -> datetime:
     """Leases that ended before this moment (by their claimers' clocks) are over by ``now`` on any host whose
     clock is within ``skew_s`` of theirs (the query form of ``TaskRecord.lease_held``)."""
     return now - timedelta(seconds=skew_s)
-
-
-def row_keys(row: Row) -> tuple[str, str]:
-    """(PartitionKey, RowKey) of any row."""
-    if isinstance(row, JobRecord):
-        return row.job_id, "job"
-    if isinstance(row, StageRecord):
-        return row.job_id, stage_row_key(row.stage)
-    if isinstance(row, ShardRecord):
-        return row.job_id, shard_row_key(row.stage, row.shard)
-    if isinstance(row, TaskRecord):
-        return row.job_id, task_row_key(row.stage, row.index)
-    if isinstance(row, (ScheduleRecord, WatchRecord)):
-        return row.table_keys()
-    raise TypeError(type(row).__name__)
-
-
-def to_entity(row: Row) -> dict[str, Any]:
-    """Table entity of a row: JSON fields become strings, free texts are bounded (``bound_text``: a row
-    copied with a longer text is cut here, where it is stored); None values are left out."""
-    pk, rk = row_keys(row)
-    data = row.model_dump(mode="python", exclude={"etag"})
-    entity: dict[str, Any] = {"PartitionKey": validate_key(pk), "RowKey": validate_key(rk)}
-    for name, value in data.items():
-        if name in row.TEXT_FIELDS:
-            entity[name] = bound_text(value)
-        elif name in row.JSON_FIELDS:
-            entity[name] = canonical_json(value) if value is not None else None
-        elif isinstance(value, StrEnum):
-            entity[name] = value.value
-        else:
-            entity[name] = value
-    return {k: v for k, v in entity.items() if v is not None}
-
-
-def from_entity(cls: type[Row], entity: dict[str, Any], etag: str | None = None,
-                changed_at: datetime | None = None) -> Row:
-    """Inverse of ``to_entity`` (spilled payloads are resolved by the repository first)."""
-    data = {k: v for k, v in dict(entity).items() if k not in ("PartitionKey", "RowKey", "Timestamp")}
-    for name in cls.JSON_FIELDS:
-        if isinstance(data.get(name), str):
-            data[name] = json.loads(data[name])
-    return cls.model_validate({**data, "etag": etag, "changed_at": changed_at})
 
 
 class BlobInfo(BaseModel):
@@ -533,10 +452,6 @@ def decode_task_message(body: str | bytes) -> TaskMessage:
 # Schedules and watches live in one table (SCHEDULES_TABLE), PartitionKey 'schedule' or 'watch'. The jobs
 # they start carry the occasion in their parameters, so it is part of the job's identity: a schedule adds
 # ``scheduled_for`` (the slot), a watch adds ``source_etag`` (the blob version).
-SCHEDULE_PARTITION = "schedule"
-WATCH_PARTITION = "watch"
-
-
 def trigger_id(kind: str, definition: dict[str, Any]) -> str:
     """16 hex digits of SHA-256 over the canonical definition: the same definition is the same resource."""
     return hashlib.sha256(canonical_json({"kind": kind, **definition}).encode("utf-8")).hexdigest()[:16]
@@ -566,10 +481,6 @@ class ScheduleRecord(Row):
     JSON_FIELDS: ClassVar[tuple[str, ...]] = ("parameters",)
     TEXT_FIELDS: ClassVar[tuple[str, ...]] = ("last_error",)
 
-    def table_keys(self) -> tuple[str, str]:
-        """(PartitionKey, RowKey)."""
-        return SCHEDULE_PARTITION, self.schedule_id
-
 
 class WatchRecord(Row):
     """A watch: each new or changed raster blob under ``container``/``prefix`` starts one ``job_type`` job
@@ -586,10 +497,6 @@ class WatchRecord(Row):
     schema_version: int = SCHEMA_VERSION
 
     JSON_FIELDS: ClassVar[tuple[str, ...]] = ("options",)
-
-    def table_keys(self) -> tuple[str, str]:
-        """(PartitionKey, RowKey)."""
-        return WATCH_PARTITION, self.watch_id
 
 
 class BlobArrival(BaseModel):

@@ -1,11 +1,8 @@
 """Repositories: the only code that reads and writes storage (tables, queues, blobs).
 
-Layout. Jobs table: one row per job (PartitionKey = job_id, RowKey 'job'). Tasks table: one partition
-per job holding its stage rows ('stage-NN'), their counter shards ('stage-NN-shard-MM') and its task
-rows ('task-NN-IIIIII'), so a task's end and its stage counters commit in one entity-group transaction.
-JSON values too large for a property are spilled to blobs; the row keeps ``<field>_ref``. A free text over
-``TEXT_BUDGET`` is stored whole as a blob first and the row keeps its head and tail (``models.bound_text``)
-with the blob's name in ``text_blobs``.
+Where each row lives and how it is encoded: ``repository_entities``. JSON values too large for a property
+are spilled to blobs; the row keeps ``<field>_ref``. A free text over ``TEXT_BUDGET`` is stored whole as a
+blob first and the row keeps its head and tail (``models.bound_text``) with the blob's name in ``text_blobs``.
 """
 from __future__ import annotations
 
@@ -19,16 +16,16 @@ from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
 from config import Settings
 from errors import ConflictError, EntityTooLargeError, NotFoundError, OrchestratorError, TransientError
-from models import (
-    INDEX_PARTITION, JobRecord, PayloadRef, Row, ShardRecord, StageRecord, TaskRecord, bound_text,
-    from_entity, is_cut, new_write_id, row_keys, shard_row_key, stage_row_key, task_row_key, to_entity,
-)
+from models import JobRecord, PayloadRef, Row, ShardRecord, StageRecord, TaskRecord, bound_text, is_cut, new_write_id
 from repository_rules import (
     BATCH_MAX_BYTES, BATCH_MAX_OPERATIONS, MAX_ENTITY_BYTES, check_entity_limits, chunk_for_transactions, utf16_len,
 )
 from repository_batch import submit_transaction
 from repository_blobs import PayloadBlobs
 from repository_clients import StorageClients, translate_errors
+from repository_entities import (
+    INDEX_PARTITION, from_entity, job_index_key, row_keys, shard_row_key, stage_row_key, task_row_key, to_entity,
+)
 from repository_queries import JobQueries
 from repository_queues import QueueProducer
 from repository_rasters import RasterStore
@@ -187,8 +184,8 @@ class JobStore(JobQueries):
 
     def index_job(self, job: JobRecord) -> None:
         """Upsert the job's listing row; a failure is logged, never raised (the job row is the truth)."""
-        entity = {"PartitionKey": INDEX_PARTITION, "RowKey": job.index_key, "job_id": job.job_id,
-                  "job_type": job.job_type, "status": job.status.value, "stage": job.stage,
+        entity = {"PartitionKey": INDEX_PARTITION, "RowKey": job_index_key(job.created_at, job.job_id),
+                  "job_id": job.job_id, "job_type": job.job_type, "status": job.status.value, "stage": job.stage,
                   "total_stages": job.total_stages, "created_at": job.created_at, "updated_at": job.updated_at}
         try:
             with translate_errors(f"index job {job.job_id}"):

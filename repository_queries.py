@@ -8,8 +8,9 @@ from typing import Any
 
 from azure.data.tables import TableClient
 
-from models import INDEX_PARTITION, JobRecord, Status, TaskRecord
+from models import JobRecord, Status, TaskRecord
 from repository_clients import translate_errors
+from repository_entities import INDEX_PARTITION
 
 
 class JobQueries:

@@ -27,7 +27,6 @@ from models import BlobInfo, validate_blob_name, validate_container_name
 from repository_clients import translate_errors
 
 TIFF_CONTENT_TYPE = "image/tiff; application=geotiff"
-COG_CONTENT_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 TRANSFER_CONCURRENCY = 2
 DELEGATION_KEY_DAYS = 1  # a user-delegation key is fetched for this long (Azure allows at most 7 days)
 MAX_DELEGATION = timedelta(days=7)

@@ -1,17 +1,32 @@
-"""Azure Table Storage's rules, enforced by us where Azurite does not: entity sizes and property
-counts, and transactions batched within the count and wire-size limits."""
+"""Azure Table Storage's rules, enforced by us where Azurite does not: the characters a key may hold, entity
+sizes and property counts, and transactions batched within the count and wire-size limits."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from typing import Any
 
-from errors import EntityTooLargeError
-from models import utf16_len, validate_key
+from errors import EntityTooLargeError, InvalidKeyError, echo
+from models import utf16_len
 
 MAX_PROPERTY_BYTES = 64 * 1024
 MAX_ENTITY_BYTES = 1024 * 1024
 MAX_CUSTOM_PROPERTIES = 252
+MAX_KEY_CHARS = 1024
+_FORBIDDEN_KEY = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
+
+
+def validate_key(key: str) -> str:
+    """Return ``key`` if Table Storage accepts it as a PartitionKey/RowKey, else raise."""
+    if not isinstance(key, str) or not key:
+        raise InvalidKeyError("table key must be a non-empty string")
+    if len(key) > MAX_KEY_CHARS:
+        raise InvalidKeyError(f"table key longer than {MAX_KEY_CHARS} characters")
+    bad = _FORBIDDEN_KEY.search(key)
+    if bad:
+        raise InvalidKeyError(f"table key {echo(key)} contains forbidden character {bad.group()!r}")
+    return key
 
 
 def property_bytes(value: Any) -> int:

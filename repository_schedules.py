@@ -9,8 +9,9 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
 from errors import TransientError
-from models import SCHEDULE_PARTITION, WATCH_PARTITION, ScheduleRecord, WatchRecord, from_entity, to_entity
+from models import ScheduleRecord, WatchRecord
 from repository_clients import translate_errors
+from repository_entities import SCHEDULE_PARTITION, WATCH_PARTITION, from_entity, to_entity
 from repository_rules import check_entity_limits
 
 T = TypeVar("T", ScheduleRecord, WatchRecord)

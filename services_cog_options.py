@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rio_cogeo.profiles import cog_profiles
 
 from errors import UnsupportedDtypeError
-from services_gdal import user_crs
+from services_crs import user_crs
 from services_raster import RasterInfo, crs_string
 
 OverviewResampling = Literal["nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode",

@@ -17,7 +17,7 @@ make the worker read ``/etc/passwd`` or call any address. ``open_user_raster`` c
   (``Sidecars``, built by the caller from a listing of the blob's siblings): a ``.msk``/``.ovr`` is opened
   as its own dataset through this same gate (TIFF signature, GTiff only, exactly its own URL), and text
   sidecars are parsed by ``services_sidecars`` (safe XML, known elements only; world files are six
-  numbers; a ``.prj`` is WKT checked by ``user_crs``), then applied by the app (``UserRaster``).
+  numbers; a ``.prj`` is WKT checked by ``services_crs.user_crs``), then applied by the app (``UserRaster``).
   Why not let GDAL find them: over ``/vsicurl/`` a sibling is another URL (``CPL_VSIL_CURL_ALLOWED_FILENAME``
   takes one; ``CPL_VSIL_CURL_ALLOWED_EXTENSIONS`` would allow any host), GDAL does not look for sidecars
   of a URL with a query string (the SAS) at all, and a sidecar GDAL reads itself is read unchecked (an
@@ -27,14 +27,12 @@ make the worker read ``/etc/passwd`` or call any address. ``open_user_raster`` c
   local reads), so GDAL's curl-based readers open nothing else; ``GDAL_HTTP_*`` bound retries and time.
 - **Limits** (``RasterLimits``): pixels, bands and bytes per block, checked from the header right after
   open, before any pixel is read (``TooLargeError``, message ``too_large: ...``).
-- **CRS parameters** (``user_crs``): authority codes, WKT and PROJJSON only; GDAL would fetch a URL or
-  read a path given as a CRS.
+- **CRS texts** (parameters, an ``.aux.xml`` ``<SRS>``, a ``.prj``) go through ``services_crs.user_crs``:
+  authority codes, WKT and PROJJSON naming no grid, file or URL, checked before PROJ parses them.
 """
 from __future__ import annotations
 
-import json
 import os
-import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,7 +43,6 @@ import numpy as np
 import rasterio
 from pydantic import BaseModel, Field
 from rasterio._err import CPLE_BaseError
-from rasterio.crs import CRS
 from rasterio.errors import CRSError, NotGeoreferencedWarning, RasterioError
 from rasterio.io import DatasetReader
 
@@ -219,34 +216,3 @@ def open_user_raster(path: str | Path, *, limits: RasterLimits | None = None, ap
             yield src
         finally:
             src.close()
-
-
-# ---------------------------------------------------------------------------------- CRS parameters
-AUTHORITY_CODE = re.compile(r"^([A-Za-z][A-Za-z0-9_]*):([A-Za-z0-9_.-]+)$")
-WKT_START = re.compile(r"^[A-Za-z][A-Za-z0-9_]*\s*[\[(]")
-CRS_FORMS = "an authority code (EPSG:4326, ESRI:102100, OGC:CRS84), WKT or PROJJSON"
-
-
-def user_crs(value: str) -> CRS:
-    """A CRS from a user's parameter: ``AUTHORITY:CODE``, WKT or PROJJSON, nothing else.
-
-    ``CRS.from_user_input`` would also take a URL (GDAL fetches it), a file path (GDAL reads it) or a
-    PROJ string; here those never reach GDAL or PROJ. ValueError says what is accepted.
-    """
-    text = value.strip()
-    try:
-        if match := AUTHORITY_CODE.match(text):
-            return CRS.from_authority(match[1].upper(), match[2])
-        if text.startswith("{"):
-            data = json.loads(text)
-            if not isinstance(data, dict) or not isinstance(data.get("type"), str):
-                raise ValueError("PROJJSON must be a JSON object with a 'type'")
-            return CRS.from_dict(data)
-        if WKT_START.match(text):
-            if "EXTENSION[" in text.upper().replace(" ", ""):
-                raise ValueError("WKT with an EXTENSION node (a PROJ string in disguise) is not accepted")
-            return CRS.from_wkt(text)
-    except (CRSError, CPLE_BaseError, json.JSONDecodeError) as exc:
-        raise ValueError(f"unknown CRS {text[:200]!r}: {gdal_message(exc)}") from exc
-    raise ValueError(f"not a CRS: {text[:200]!r}: give {CRS_FORMS}; paths, URLs and PROJ strings are "
-                     f"not accepted")

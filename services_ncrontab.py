@@ -8,6 +8,7 @@ Times are UTC. Pure: no I/O, no clock; callers pass the times.
 """
 from __future__ import annotations
 
+import re
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,6 +19,7 @@ NAMES = {4: ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct
          5: ("sun", "mon", "tue", "wed", "thu", "fri", "sat")}
 HORIZON = timedelta(days=366 * 30)  # a Feb-29-on-a-Monday schedule fires every 28 years at worst
 MAX_EXPRESSION = 200
+DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() also takes '²' (int() refuses it) and '٣' (int() reads it)
 
 
 class CronError(ValueError):
@@ -28,7 +30,7 @@ def _value(index: int, text: str, expression: str) -> int:
     name, low, high = FIELDS[index]
     if index in NAMES and text in NAMES[index]:
         return NAMES[index].index(text) + low
-    if not text.isdigit():
+    if not DIGITS.fullmatch(text):
         known = f" or a name ({', '.join(NAMES[index])})" if index in NAMES else ""
         raise CronError(f"{name} field: {text!r} is not a number{known} in {expression!r}")
     value = int(text)
@@ -46,7 +48,7 @@ def _field(index: int, text: str, expression: str) -> tuple[int, ...]:
             raise CronError(f"{name} field: {item!r} is empty or incomplete in {expression!r}")
         step = 1
         if slash:
-            if not step_text.isdigit() or int(step_text) < 1:
+            if not DIGITS.fullmatch(step_text) or int(step_text) < 1:
                 raise CronError(f"{name} field: step {step_text!r} must be a whole number of at least 1 "
                                 f"in {expression!r}")
             step = int(step_text)
@@ -81,6 +83,10 @@ class Cron:
         """Parse ``expression``; CronError naming the field and the problem otherwise."""
         if not isinstance(expression, str) or len(expression) > MAX_EXPRESSION:
             raise CronError(f"an NCRONTAB expression is a string of at most {MAX_EXPRESSION} characters")
+        if not expression.isascii():  # NCRONTAB in the Functions host reads ASCII digits, names and spaces only
+            position, char = next((i, c) for i, c in enumerate(expression) if not c.isascii())
+            raise CronError(f"{char!r} (U+{ord(char):04X}) at position {position} is not ASCII: fields take the "
+                            f"digits 0-9, '*', ',', '-', '/' and English month and day names, separated by spaces")
         parts = expression.split()
         if len(parts) != 6:
             raise CronError(f"NCRONTAB needs 6 fields (second minute hour day month day-of-week), got "

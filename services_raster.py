@@ -191,8 +191,10 @@ def _georeferencing(raster: UserRaster, label: str) -> tuple[Affine, CRS, list[s
         transform, crs = from_gcps(gcps), crs or gcp_crs
         notes.append(f"georeferenced by {len(gcps)} ground control points: the transform is a fit")
     if crs is None or not crs.to_wkt():
+        ignored = [n for n in raster.notes if n.startswith("ignored")]  # e.g. a .prj whose CRS was refused
         raise NoCrsError(f"no coordinate reference system: {label}: the raster has a geotransform but no "
-                         f"CRS; set one (e.g. gdal_edit.py -a_srs EPSG:xxxx, or a .prj beside it) and resubmit")
+                         f"CRS; set one (e.g. gdal_edit.py -a_srs EPSG:xxxx, or a .prj beside it) and resubmit"
+                         + "".join(f"; {n}" for n in ignored[:3]))
     return transform, crs, notes
 
 

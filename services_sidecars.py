@@ -3,7 +3,7 @@
 Pure: names in, names out; bytes in, checked values out. GDAL never parses a sidecar here: an
 ``.aux.xml`` is read by a safe XML parser (no DTD, no entities) and only the elements listed in
 ``AUX_ELEMENTS`` are honoured; a world file must be six finite numbers; a ``.prj`` must look like WKT
-(``services_gdal`` then parses it with its CRS rules). Masks (``.msk``) and overviews (``.ovr``) are
+(``services_crs.user_crs`` then checks and parses it). Masks (``.msk``) and overviews (``.ovr``) are
 TIFFs and are opened by ``services_gdal.open_raster``, each through the same gate as the raster.
 """
 from __future__ import annotations
@@ -86,7 +86,7 @@ class AuxInfo(BaseModel):
     """What an ``.aux.xml`` may change, after checking; ``ignored`` says what was left out and why."""
 
     model_config = ConfigDict(frozen=True)
-    srs: str | None = None  # the CRS text (WKT, authority code or PROJJSON; checked by services_gdal)
+    srs: str | None = None  # the CRS text (WKT, authority code or PROJJSON; checked by services_crs.user_crs)
     transform: tuple[float, float, float, float, float, float] | None = None  # affine a, b, c, d, e, f
     nodata: float | None = None  # band 1's NoDataValue
     metadata: dict[str, str] = Field(default_factory=dict)  # the default metadata domain
@@ -214,7 +214,7 @@ WKT_ROOTS = ("PROJCS", "GEOGCS", "GEOCCS", "COMPD_CS", "PROJCRS", "GEOGCRS", "GE
 
 def parse_prj(content: bytes, name: str = ".prj") -> str:
     """The WKT text of a ``.prj`` (ESRI or OGC WKT); SidecarError for anything else (a PROJ string, a
-    path, a URL). The CRS itself is parsed later by ``services_gdal.user_crs``."""
+    path, a URL). The CRS itself is parsed later by ``services_crs.user_crs``."""
     if len(content) > 64 * 1024:
         raise SidecarError(f"{name}: {len(content):,} bytes is too long for a CRS")
     try:

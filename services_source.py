@@ -23,7 +23,8 @@ from rasterio.io import DatasetReader
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from services_gdal import RasterLimits, open_user_raster, user_crs
+from services_crs import crs_applies, user_crs
+from services_gdal import RasterLimits, open_user_raster
 from services_sidecars import SidecarError, parse_aux_xml, parse_prj, parse_world_file
 
 
@@ -170,7 +171,7 @@ def _apply_text_sidecars(raster: UserRaster, sidecars: Sidecars) -> None:
             before = (raster.crs, raster.transform, raster.nodata)
             if aux.srs:
                 try:
-                    raster.crs = user_crs(aux.srs)
+                    raster.crs = sidecar_crs(aux.srs)
                 except ValueError as exc:
                     notes.append(f"ignored the <SRS> of {name}: {exc}")
             if aux.transform:
@@ -192,10 +193,20 @@ def _apply_text_sidecars(raster: UserRaster, sidecars: Sidecars) -> None:
             notes.append(f"ignored {exc}")
     if sidecars.prj is not None and raster.crs is None:
         try:
-            raster.crs = user_crs(parse_prj(sidecars.prj.content, sidecars.prj.name))
+            raster.crs = sidecar_crs(parse_prj(sidecars.prj.content, sidecars.prj.name))
             raster.used.append(sidecars.prj.name)
         except (SidecarError, ValueError) as exc:
             notes.append(f"ignored {sidecars.prj.name}: {exc}")
+
+
+def sidecar_crs(text: str) -> CRS:
+    """The CRS a sidecar gives, through the same gate as a parameter (``services_crs.user_crs``: nothing that
+    names a grid, file or URL reaches PROJ), and usable: one with no transformation to longitude/latitude
+    would fail the task later, so it is refused here (ValueError) and the sidecar is ignored with a note."""
+    crs = user_crs(text)
+    if why := crs_applies(crs):
+        raise ValueError(f"not applied: {why}")
+    return crs
 
 
 def _apply_tiff_sidecars(raster: UserRaster, sidecars: Sidecars, limits: RasterLimits, stack: ExitStack) -> None:

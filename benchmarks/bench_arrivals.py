@@ -50,7 +50,6 @@ from support import fresh_settings, settings_env
 from conftest_geo import write_raster
 from host_proc import HostProcess
 
-import engine_schedules
 from repositories import Repositories
 from task_manager import Engine
 
@@ -117,7 +116,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         settings = fresh_settings(azurite.connection_string, input_container=container)
         engine = Engine(Repositories(settings).ensure())
         engine.repos.rasters.ensure_container(container)
-        engine_schedules.create_watch(engine, container, "burst/", "validate_raster", {})
+        engine.schedules.create_watch(container, "burst/", "validate_raster", {})
         env = {**settings_env(settings), "INPUT_CONTAINER": container, "LOCAL_HOST_BLOB_EVENTS": container,
                "LOCAL_HOST_BLOB_POLL_SECONDS": "1"}
         functions = ["health", "blob_arrived", "process_job_message", "process_task_message"]

@@ -204,7 +204,6 @@ class ScaleSampler:
 
     def __call__(self, engine: Engine, job_id: str, elapsed: float) -> None:
         """Sample if due."""
-        import engine_recovery
 
         if elapsed >= self._next_status:
             self._next_status = elapsed + self.status_every_s
@@ -214,7 +213,7 @@ class ScaleSampler:
                                 "status": body["status"]})
         if elapsed >= self._next_sweep:
             self._next_sweep = elapsed + self.sweep_every_s
-            actions, seconds, used = counted(lambda: engine_recovery.sweep(engine))
+            actions, seconds, used = counted(lambda: engine.sweep())
             self.sweeps.append({"t_s": round(elapsed, 1), "ms": round(1000 * seconds, 1), "requests": used,
                                 "requests_all": by_service(used)["all"], "actions": actions})
 

@@ -63,8 +63,8 @@ def measure(n: int) -> dict[str, Any]:
             raise RuntimeError(f"submit answered {code}: {body}")
         job = engine.store.get_job(body["job_id"])
         controller = get_controller("noop")
-        planned = engine_fanout.plan(engine, job, controller, 1)
-        stage, planned = engine_fanout.new_stage(engine, job, controller, 1, planned)
+        planned = engine_fanout.plan(engine.context, job, controller, 1)
+        stage, planned = engine_fanout.new_stage(engine.context, job, controller, 1, planned)
         status = lambda: api_jobs.status(engine, job.job_id)  # noqa: E731
         empty = {"status": timed(status), "stage_rows": timed(lambda: engine.store.stage_rows(job.job_id))}
         log(f"no task rows: status p50 {empty['status']['p50_ms']} ms; writing {n:,} task rows")

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 from azure.functions.queue import QueueMessage
 
-import engine_recovery
 import function_app
 from models import TERMINAL
 from repository_queues import QueueProducer
@@ -94,7 +93,7 @@ class QueueDriver:
                 return
             if not self.sweep:
                 raise AssertionError(f"queues drained but job {job_id} is {job.status}")
-            engine_recovery.sweep(self.engine)
+            self.engine.sweep()
             self.sweeps += 1
             time.sleep(0.05)
         raise AssertionError(f"queues did not drain in {timeout}s; errors: {self.errors[-5:]}")

@@ -9,9 +9,7 @@ import threading
 import pytest
 
 import api_jobs
-import engine_admin
 import engine_faults
-import engine_recovery
 from support import expected_hello, fresh_settings, submit, take_job_message
 from controller_factory import TASK_HANDLERS
 from errors import ConflictError
@@ -111,21 +109,21 @@ def test_a_retry_repeated_after_a_crash_at_any_point_finishes_the_reopen(engine,
     job_id = failed_job(engine)
     engine_faults.arm(point, "raise", skip=skip)
     with pytest.raises(engine_faults.InjectedFault):
-        engine_admin.retry(engine, job_id)  # the process died part-way (the operator saw a 500)
+        engine.retry(job_id)  # the process died part-way (the operator saw a 500)
     code, body = api_jobs.retry(engine, job_id)  # so the operator asks again
     assert code == 202 and body["status"] == "processing", body
     QueueDriver(engine, sweep=True).run(job_id)
     assert_retried_exactly(engine, job_id)
     with pytest.raises(ConflictError):
-        engine_admin.retry(engine, job_id)
+        engine.retry(job_id)
 
 
 def test_the_sweeper_finishes_a_retry_that_crashed_part_way(engine):
     job_id = failed_job(engine)
     engine_faults.arm("retry_shard_reopened", "raise", skip=1)
     with pytest.raises(engine_faults.InjectedFault):
-        engine_admin.retry(engine, job_id)  # nobody asks again
-    assert engine_recovery.sweep(engine) == {"finished_retry": 1}
+        engine.retry(job_id)  # nobody asks again
+    assert engine.sweep() == {"finished_retry": 1}
     QueueDriver(engine, sweep=True).run(job_id)
     assert_retried_exactly(engine, job_id)
 

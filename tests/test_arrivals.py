@@ -26,7 +26,6 @@ from host_proc import HostProcess
 
 import api_jobs
 import api_schedules
-import engine_schedules
 import function_app
 from errors import TransientError
 from local_host import FunctionBinding
@@ -91,7 +90,7 @@ def test_one_job_per_blob_version_whatever_the_deliveries(arrivals):
                               "source_etag": first.etag.strip('"')}
     function_app.blob_arrived(event)  # Event Grid delivers at least once
     second_instance = Engine(Repositories(arrivals.settings).ensure())
-    engine_schedules.on_blob_event(second_instance, event.id, event.event_type, event.subject, event.get_json())
+    second_instance.schedules.on_blob_event(event.id, event.event_type, event.subject, event.get_json())
     assert len(jobs(arrivals.engine)) == 1
 
     overwritten = upload(arrivals.client, "incoming/scene.tif", TIFF + b"v2")

@@ -13,7 +13,7 @@ from pypgstac.load import Loader
 
 import api_jobs
 import controller_geo_common
-import engine_admin
+import engine_jobs
 from controller_geo_common import LoadItemsTask
 from conftest_geo import smooth_image, write_raster
 from errors import TaskError
@@ -165,7 +165,7 @@ def test_a_chunk_that_fails_for_good_fails_the_job_and_a_retry_loads_it(geo_engi
     assert held in (N - CHUNK, N - 2)  # the other two chunks are in
 
     monkeypatch.setattr(PgstacRepository, "bulk_load", original)  # the cause is fixed; the operator retries
-    engine_admin.retry(geo_engine, job_id)
+    geo_engine.retry(job_id)
     QueueDriver(geo_engine).run(job_id, timeout=300)
     done = status(geo_engine, job_id)
     assert done["status"] == "completed", done.get("error_details")
@@ -173,15 +173,16 @@ def test_a_chunk_that_fails_for_good_fails_the_job_and_a_retry_loads_it(geo_engi
     check_extent(geo_engine, collection_id)
 
 
-def test_a_corrupt_file_fails_its_own_build_task_and_the_others_load(geo_engine, tmp_path):
+def test_a_corrupt_file_fails_its_own_build_task_and_the_others_load(geo_engine, tmp_path, monkeypatch):
     names = upload_rasters(geo_engine, tmp_path, n=5)
     broken = tmp_path / "broken.tif"
     broken.write_bytes((tmp_path / "r0.tif").read_bytes()[:300])
     geo_engine.repos.rasters.upload(geo_engine.settings.input_container, "bulk/broken.tif", broken, "image/tiff")
     job_id = submit_bulk(geo_engine)
     read: list[int | None] = []  # which stages' outcomes the engine reads back
-    original = geo_engine.outcomes
-    geo_engine.outcomes = lambda job, stage=None: read.append(stage) or original(job, stage)
+    original = engine_jobs.outcomes
+    monkeypatch.setattr(engine_jobs, "outcomes",
+                        lambda store, job, stage=None: read.append(stage) or original(store, job, stage))
     QueueDriver(geo_engine).run(job_id, timeout=300)
     done = status(geo_engine, job_id)
     assert done["status"] == "completed", done.get("error_details")

@@ -1,4 +1,5 @@
-"""Unit tests of the pure heart of the stage decision: counter shards and ``count_end``."""
+"""Unit tests of the pure heart of the stage decision: counter shards and ``apply_changes`` (what the engine
+calls with each group of task ends)."""
 from __future__ import annotations
 
 import itertools
@@ -6,7 +7,7 @@ import random
 
 import pytest
 
-from engine_counters import count_end, shard_count
+from engine_counters import Change, apply_changes, shard_count
 from errors import ConflictError
 from models import ShardRecord, StageRecord, Status
 
@@ -20,13 +21,20 @@ def stage_of(total: int, shards: int, tolerated: int = 0) -> tuple[StageRecord, 
     return stage, rows
 
 
+def end_one(shard: ShardRecord, stage: StageRecord, status: Status,
+            token: str) -> tuple[ShardRecord, StageRecord | None]:
+    """One task of ``shard`` ends with ``status``, as the engine applies it: a group of one change."""
+    shards, stage_after = apply_changes(stage, {shard.shard: shard}, [Change(shard.shard, ended=status)], token)
+    return shards[0], stage_after
+
+
 def end_all(stage: StageRecord, shards: list[ShardRecord], outcomes: dict[int, Status],
             order: list[int]) -> tuple[StageRecord, list[str]]:
     """End tasks in ``order`` (task i lives in shard i % n); returns the stage and who ended it."""
     enders = []
     for index in order:
         shard = shards[index % stage.shards]
-        shard_after, stage_after = count_end(shard, stage, outcomes.get(index, Status.COMPLETED), f"t{index}")
+        shard_after, stage_after = end_one(shard, stage, outcomes.get(index, Status.COMPLETED), f"t{index}")
         shards[index % stage.shards] = shard_after
         if stage_after is not None:
             stage = stage_after
@@ -54,10 +62,10 @@ def test_exactly_one_end_takes_the_stage_to_zero_in_any_order(total, shards):
 
 def test_the_stage_row_changes_only_when_a_shard_reaches_zero():
     stage, rows = stage_of(10, 2)
-    shard_after, stage_after = count_end(rows[0], stage, Status.COMPLETED, "a")
+    shard_after, stage_after = end_one(rows[0], stage, Status.COMPLETED, "a")
     assert stage_after is None and shard_after.remaining == 4 and shard_after.finisher is None
     rows[0] = shard_after.model_copy(update={"remaining": 1})
-    shard_after, stage_after = count_end(rows[0], stage, Status.FAILED, "b")
+    shard_after, stage_after = end_one(rows[0], stage, Status.FAILED, "b")
     assert shard_after.remaining == 0 and shard_after.finisher == "b"
     assert stage_after.shards_remaining == 1 and stage_after.status == Status.PROCESSING
 
@@ -74,9 +82,9 @@ def test_failures_beyond_the_tolerated_number_fail_the_stage(failed, tolerated, 
 
 def test_a_shard_with_nothing_left_refuses_another_end():
     stage, rows = stage_of(2, 2)
-    done, _ = count_end(rows[0], stage, Status.COMPLETED, "a")
+    done, _ = end_one(rows[0], stage, Status.COMPLETED, "a")
     with pytest.raises(ConflictError, match="no task left"):
-        count_end(done, stage, Status.COMPLETED, "again")
+        end_one(done, stage, Status.COMPLETED, "again")
 
 
 def test_counts_add_up_for_every_mix_of_outcomes():
@@ -85,3 +93,24 @@ def test_counts_add_up_for_every_mix_of_outcomes():
         stage, enders = end_all(stage, rows, dict(enumerate(outcomes)), [5, 0, 3, 1, 4, 2])
         assert stage.completed + stage.failed == 6 and len(enders) == 1
         assert stage.failed == sum(o == Status.FAILED for o in outcomes)
+
+
+@pytest.mark.parametrize("group", [2, 5, 24])
+def test_groups_of_ends_count_as_the_same_ends_one_by_one(group):
+    """The engine applies a group commit's ends together: the stage still ends once, with the same counts."""
+    for seed in range(10):
+        order = list(range(50))
+        random.Random(seed).shuffle(order)
+        stage, rows = stage_of(50, 7, tolerated=50)
+        shards = {row.shard: row for row in rows}
+        outcomes = {i: Status.FAILED for i in order[:seed]}
+        enders = []
+        for start in range(0, len(order), group):
+            changes = [Change(i % 7, ended=outcomes.get(i, Status.COMPLETED)) for i in order[start:start + group]]
+            changed, stage_after = apply_changes(stage, shards, changes, f"g{start}")
+            shards.update({row.shard: row for row in changed})
+            if stage_after is not None:
+                stage = stage_after
+                enders += [f"g{start}"] if stage.status == Status.COMPLETED else []
+        assert enders == [stage.finisher] and stage.shards_remaining == 0
+        assert (stage.completed, stage.failed) == (50 - seed, seed)

@@ -17,7 +17,6 @@ from azure.functions.queue import QueueMessage
 from pydantic import BaseModel
 
 import api_jobs
-import engine_admin
 import engine_faults
 import engine_recovery
 import function_app
@@ -33,10 +32,11 @@ from controller_factory import JOB_TYPES, TASK_HANDLERS
 from errors import TaskError, TransientError
 from models import (
     CompletionMessage, StageMessage, Status, TaskMessage, make_task_id,
-    task_row_key, utcnow,
+    utcnow,
 )
 from queue_driver import QueueDriver
 from repositories import Repositories
+from repository_entities import task_row_key
 from task_manager import Engine
 
 JOB_ROW = "RowKey='job')"  # URL path of a job row (the listing rows have other keys)
@@ -149,9 +149,9 @@ def test_case01_sweeper_redrives_queued_tasks_whose_messages_are_gone(azurite):
     job_id = submit(engine, {"n": 3})
     engine.run_stage(take_job_message(engine))
     engine.repos.tasks_queue.client.clear_messages()  # every task message lost
-    assert engine_recovery.sweep(engine) == {}  # too early: the retry delay may still be running
+    assert engine.sweep() == {}  # too early: the retry delay may still be running
     later = utcnow() + timedelta(seconds=5)
-    assert engine_recovery.sweep(engine, now=later) == {"resent_stale_task": 3}
+    assert engine.sweep(now=later) == {"resent_stale_task": 3}
     QueueDriver(engine).run(job_id)
     assert_completed_exactly(engine, job_id, 3)
 
@@ -169,14 +169,14 @@ def test_case02_a_storage_fault_in_the_poison_function_requeues_its_message(azur
     outage = Engine(Repositories(engine.settings, NoRetryClients(engine.settings)))
     faults.arm("busy", method="GET", match=task_row(1, 0), service="table")  # storage answers 503
     try:
-        engine_recovery.on_task_poison(outage, poison.content)
+        outage.on_task_poison(poison.content)
     except Exception as exc:  # noqa: BLE001
         pytest.fail(f"the poison function raised {type(exc).__name__}: {exc}; the host retries it and then "
                     "moves it to <queue>-poison-poison, which nothing reads: the task stays queued forever")
     assert faults.counts()["busy"] == 1
     assert depth(engine.repos.tasks_poison) == 1  # back on its own queue
     (again,) = take(engine.repos.tasks_poison)
-    engine_recovery.on_task_poison(engine, again.content)  # storage is back: the failure is recorded
+    engine.on_task_poison(again.content)  # storage is back: the failure is recorded
     QueueDriver(engine).run(job_id)
     task = engine.store.get_task(job_id, 1, 0)
     assert task.status == Status.FAILED and task.error_details.startswith("gave up after 1 attempts")
@@ -397,11 +397,11 @@ def test_case08_a_stale_poison_message_after_a_retry_changes_nothing(engine):
     engine.run_stage(take_job_message(engine))
     Engine(engine.repos, max_attempts=1).run_task(take_task_message(engine))  # gives up
     (poison,) = take(engine.repos.tasks_poison)
-    engine_recovery.on_task_poison(engine, poison.content)
+    engine.on_task_poison(poison.content)
     engine.complete(take_job_message(engine))
     assert engine.store.get_job(job_id).status == Status.FAILED
-    engine_admin.retry(engine, job_id)
-    engine_recovery.on_task_poison(engine, poison.content)  # the same poison message, delivered again
+    engine.retry(job_id)
+    engine.on_task_poison(poison.content)  # the same poison message, delivered again
     task = engine.store.get_task(job_id, 1, 0)
     assert (task.status, task.attempts, task.error_details) == (Status.QUEUED, 0, None)
     QueueDriver(engine).run(job_id)
@@ -416,7 +416,7 @@ def test_case08_a_host_poison_for_a_task_under_a_live_lease_changes_nothing(engi
     held = engine.store.replace_task(task.model_copy(update={  # another worker holds it
         "status": Status.PROCESSING, "attempts": 1, "started_at": utcnow(),
         "lease_until": utcnow() + timedelta(seconds=60)}))
-    engine_recovery.on_task_poison(engine, msg.encode())  # the host moved an old copy of its message
+    engine.on_task_poison(msg.encode())  # the host moved an old copy of its message
     task = engine.store.get_task(job_id, 1, 0)
     assert (task.status, task.attempts, task.error_details) == (Status.PROCESSING, 1, None)
     engine.end_task(held, Status.COMPLETED, {"greeting": f"hello from {msg.task_id}!"}, None)  # the worker ends
@@ -430,7 +430,7 @@ def test_case09_a_task_of_a_cancelled_job_that_hits_a_transient_error_is_cancell
     engine.run_stage(take_job_message(engine))
 
     def cancelled_while_running(p, ctx):
-        engine_admin.cancel(engine, job_id)  # the operator cancels; this task holds its lease
+        engine.cancel(job_id)  # the operator cancels; this task holds its lease
         return greet.run(p, ctx)  # then hits a transient error
 
     greet = replace_handler(monkeypatch, "hello_greeting", cancelled_while_running)
@@ -486,7 +486,7 @@ def test_case11_sweeper_passes_while_a_webhook_is_pending_send_no_duplicates(azu
             time.sleep(0.05)
         assert receiver.requests, "the webhook was never posted"
         for _ in range(3):  # sweeper passes while the delivery is pending
-            engine_recovery.sweep(engine)
+            engine.sweep()
         for m in take(engine.repos.jobs_queue):  # whatever they sent is delivered
             function_app.process_job_message(QueueMessage(id=m.id, body=m.content.encode(),
                                                           dequeue_count=m.dequeue_count))

@@ -117,3 +117,83 @@ def test_the_rule_check_catches_a_wrong_edge(tmp_path, monkeypatch, edge, expect
     real = modules()
     monkeypatch.setattr(__import__(__name__), "modules", lambda: {**real, module: copy})
     assert any(expected in edge_text and edge_text.startswith(module) for edge_text in wrong_way_edges())
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Root module -> the root modules it imports (at any depth: function-level and TYPE_CHECKING imports count)."""
+    local = modules()
+    return {name: {t.split(".")[0] for t in imports(path)} & set(local) - {name} for name, path in local.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles of ``graph``: its strongly connected components of more than one module (Tarjan's
+    algorithm, iterative), each sorted; a module importing itself counts too."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph.get(root, ()))))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph.get(child, ())))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1 or node in graph.get(node, ()):
+                    found.append(sorted(component))
+    return sorted(found)
+
+
+def test_no_import_cycles():
+    """No two root modules import each other, directly or around a loop, counting lazy and TYPE_CHECKING
+    imports (a cycle hidden behind either is still a design that cannot be read one module at a time)."""
+    found = cycles(import_graph())
+    assert not found, "import cycles between root modules:\n" + "\n".join(" <-> ".join(c) for c in found)
+
+
+@pytest.mark.parametrize("graph, expected", [
+    ({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}, [["a", "b", "c"]]),
+    ({"a": {"b"}, "b": set(), "c": {"d"}, "d": {"c"}, "e": {"e"}}, [["c", "d"], ["e"]]),
+    ({"a": {"b", "c"}, "b": {"c"}, "c": set()}, []),
+])
+def test_the_cycle_check_finds_a_cycle_in_a_small_graph(graph, expected):
+    assert cycles(graph) == expected
+
+
+def test_the_cycle_check_catches_a_planted_cycle(tmp_path, monkeypatch):
+    """The check can fail on the real root: copies of two modules that import each other (one only when type
+    checking, the other inside a function) are named as a cycle."""
+    planted = {"engine_counters": "\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import engine_faults\n",
+               "engine_faults": "\n\ndef _planted():\n    import engine_counters\n    return engine_counters\n"}
+    real = modules()
+    copies = {}
+    for name, tail in planted.items():
+        copies[name] = tmp_path / f"{name}.py"
+        copies[name].write_text((ROOT / f"{name}.py").read_text() + tail)
+    assert not any({"engine_counters", "engine_faults"} <= set(c) for c in cycles(import_graph()))
+    monkeypatch.setattr(__import__(__name__), "modules", lambda: {**real, **copies})
+    assert any({"engine_counters", "engine_faults"} <= set(c) for c in cycles(import_graph()))

@@ -8,13 +8,15 @@ import pytest
 from errors import EntityTooLargeError, InvalidKeyError, InvalidTransitionError
 from models import (
     TERMINAL, TRANSITIONS, CompletionMessage, StageMessage, Status, TaskMessage, TaskRecord, canonical_json,
-    check_transition, decode_job_message, decode_task_message, from_entity, make_job_id, make_task_id,
-    parse_task_id, to_entity, validate_key,
+    check_transition, decode_job_message, decode_task_message, make_job_id, make_task_id, parse_task_id,
 )
+from repository_entities import from_entity, to_entity
 from repository_rules import (
     BATCH_MAX_BYTES, BATCH_MAX_OPERATIONS, MAX_ENTITY_BYTES, check_entity_limits, chunk_for_transactions, entity_bytes,
+    validate_key,
 )
 
+from config import Settings
 from controller_factory import get_controller
 
 
@@ -45,7 +47,7 @@ def test_only_the_retry_path_reopens_a_failed_job():
 # ---------------------------------------------------------------- job ids
 def _job_id(raw: dict) -> str:
     controller = get_controller("hello_world")
-    return make_job_id("hello_world", controller.validate(raw).model_dump(mode="json"))
+    return make_job_id("hello_world", controller.validate(raw, Settings()).model_dump(mode="json"))
 
 
 def test_job_id_ignores_key_order_and_omitted_defaults():

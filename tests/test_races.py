@@ -18,7 +18,8 @@ import engine_admin
 import engine_recovery
 import models
 import repository_faults
-import task_manager
+import engine_jobs
+import engine_tasks
 from config import Settings
 from support import (
     NoRetryClients, assert_completed_exactly, fanned_out, replace_handler, submit, take_job_message,
@@ -201,7 +202,7 @@ def clock_ahead(seconds: float):
     """This process's engine clock shifted ahead while a host acts (another host, in-process)."""
     shifted = lambda: utcnow() + timedelta(seconds=seconds)  # noqa: E731
     with pytest.MonkeyPatch.context() as m:
-        for module in (task_manager, engine_recovery, engine_admin, models):
+        for module in (engine_tasks, engine_jobs, engine_recovery, engine_admin, models):
             m.setattr(module, "utcnow", shifted)
         yield
 
@@ -224,14 +225,14 @@ def test_case8_a_host_whose_clock_runs_ahead_never_takes_over_a_live_lease(azuri
         if len(calls) == 1:
             msg = TaskMessage(job_id=ctx.job_id, task_id=ctx.task_id)
             if action == "cancel":
-                engine_admin.cancel(a, ctx.job_id)
+                a.cancel(ctx.job_id)
             with clock_ahead(SKEW_S):
                 if action in ("redelivery", "cancel"):
                     b.run_task(msg, dequeue_count=2)
                 elif action == "poison":
-                    engine_recovery.on_task_poison(b, msg.model_copy(update={"attempt": 1}).encode())
+                    b.on_task_poison(msg.model_copy(update={"attempt": 1}).encode())
                 else:
-                    seen["sweep"] = engine_recovery.sweep(b)
+                    seen["sweep"] = b.sweep()
             seen["row"] = a.store.get_task(ctx.job_id, 1, 0)
         return greet.run(p, ctx)
 
@@ -273,7 +274,7 @@ def test_case9b_a_host_moved_poison_message_does_not_fail_a_task_with_attempts_l
     engine.run_task(take_task_message(engine))
     task = engine.store.get_task(job_id, 1, 0)
     assert (task.status, task.attempts) == (Status.QUEUED, 1)
-    engine_recovery.on_task_poison(engine, TaskMessage(job_id=job_id, task_id=make_task_id(job_id, 1, 0)).encode())
+    engine.on_task_poison(TaskMessage(job_id=job_id, task_id=make_task_id(job_id, 1, 0)).encode())
     task = engine.store.get_task(job_id, 1, 0)
     assert task.status == Status.QUEUED, f"a host-moved poison message failed a task with attempts left: " \
                                          f"{task.error_details}"
@@ -292,7 +293,7 @@ def test_case9b_a_host_moved_poison_message_still_ends_a_task_out_of_attempts(az
     engine.store.replace_task(task.model_copy(update={
         "status": Status.PROCESSING, "attempts": engine.max_attempts, "lease_until": utcnow() - timedelta(hours=1),
         "started_at": utcnow() - timedelta(hours=1)}))
-    engine_recovery.on_task_poison(engine, TaskMessage(job_id=job_id, task_id=task.task_id).encode())
+    engine.on_task_poison(TaskMessage(job_id=job_id, task_id=task.task_id).encode())
     task = engine.store.get_task(job_id, 1, 0)
     assert task.status == Status.FAILED and task.error_code == "timeout", (task.status, task.error_details)
 
@@ -306,9 +307,9 @@ def test_case9b_a_redriven_message_moved_again_at_the_same_attempt_ends_the_task
     take_task_message(engine)
     task = engine.store.get_task(job_id, 1, 0)
     engine.store.replace_task(task.model_copy(update={"attempts": 1, "last_error": "storage answered 503"}))
-    engine_recovery.on_task_poison(engine, TaskMessage(job_id=job_id, task_id=task.task_id).encode())
+    engine.on_task_poison(TaskMessage(job_id=job_id, task_id=task.task_id).encode())
     redriven = take_task_message(engine)
     assert redriven.attempt == 1 and engine.store.get_task(job_id, 1, 0).status == Status.QUEUED
-    engine_recovery.on_task_poison(engine, redriven.encode())
+    engine.on_task_poison(redriven.encode())
     task = engine.store.get_task(job_id, 1, 0)
     assert task.status == Status.FAILED and "gave up after 1 attempts" in task.error_details

@@ -8,8 +8,6 @@ from datetime import timedelta
 
 import pytest
 
-import engine_admin
-import engine_recovery
 import engine_faults
 import api_jobs
 from base_controller import JobController, TaskHandler
@@ -171,7 +169,7 @@ def test_sweeper_sends_the_lost_first_message(engine):
     with pytest.raises(engine_faults.InjectedFault):
         submit(engine, {"n": 4})
     job_id = engine.store.active_jobs()[0].job_id
-    assert engine_recovery.sweep(engine) == {"resent_first_stage": 1}
+    assert engine.sweep() == {"resent_first_stage": 1}
     QueueDriver(engine).run(job_id)
     assert engine.store.get_job(job_id).result_data == expected_hello(job_id, 4)
 
@@ -185,7 +183,7 @@ def test_sweeper_rescues_a_task_whose_worker_died_and_whose_message_is_gone(engi
         engine.store.replace_task(t.model_copy(update={
             "status": Status.PROCESSING, "attempts": 1, "time_limit_s": 2,
             "lease_until": utcnow() - timedelta(seconds=5)}))
-    assert engine_recovery.sweep(engine) == {"resent_stale_task": 3}
+    assert engine.sweep() == {"resent_stale_task": 3}
     QueueDriver(engine, sweep=True).run(job_id)
     assert engine.store.get_job(job_id).result_data == expected_hello(job_id, 3)
     assert all(t.attempts == 2 for t in engine.store.list_tasks(job_id, 1))
@@ -197,7 +195,7 @@ def test_concurrent_sweepers_and_traffic_keep_one_advance_per_stage(engine):
     driver = QueueDriver(engine)
     with pytest.raises(AssertionError, match="queues drained"):
         driver.run(job_id)  # the advance of stage 1 was lost
-    threads = [threading.Thread(target=engine_recovery.sweep, args=(engine,)) for _ in range(4)]
+    threads = [threading.Thread(target=engine.sweep) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
@@ -247,7 +245,7 @@ def test_retry_reruns_only_the_failed_tasks_and_resumes(engine):
     assert all(after[k] == v for k, v in done_before.items())  # completed tasks were not re-run
     assert engine.store.get_task(job_id, 1, 1).attempts == 1  # fresh attempt count
     with pytest.raises(ConflictError):
-        engine_admin.retry(engine, job_id)
+        engine.retry(job_id)
 
 
 def test_cancel_stops_queued_tasks_and_running_ones_advance_nothing(engine):
@@ -265,6 +263,6 @@ def test_cancel_stops_queued_tasks_and_running_ones_advance_nothing(engine):
     assert engine.store.get_stage(job_id, 2) is None
     assert all(t.attempts == 0 for t in engine.store.list_tasks(job_id, 1)[1:])  # never started
     with pytest.raises(ConflictError):
-        engine_admin.cancel(engine, job_id)
+        engine.cancel(job_id)
     with pytest.raises(NotFoundError):
-        engine_admin.cancel(engine, "0" * 64)
+        engine.cancel("0" * 64)

@@ -14,7 +14,6 @@ import pytest
 import api_jobs
 import api_schedules
 import controller_triggers
-import engine_schedules
 from errors import TransientError
 from models import ScheduleRecord, make_job_id
 from repositories import Repositories
@@ -181,7 +180,7 @@ def jobs_of(engine: Engine) -> list[dict]:
 
 
 def make(engine: Engine, expression: str, now: datetime) -> ScheduleRecord:
-    row, created = engine_schedules.create_schedule(engine, "hello_world", {"n": 1}, expression, now=now)
+    row, created = engine.schedules.create_schedule("hello_world", {"n": 1}, expression, now=now)
     assert created
     return row
 
@@ -197,7 +196,7 @@ def test_each_slot_runs_once_across_concurrent_instances(settings):
 
         def tick(engine: Engine) -> None:
             start.wait()
-            outcomes.extend(engine_schedules.run_due(engine, now=now))
+            outcomes.extend(engine.schedules.run_due(now=now))
 
         threads = [threading.Thread(target=tick, args=(e,)) for e in engines]
         for t in threads:
@@ -210,7 +209,7 @@ def test_each_slot_runs_once_across_concurrent_instances(settings):
     assert sum(1 for o in outcomes if o.get("created")) == 3
     for job in jobs:  # the slot is part of the identity
         assert job.job_id == make_job_id("hello_world", job.parameters)
-    final = engine_schedules.get_schedule(engines[0], row.schedule_id)
+    final = engines[0].schedules.get_schedule(row.schedule_id)
     assert final.last_slot == at("2031-03-03T10:03:00") and final.last_job_id in {j.job_id for j in jobs}
 
 
@@ -227,10 +226,10 @@ def test_a_claim_whose_submit_failed_is_submitted_by_the_next_tick(engine, monke
 
     monkeypatch.setattr(engine, "submit", flaky)
     now = T0 + timedelta(minutes=5)
-    assert engine_schedules.run_due(engine, now=now) == []  # claimed, submit failed
-    claimed = engine_schedules.get_schedule(engine, row.schedule_id)
+    assert engine.schedules.run_due(now=now) == []  # claimed, submit failed
+    claimed = engine.schedules.get_schedule(row.schedule_id)
     assert claimed.last_slot == at("2031-03-03T10:05:00") and claimed.last_job_id is None
-    (outcome,) = engine_schedules.run_due(engine, now=now + timedelta(seconds=60))
+    (outcome,) = engine.schedules.run_due(now=now + timedelta(seconds=60))
     assert outcome["slot"] == "2031-03-03T10:05:00+00:00" and outcome["created"]
     assert len(jobs_of(engine)) == 1
 
@@ -240,17 +239,17 @@ def test_downtime_runs_only_the_latest_missed_slot_over_a_restart(settings):
     nothing kept in memory). Only 10:45 runs; 10:10..10:40 are skipped and counted."""
     first = Engine(Repositories(settings).ensure())
     row = make(first, "0 */5 * * * *", T0)
-    (slot1,) = engine_schedules.run_due(first, now=at("2031-03-03T10:05:00.2"))
+    (slot1,) = first.schedules.run_due(now=at("2031-03-03T10:05:00.2"))
     assert slot1["slot"] == "2031-03-03T10:05:00+00:00"
     del first  # down from here
 
     restarted = Engine(Repositories(settings).ensure())
-    (late,) = engine_schedules.run_due(restarted, now=at("2031-03-03T10:47:10"))
+    (late,) = restarted.schedules.run_due(now=at("2031-03-03T10:47:10"))
     assert late["slot"] == "2031-03-03T10:45:00+00:00" and late["created"]
-    assert engine_schedules.run_due(restarted, now=at("2031-03-03T10:49:00")) == []  # nothing new is due
-    after = engine_schedules.get_schedule(restarted, row.schedule_id)
+    assert restarted.schedules.run_due(now=at("2031-03-03T10:49:00")) == []  # nothing new is due
+    after = restarted.schedules.get_schedule(row.schedule_id)
     assert after.skipped_slots == 7 and after.last_slot == at("2031-03-03T10:45:00")
-    (on_time,) = engine_schedules.run_due(restarted, now=at("2031-03-03T10:50:00.5"))
+    (on_time,) = restarted.schedules.run_due(now=at("2031-03-03T10:50:00.5"))
     assert on_time["slot"] == "2031-03-03T10:50:00+00:00"
     assert sorted(j.parameters["scheduled_for"] for j in jobs_of(restarted)) == [
         "2031-03-03T10:05:00Z", "2031-03-03T10:45:00Z", "2031-03-03T10:50:00Z"]
@@ -259,12 +258,12 @@ def test_downtime_runs_only_the_latest_missed_slot_over_a_restart(settings):
 def test_a_slot_refused_later_is_recorded_not_retried(engine):
     """A settings change can make stored parameters invalid: the slot records the error, and is not retried."""
     row = make(engine, "0 */5 * * * *", T0)
-    stored = engine_schedules.get_schedule(engine, row.schedule_id)
+    stored = engine.schedules.get_schedule(row.schedule_id)
     engine.repos.schedules.replace(stored.model_copy(update={"parameters": {"n": 0}}))
-    (refused,) = engine_schedules.run_due(engine, now=T0 + timedelta(minutes=5))
+    (refused,) = engine.schedules.run_due(now=T0 + timedelta(minutes=5))
     assert "n:" in refused["error"]
-    assert engine_schedules.get_schedule(engine, row.schedule_id).last_error == refused["error"]
-    assert engine_schedules.run_due(engine, now=T0 + timedelta(minutes=6)) == []  # not retried
+    assert engine.schedules.get_schedule(row.schedule_id).last_error == refused["error"]
+    assert engine.schedules.run_due(now=T0 + timedelta(minutes=6)) == []  # not retried
 
 
 def test_the_timer_function_submits_due_slots(engine, monkeypatch):

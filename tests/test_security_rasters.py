@@ -30,7 +30,8 @@ from errors import NotFoundError, ParameterValidationError, TaskError, TooLargeE
 from repositories import Repositories
 from services_cog import create_cog
 from services_cog_options import CogOptions
-from services_gdal import RasterLimits, open_user_raster, user_crs
+from services_crs import user_crs
+from services_gdal import RasterLimits, open_user_raster
 from services_raster import validate_raster
 from services_tiles import TileWindow, assemble_tiles, plan_tiles, process_tile
 from task_manager import Engine

@@ -68,7 +68,7 @@ def job(azurite, pgstac_server, tmp_path_factory) -> SimpleNamespace:
     status = api_jobs.status(engine, body["job_id"])[1]
     assert status["status"] == "completed", status.get("error_details")
     # what the job would have stored before issue #15: a link minted when it completed, valid TTL_MINUTES
-    original = engine_links.signer(engine).link(status["result_data"]["outputs"][0]["url"])
+    original = engine_links.signer(engine.io.rasters).link(status["result_data"]["outputs"][0]["url"])
     return SimpleNamespace(engine=engine, settings=settings, job_id=body["job_id"], status=status, tmp=tmp,
                            original=original)
 
@@ -179,8 +179,8 @@ def test_results_store_blob_references_and_the_status_mints_links_that_work(job,
 
 def test_a_link_minted_in_the_past_answers_403_and_one_minted_now_works(job):
     url = job.status["result_data"]["outputs"][0]["url"]
-    stale = engine_links.signer(job.engine, now=utcnow() - timedelta(minutes=TTL_MINUTES + 1)).link(url)
-    fresh = engine_links.signer(job.engine).link(url)
+    stale = engine_links.signer(job.engine.io.rasters, now=utcnow() - timedelta(minutes=TTL_MINUTES + 1)).link(url)
+    fresh = engine_links.signer(job.engine.io.rasters).link(url)
     assert stale.expires_at < utcnow() < fresh.expires_at
     assert requests.get(stale.href, timeout=30).status_code == 403
     assert requests.get(fresh.href, timeout=30).status_code == 200
@@ -190,7 +190,7 @@ def test_a_link_minted_in_the_past_answers_403_and_one_minted_now_works(job):
 def test_old_rows_holding_a_sas_url_are_answered_with_a_fresh_link_instead(job):
     url = job.status["result_data"]["outputs"][0]["url"]
     old = {"outputs": [{"url": url, "sas_url": url + "?se=2020-01-01&sig=old"}], "note": {"sas_url": None}}
-    signed = engine_links.signer(job.engine).results(old)
+    signed = engine_links.signer(job.engine.io.rasters).results(old)
     assert "sas_url" not in signed["outputs"][0] and signed["note"] == {}
     assert requests.head(signed["outputs"][0]["href"], timeout=30).status_code == 200
 

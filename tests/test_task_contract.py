@@ -36,7 +36,7 @@ def test_rows_status_and_log_lines_carry_the_task_version(engine, caplog):
     page = api_listing.list_tasks(engine, job_id)[1]
     assert all(t["task_version"] == 1 for t in page["tasks"])
     task_lines = [json.loads(r.getMessage()) for r in caplog.records
-                  if r.name == "task_manager" and r.getMessage().startswith("{") and '"task_id"' in r.getMessage()]
+                  if r.name == "engine_tasks" and r.getMessage().startswith("{") and '"task_id"' in r.getMessage()]
     started = [line for line in task_lines if line["event"] in ("task_started", "task_ended")]
     assert len(started) == 8 and all(line["task_version"] == 1 and line["job_id"] == job_id for line in started)
 

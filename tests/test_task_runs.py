@@ -13,8 +13,7 @@ import api_jobs
 import controller_factory
 import engine_fanout
 import engine_faults
-import engine_recovery
-import engine_runs
+import engine_tasks
 from support import expected_hello, fresh_settings, submit
 from engine_fanout import run_length, runs
 from models import TaskMessage, TaskRecord, decode_task_message, make_task_id, parse_task_id
@@ -135,7 +134,7 @@ def test_a_run_whose_host_died_mid_way_is_split_when_redelivered(run_engine, mon
     states = {t.index: t.status for t in run_engine.store.task_range(job_id, 1, first_index, first_index + RUN - 1)}
     assert [str(states[first_index + i]) for i in range(RUN)] == ["completed", "processing", "queued", "queued"]
     queue.update_message(first, visibility_timeout=0)  # the lease runs out: delivered again, dequeue_count 2
-    with caplog.at_level(logging.INFO, logger="engine_runs"):
+    with caplog.at_level(logging.INFO, logger="engine_tasks"):
         driver.run(job_id)
     splits = [json.loads(r.getMessage()) for r in caplog.records if '"task_run_split"' in r.getMessage()]
     assert [(s["task_id"], s["count"], s["dequeue_count"]) for s in splits] == [(run.task_id, RUN, 2)]
@@ -154,7 +153,7 @@ def test_a_poisoned_run_gives_each_task_its_own_message(run_engine):
     (first,) = queue.receive_messages(max_messages=1, visibility_timeout=60)
     queue.delete_message(first)
     run = decode_task_message(first.content)
-    engine_recovery.on_task_poison(run_engine, run.encode())  # a run the host gave up on, not a task
+    run_engine.on_task_poison(run.encode())  # a run the host gave up on, not a task
     first_index = parse_task_id(run.task_id)[2]
     states = {t.index: str(t.status) for t in run_engine.store.task_range(job_id, 1, first_index,
                                                                            first_index + RUN - 1)}
@@ -183,7 +182,7 @@ def test_a_task_taken_by_another_message_after_the_run_read_its_row_runs_once(ru
         return rows
 
     monkeypatch.setattr(run_engine.store, "task_range", read_then_lose_the_race)
-    with caplog.at_level(logging.INFO, logger="task_manager"):
+    with caplog.at_level(logging.INFO, logger="engine_tasks"):
         run_engine.run_task(run, dequeue_count=first.dequeue_count)
     lost = [json.loads(r.getMessage()) for r in caplog.records if '"task_claimed_elsewhere"' in r.getMessage()]
     assert [e["task_id"] for e in lost] == [taken.task_id]  # the run's claim from its stale row failed
@@ -194,7 +193,7 @@ def test_a_task_taken_by_another_message_after_the_run_read_its_row_runs_once(ru
 
 
 def test_a_run_starts_no_task_after_its_budget(run_engine, monkeypatch):
-    monkeypatch.setattr(engine_runs, "RUN_BUDGET_S", 0)  # every run hands on all but its first task
+    monkeypatch.setattr(engine_tasks, "RUN_BUDGET_S", 0)  # every run hands on all but its first task
     job_id = submit(run_engine, {"n": N})
     driver = QueueDriver(run_engine)
     driver.run(job_id)

@@ -24,7 +24,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 import api_jobs
-import engine_admin
 import engine_status
 import engine_tracing
 from support import Receiver, fresh_settings, settings_env
@@ -82,7 +81,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 # ---------------------------------------------------------------- in process: the span tree
 def test_a_job_is_one_trace_with_a_span_per_stage_and_task(azurite, tracing, receiver, caplog):
     spans_out, numbers = tracing
-    caplog.set_level(logging.INFO, logger="task_manager")
+    caplog.set_level(logging.INFO, logger="engine_tasks")
     settings = fresh_settings(azurite.connection_string, webhook_secret="s", webhook_allow_loopback=True)
     engine = Engine(Repositories(settings).ensure())
     code, body = api_jobs.submit(engine, "hello_world", b'{"n": 3}', "http://t", f"{receiver.base}/hook")
@@ -120,7 +119,7 @@ def test_a_job_is_one_trace_with_a_span_per_stage_and_task(azurite, tracing, rec
     assert webhook.attributes["webhook.state"] == "delivered" and by_id[webhook.parent.span_id] is complete
 
     trace_hex = hex_id(roots[0].context.trace_id, 32)
-    assert engine_status.status_document(engine, engine.store.get_job(job_id)).trace_id == trace_hex
+    assert engine_status.status_document(engine.store, engine.store.get_job(job_id)).trace_id == trace_hex
     task_spans = {hex_id(t.context.span_id, 16) for t in tasks}
     started = [json.loads(r.getMessage()) for r in caplog.records if '"event":"task_started"' in r.getMessage()]
     assert len(started) == 6
@@ -149,7 +148,7 @@ def test_a_retry_is_a_new_trace_linked_to_the_first(azurite, tracing):
     assert len(failed) == 1 and failed[0].status.status_code == StatusCode.ERROR
     spans_out.clear()
 
-    engine_admin.retry(engine, job_id)
+    engine.retry(job_id)
     QueueDriver(engine).run(job_id)
     later = spans_out.get_finished_spans()
     retry = next(s for s in later if s.name == "job.retry")
@@ -160,7 +159,7 @@ def test_a_retry_is_a_new_trace_linked_to_the_first(azurite, tracing):
     assert {s.context.trace_id for s in later} == {retry.context.trace_id}, "what the retry started is its trace"
     rerun = [s for s in later if s.name == "task.run"]
     assert len(rerun) == 1 and rerun[0].attributes["task.attempt"] == 1
-    assert engine_status.status_document(engine, engine.store.get_job(job_id)).trace_id == \
+    assert engine_status.status_document(engine.store, engine.store.get_job(job_id)).trace_id == \
         hex_id(root.context.trace_id, 32), "status names the first trace"
 
 

@@ -1,6 +1,6 @@
 """The handler contract, checked by a tool: mypy, strict on what a job type is (base_controller.py), the
-handlers and planners (controller_*.py), the work they call (services_*.py) and the task I/O the engine hands
-them (engine_task_io.py); configured in pyproject.toml ([tool.mypy]). A type error fails ``./dev.sh test``.
+handlers and planners (controller_*.py), the work they call (services_*.py) and the engine that runs them
+(engine_*.py, task_manager.py); configured in pyproject.toml ([tool.mypy]). A type error fails ``./dev.sh test``.
 
 And the tagged results: what the engine makes of one run of a handler (``Completed``, ``Failed``, ``Retry``).
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-import task_manager
+import controller_factory
 from base_controller import Completed, Failed, Retry, TaskHandler, output_json
 from errors import ErrorCode
 from models import Status, TaskRecord, make_task_id
@@ -100,7 +100,7 @@ def test_the_engine_makes_a_tagged_result_of_each_way_a_handler_ends(engine, mon
             raise KeyError("oops")
         return Greeting(greeting=f"{p.greeting} from {ctx.task_id}")
 
-    monkeypatch.setitem(task_manager.TASK_HANDLERS, "greet_typed", TaskHandler("greet_typed", Greeting, handler))
+    monkeypatch.setitem(controller_factory.TASK_HANDLERS, "greet_typed", TaskHandler("greet_typed", Greeting, handler))
 
     task_id = make_task_id("j" * 64, 1, 0)
 

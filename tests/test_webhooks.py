@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-import engine_recovery
 import api_jobs
 import repository_webhooks
 from support import Receiver, fresh_settings, submit
@@ -155,7 +154,7 @@ def test_sweeper_resends_a_webhook_whose_message_was_lost(engine, receiver):
     engine.repos.jobs_queue.client.clear_messages()  # the notify message is lost
     job = engine.store.get_job(job_id)  # as the terminal write left it: a new chain, due now
     engine.store.replace_job(job.model_copy(update=job.webhook_fields()))
-    assert engine_recovery.sweep(engine).get("resent_webhook") == 1
+    assert engine.sweep().get("resent_webhook") == 1
     QueueDriver(engine).run()
     assert len(receiver.requests) >= 1 and engine.store.get_job(job_id).webhook == "delivered"
 
