@@ -4,7 +4,7 @@ Schedules: whether an NCRONTAB expression and a job type's parameters are valid,
 the parameters a slot's job gets (``scheduled_for``). Watches: which job types a watch may start, and
 the parameters an arrived blob gives them (``container``, ``blob``, ``source_etag``). Both definitions
 are checked here when they are created, with the job type's own controller, so a bad one is a 400 then
-and not a failed job later. ``engine_schedules`` stores, claims and submits; this module only decides.
+and not a failed job later. ``engine_triggers`` stores, claims and submits; this module only decides.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from controller_factory import JOB_TYPES, get_controller
 from controller_geo_common import RASTER_SUFFIXES
 from errors import ParameterValidationError, UnknownNameError
 from models import BlobArrival, ScheduleRecord, WatchRecord, trigger_id, validate_container_name
-from services_arrivals import parse_blob_event, skip_reason, watches_blob
+from services_triggers import parse_blob_event, skip_reason, watches_blob
 from services_ncrontab import Cron, CronError
 
 SLOT_PARAMETER = "scheduled_for"

@@ -15,7 +15,7 @@ import azure.functions as func
 
 import api_dashboard
 import api_listing
-import api_schedules
+import api_triggers
 import api_sign
 import api_system
 import api_jobs
@@ -146,51 +146,51 @@ def cancel_job(req: func.HttpRequest) -> func.HttpResponse:
 def create_schedule(req: func.HttpRequest) -> func.HttpResponse:
     """Create a schedule: 201 new, 200 the same definition exists; 400 naming a bad expression, job type or
     parameter."""
-    return _http(api_jobs.respond(lambda: api_schedules.create_schedule(engine(), req.get_body())))
+    return _http(api_jobs.respond(lambda: api_triggers.create_schedule(engine(), req.get_body())))
 
 
 @app.route(route="schedules", methods=["GET"])
 def list_schedules(req: func.HttpRequest) -> func.HttpResponse:
     """Every schedule, with its next slot and what became of its latest one."""
-    return _http(api_jobs.respond(lambda: api_schedules.list_schedules(engine())))
+    return _http(api_jobs.respond(lambda: api_triggers.list_schedules(engine())))
 
 
 @app.route(route="schedules/{schedule_id}", methods=["GET"])
 def get_schedule(req: func.HttpRequest) -> func.HttpResponse:
     """One schedule."""
-    return _http(api_jobs.respond(lambda: api_schedules.get_schedule(engine(),
+    return _http(api_jobs.respond(lambda: api_triggers.get_schedule(engine(),
                                                                      req.route_params.get("schedule_id", ""))))
 
 
 @app.route(route="schedules/{schedule_id}", methods=["DELETE"])
 def delete_schedule(req: func.HttpRequest) -> func.HttpResponse:
     """Delete a schedule (the jobs it started are left alone)."""
-    return _http(api_jobs.respond(lambda: api_schedules.delete_schedule(engine(),
+    return _http(api_jobs.respond(lambda: api_triggers.delete_schedule(engine(),
                                                                         req.route_params.get("schedule_id", ""))))
 
 
 @app.route(route="watches", methods=["POST"])
 def create_watch(req: func.HttpRequest) -> func.HttpResponse:
     """Create a watch: 201 new, 200 the same definition exists; 400 naming a bad container, job type or option."""
-    return _http(api_jobs.respond(lambda: api_schedules.create_watch(engine(), req.get_body())))
+    return _http(api_jobs.respond(lambda: api_triggers.create_watch(engine(), req.get_body())))
 
 
 @app.route(route="watches", methods=["GET"])
 def list_watches(req: func.HttpRequest) -> func.HttpResponse:
     """Every watch (created over the API, and from the WATCHES setting)."""
-    return _http(api_jobs.respond(lambda: api_schedules.list_watches(engine())))
+    return _http(api_jobs.respond(lambda: api_triggers.list_watches(engine())))
 
 
 @app.route(route="watches/{watch_id}", methods=["GET"])
 def get_watch(req: func.HttpRequest) -> func.HttpResponse:
     """One watch."""
-    return _http(api_jobs.respond(lambda: api_schedules.get_watch(engine(), req.route_params.get("watch_id", ""))))
+    return _http(api_jobs.respond(lambda: api_triggers.get_watch(engine(), req.route_params.get("watch_id", ""))))
 
 
 @app.route(route="watches/{watch_id}", methods=["DELETE"])
 def delete_watch(req: func.HttpRequest) -> func.HttpResponse:
     """Delete a watch; 409 for one defined in settings."""
-    return _http(api_jobs.respond(lambda: api_schedules.delete_watch(engine(), req.route_params.get("watch_id", ""))))
+    return _http(api_jobs.respond(lambda: api_triggers.delete_watch(engine(), req.route_params.get("watch_id", ""))))
 
 
 # ------------------------------------------------------------------ the dashboard (issue #13)
@@ -221,14 +221,14 @@ def blob_arrived(event: func.EventGridEvent) -> None:
     """Event Grid BlobCreated (the storage account's system topic): each watch covering the raster starts one
     job for this blob version; sidecars and other files start nothing. Raises on transient storage errors,
     so Event Grid delivers the event again."""
-    engine().schedules.on_blob_event(event.id, event.event_type, event.subject, event.get_json())
+    engine().triggers.on_blob_event(event.id, event.event_type, event.subject, event.get_json())
 
 
 @app.timer_trigger(schedule=get_settings().schedules_timer, arg_name="timer", run_on_startup=False)
 def run_schedules(timer: func.TimerRequest) -> None:
     """Submit each schedule's due slot once, whatever the number of instances; after downtime only the
     latest missed slot runs."""
-    engine().schedules.run_due()
+    engine().triggers.run_due()
 
 
 @app.queue_trigger(arg_name="msg", queue_name=f"%{JOBS_QUEUE_SETTING}%", connection=STORAGE_CONNECTION)

@@ -29,7 +29,7 @@ from repository_entities import (
 from repository_queries import JobQueries
 from repository_queues import QueueProducer
 from repository_rasters import RasterStore
-from repository_schedules import ScheduleStore
+from repository_triggers import TriggerStore
 
 logger = logging.getLogger(__name__)
 R = TypeVar("R", bound=Row)
@@ -366,7 +366,7 @@ class Repositories:
         self.tasks_poison = QueueProducer(self.clients.queues, f"{settings.tasks_queue}-poison")
         self.rasters = RasterStore(self.clients.blobs, settings.sas_enabled, settings.sas_ttl_minutes)
         self.jobs_poison = QueueProducer(self.clients.queues, f"{settings.jobs_queue}-poison")
-        self.schedules = ScheduleStore(self.clients.tables, settings.schedules_table)  # schedules and watches
+        self.triggers = TriggerStore(self.clients.tables, settings.schedules_table)  # schedules and watches
         self._ready = False
         self._lock = threading.Lock()
 
@@ -376,7 +376,7 @@ class Repositories:
             with self._lock:
                 if not self._ready:
                     self.store.ensure()
-                    self.schedules.ensure()
+                    self.triggers.ensure()
                     self.blobs.ensure()
                     for queue in self.queues():
                         queue.ensure()

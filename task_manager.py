@@ -12,7 +12,7 @@ I/O, attempt limit) and hands it to the part that does the work; no part sees th
 ``engine_admin``              operator actions: retry a failed job, cancel a job
 ``engine_recovery``           poison-queue handlers and the sweeper that re-drives what a crash left
 ``engine_status``             what a job looks like (status document, task views, catalogued items)
-``engine_notify``             completion webhooks; ``engine_links`` read links; ``engine_schedules`` timers
+``engine_notify``             completion webhooks; ``engine_links`` read links; ``engine_triggers`` timers
 ``engine_group_commit``       task writes of one job committed together (``engine_counters``: the counts)
 ============================  =====================================================================
 
@@ -31,7 +31,7 @@ import engine_fanout
 import engine_jobs
 import engine_notify
 import engine_recovery
-import engine_schedules
+import engine_triggers
 import engine_tasks
 import engine_tracing
 from base_controller import JobController, TaskOutcome, TaskResult
@@ -164,6 +164,6 @@ class Engine:
         engine_notify.deliver(self.context, msg)
 
     @property
-    def schedules(self) -> engine_schedules.Schedules:
-        """Schedules and watches over this engine's table, submitting through ``submit`` (``engine_schedules``)."""
-        return engine_schedules.Schedules(self.repos.schedules, self.settings, self.submit)
+    def triggers(self) -> engine_triggers.Triggers:
+        """Schedules and watches over this engine's table, submitting through ``submit`` (``engine_triggers``)."""
+        return engine_triggers.Triggers(self.repos.triggers, self.settings, self.submit)

@@ -50,7 +50,7 @@ def test_an_expression_with_a_non_ascii_digit_is_a_400_naming_the_field_and_is_n
     assert code == 400, answer
     assert [e["field"] for e in answer["errors"]] == ["expression"], answer
     assert "ASCII" in answer["message"], answer
-    assert http_engine.schedules.list_schedules() == []
+    assert http_engine.triggers.list_schedules() == []
 
 
 def test_ascii_expressions_are_still_created(http_engine):
@@ -65,8 +65,8 @@ def test_a_stored_expression_that_no_longer_parses_stops_no_other_schedule(http_
     assert code == 201, good
     old = ScheduleRecord(schedule_id="stored-before-the-fix", job_type="hello_world", parameters={"n": 1},
                          expression="0 \u0663 * * * *", created_at=datetime(2020, 1, 1, tzinfo=UTC))
-    engine.repos.schedules.create(old)
-    done = engine.schedules.run_due(now=datetime.now(UTC) + timedelta(minutes=2))
+    engine.repos.triggers.create(old)
+    done = engine.triggers.run_due(now=datetime.now(UTC) + timedelta(minutes=2))
     assert [d["schedule_id"] for d in done] == [good["schedule_id"]], done
     listed = function_app.list_schedules(func.HttpRequest("GET", "http://localhost/api/schedules", body=b""))
     assert listed.status_code == 200, listed.get_body()

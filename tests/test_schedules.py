@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 import api_jobs
-import api_schedules
+import api_triggers
 import controller_triggers
 from errors import TransientError
 from models import ScheduleRecord, make_job_id
@@ -127,7 +127,7 @@ def call(fn, *args):
 
 
 def post(engine: Engine, body: dict) -> tuple[int, dict]:
-    return call(api_schedules.create_schedule, engine, json.dumps(body).encode())
+    return call(api_triggers.create_schedule, engine, json.dumps(body).encode())
 
 
 def test_create_list_get_delete(engine):
@@ -139,14 +139,14 @@ def test_create_list_get_delete(engine):
     assert created["next_slot"] and created["skipped_slots"] == 0
     again_code, again = post(engine, {**body, "parameters": {"n": 2, "message": "hello"}})  # same definition
     assert (again_code, again["schedule_id"]) == (200, created["schedule_id"])
-    assert [s["schedule_id"] for s in call(api_schedules.list_schedules, engine)[1]["schedules"]] == \
+    assert [s["schedule_id"] for s in call(api_triggers.list_schedules, engine)[1]["schedules"]] == \
         [created["schedule_id"]]
-    assert call(api_schedules.get_schedule, engine, created["schedule_id"])[0] == 200
-    assert call(api_schedules.delete_schedule, engine, created["schedule_id"]) == \
+    assert call(api_triggers.get_schedule, engine, created["schedule_id"])[0] == 200
+    assert call(api_triggers.delete_schedule, engine, created["schedule_id"]) == \
         (200, {"deleted": created["schedule_id"]})
-    assert call(api_schedules.get_schedule, engine, created["schedule_id"])[0] == 404
-    assert call(api_schedules.delete_schedule, engine, created["schedule_id"])[0] == 404
-    assert call(api_schedules.get_schedule, engine, "not/an/id")[0] == 404
+    assert call(api_triggers.get_schedule, engine, created["schedule_id"])[0] == 404
+    assert call(api_triggers.delete_schedule, engine, created["schedule_id"])[0] == 404
+    assert call(api_triggers.get_schedule, engine, "not/an/id")[0] == 404
 
 
 @pytest.mark.parametrize("body, field, says", [
@@ -170,7 +170,7 @@ def test_bad_schedules_are_400s_naming_the_problem(engine, body, field, says):
     assert field in [e["field"] for e in answer["errors"]], answer
     if field == "job_type" and "unknown" in says:
         assert "hello_world" in answer["available"]
-    assert call(api_schedules.list_schedules, engine)[1]["schedules"] == []
+    assert call(api_triggers.list_schedules, engine)[1]["schedules"] == []
 
 
 # ------------------------------------------------------------------ exactly once, whatever the instances
@@ -180,7 +180,7 @@ def jobs_of(engine: Engine) -> list[dict]:
 
 
 def make(engine: Engine, expression: str, now: datetime) -> ScheduleRecord:
-    row, created = engine.schedules.create_schedule("hello_world", {"n": 1}, expression, now=now)
+    row, created = engine.triggers.create_schedule("hello_world", {"n": 1}, expression, now=now)
     assert created
     return row
 
@@ -196,7 +196,7 @@ def test_each_slot_runs_once_across_concurrent_instances(settings):
 
         def tick(engine: Engine) -> None:
             start.wait()
-            outcomes.extend(engine.schedules.run_due(now=now))
+            outcomes.extend(engine.triggers.run_due(now=now))
 
         threads = [threading.Thread(target=tick, args=(e,)) for e in engines]
         for t in threads:
@@ -209,7 +209,7 @@ def test_each_slot_runs_once_across_concurrent_instances(settings):
     assert sum(1 for o in outcomes if o.get("created")) == 3
     for job in jobs:  # the slot is part of the identity
         assert job.job_id == make_job_id("hello_world", job.parameters)
-    final = engines[0].schedules.get_schedule(row.schedule_id)
+    final = engines[0].triggers.get_schedule(row.schedule_id)
     assert final.last_slot == at("2031-03-03T10:03:00") and final.last_job_id in {j.job_id for j in jobs}
 
 
@@ -226,10 +226,10 @@ def test_a_claim_whose_submit_failed_is_submitted_by_the_next_tick(engine, monke
 
     monkeypatch.setattr(engine, "submit", flaky)
     now = T0 + timedelta(minutes=5)
-    assert engine.schedules.run_due(now=now) == []  # claimed, submit failed
-    claimed = engine.schedules.get_schedule(row.schedule_id)
+    assert engine.triggers.run_due(now=now) == []  # claimed, submit failed
+    claimed = engine.triggers.get_schedule(row.schedule_id)
     assert claimed.last_slot == at("2031-03-03T10:05:00") and claimed.last_job_id is None
-    (outcome,) = engine.schedules.run_due(now=now + timedelta(seconds=60))
+    (outcome,) = engine.triggers.run_due(now=now + timedelta(seconds=60))
     assert outcome["slot"] == "2031-03-03T10:05:00+00:00" and outcome["created"]
     assert len(jobs_of(engine)) == 1
 
@@ -239,17 +239,17 @@ def test_downtime_runs_only_the_latest_missed_slot_over_a_restart(settings):
     nothing kept in memory). Only 10:45 runs; 10:10..10:40 are skipped and counted."""
     first = Engine(Repositories(settings).ensure())
     row = make(first, "0 */5 * * * *", T0)
-    (slot1,) = first.schedules.run_due(now=at("2031-03-03T10:05:00.2"))
+    (slot1,) = first.triggers.run_due(now=at("2031-03-03T10:05:00.2"))
     assert slot1["slot"] == "2031-03-03T10:05:00+00:00"
     del first  # down from here
 
     restarted = Engine(Repositories(settings).ensure())
-    (late,) = restarted.schedules.run_due(now=at("2031-03-03T10:47:10"))
+    (late,) = restarted.triggers.run_due(now=at("2031-03-03T10:47:10"))
     assert late["slot"] == "2031-03-03T10:45:00+00:00" and late["created"]
-    assert restarted.schedules.run_due(now=at("2031-03-03T10:49:00")) == []  # nothing new is due
-    after = restarted.schedules.get_schedule(row.schedule_id)
+    assert restarted.triggers.run_due(now=at("2031-03-03T10:49:00")) == []  # nothing new is due
+    after = restarted.triggers.get_schedule(row.schedule_id)
     assert after.skipped_slots == 7 and after.last_slot == at("2031-03-03T10:45:00")
-    (on_time,) = restarted.schedules.run_due(now=at("2031-03-03T10:50:00.5"))
+    (on_time,) = restarted.triggers.run_due(now=at("2031-03-03T10:50:00.5"))
     assert on_time["slot"] == "2031-03-03T10:50:00+00:00"
     assert sorted(j.parameters["scheduled_for"] for j in jobs_of(restarted)) == [
         "2031-03-03T10:05:00Z", "2031-03-03T10:45:00Z", "2031-03-03T10:50:00Z"]
@@ -258,12 +258,12 @@ def test_downtime_runs_only_the_latest_missed_slot_over_a_restart(settings):
 def test_a_slot_refused_later_is_recorded_not_retried(engine):
     """A settings change can make stored parameters invalid: the slot records the error, and is not retried."""
     row = make(engine, "0 */5 * * * *", T0)
-    stored = engine.schedules.get_schedule(row.schedule_id)
-    engine.repos.schedules.replace(stored.model_copy(update={"parameters": {"n": 0}}))
-    (refused,) = engine.schedules.run_due(now=T0 + timedelta(minutes=5))
+    stored = engine.triggers.get_schedule(row.schedule_id)
+    engine.repos.triggers.replace(stored.model_copy(update={"parameters": {"n": 0}}))
+    (refused,) = engine.triggers.run_due(now=T0 + timedelta(minutes=5))
     assert "n:" in refused["error"]
-    assert engine.schedules.get_schedule(row.schedule_id).last_error == refused["error"]
-    assert engine.schedules.run_due(now=T0 + timedelta(minutes=6)) == []  # not retried
+    assert engine.triggers.get_schedule(row.schedule_id).last_error == refused["error"]
+    assert engine.triggers.run_due(now=T0 + timedelta(minutes=6)) == []  # not retried
 
 
 def test_the_timer_function_submits_due_slots(engine, monkeypatch):

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-import engine_schedules
+import engine_triggers
 from api_jobs import parse_json_object
 from api_models import Deleted, ScheduleList, ScheduleRequest, ScheduleView, WatchList, WatchRequest, WatchView
 from errors import ParameterValidationError, validation_errors
@@ -34,7 +34,7 @@ def _request(model: type[M], engine: Engine, body: bytes) -> M:
 
 def schedule_view(row: ScheduleRecord) -> ScheduleView:
     """What the API shows of a schedule."""
-    return ScheduleView(next_slot=engine_schedules.next_slot(row, utcnow()),
+    return ScheduleView(next_slot=engine_triggers.next_slot(row, utcnow()),
                         **row.model_dump(include=set(ScheduleView.model_fields) - {"next_slot"}))
 
 
@@ -50,48 +50,48 @@ def _out(model: BaseModel) -> dict[str, Any]:
 def create_schedule(engine: Engine, body: bytes) -> Response:
     """POST /api/schedules: 201 a new schedule, 200 the same definition's existing one."""
     request = _request(ScheduleRequest, engine, body)
-    row, created = engine.schedules.create_schedule(request.job_type, request.parameters,
+    row, created = engine.triggers.create_schedule(request.job_type, request.parameters,
                                                     request.expression, request.name)
     return (201 if created else 200), _out(schedule_view(row))
 
 
 def list_schedules(engine: Engine) -> Response:
     """GET /api/schedules."""
-    rows = sorted(engine.schedules.list_schedules(), key=lambda r: r.created_at)
+    rows = sorted(engine.triggers.list_schedules(), key=lambda r: r.created_at)
     return 200, _out(ScheduleList(schedules=[schedule_view(r) for r in rows]))
 
 
 def get_schedule(engine: Engine, schedule_id: str) -> Response:
     """GET /api/schedules/{schedule_id}."""
-    return 200, _out(schedule_view(engine.schedules.get_schedule(schedule_id)))
+    return 200, _out(schedule_view(engine.triggers.get_schedule(schedule_id)))
 
 
 def delete_schedule(engine: Engine, schedule_id: str) -> Response:
     """DELETE /api/schedules/{schedule_id}: jobs it started are left alone."""
-    engine.schedules.delete_schedule(schedule_id)
+    engine.triggers.delete_schedule(schedule_id)
     return 200, _out(Deleted(deleted=schedule_id))
 
 
 def create_watch(engine: Engine, body: bytes) -> Response:
     """POST /api/watches: 201 a new watch, 200 the same definition's existing one."""
     request = _request(WatchRequest, engine, body)
-    row, created = engine.schedules.create_watch(request.container, request.prefix, request.job_type,
+    row, created = engine.triggers.create_watch(request.container, request.prefix, request.job_type,
                                                  request.options, request.name)
     return (201 if created else 200), _out(watch_view(row))
 
 
 def list_watches(engine: Engine) -> Response:
     """GET /api/watches: created over the API and from the WATCHES setting."""
-    rows = sorted(engine.schedules.list_watches(), key=lambda r: (r.source, r.created_at))
+    rows = sorted(engine.triggers.list_watches(), key=lambda r: (r.source, r.created_at))
     return 200, _out(WatchList(watches=[watch_view(r) for r in rows]))
 
 
 def get_watch(engine: Engine, watch_id: str) -> Response:
     """GET /api/watches/{watch_id}."""
-    return 200, _out(watch_view(engine.schedules.get_watch(watch_id)))
+    return 200, _out(watch_view(engine.triggers.get_watch(watch_id)))
 
 
 def delete_watch(engine: Engine, watch_id: str) -> Response:
     """DELETE /api/watches/{watch_id}: 409 for a watch defined in settings."""
-    engine.schedules.delete_watch(watch_id)
+    engine.triggers.delete_watch(watch_id)
     return 200, _out(Deleted(deleted=watch_id))

@@ -18,7 +18,7 @@ T = TypeVar("T", ScheduleRecord, WatchRecord)
 _PARTITIONS: dict[type, str] = {ScheduleRecord: SCHEDULE_PARTITION, WatchRecord: WATCH_PARTITION}
 
 
-class ScheduleStore:
+class TriggerStore:
     """Schedules and watches."""
 
     def __init__(self, tables: TableServiceClient, table_name: str) -> None:

@@ -29,7 +29,7 @@ from engine_jobs import Submitted
 from errors import ConflictError, NotFoundError, OrchestratorError, TransientError, echo
 from logs import log_event
 from models import BlobArrival, ScheduleRecord, WatchRecord, utcnow
-from repository_schedules import ScheduleStore
+from repository_triggers import TriggerStore
 
 logger = logging.getLogger(__name__)
 MAX_RECORD_ATTEMPTS = 20
@@ -50,11 +50,11 @@ def next_slot(schedule: ScheduleRecord, now: datetime | None = None) -> datetime
 
 
 @dataclass(frozen=True)
-class Schedules:
+class Triggers:
     """Schedules and watches: their rows (``store``), the settings that check them and hold the WATCHES setting,
     and how a due slot or an arrival becomes a job (``submit``, the engine's)."""
 
-    store: ScheduleStore
+    store: TriggerStore
     settings: Settings
     submit: Callable[..., Submitted]
 

@@ -14,9 +14,9 @@ and the two queue functions, with ``LOCAL_HOST_BLOB_EVENTS`` on one input contai
 Duplicates are counted three ways: jobs per blob version (must be 1), ``arrival_submitted`` events that
 found the job already there (a second delivery of a version: 0 when the receipts work), and function
 invocations against blob versions. It is not a test and asserts nothing. It prints a Markdown table and a
-JSON summary, and writes the JSON to ``benchmarks/results/bench_arrivals-<UTC date>[-n<n>][-h<hosts>].json``.
+JSON summary, and writes the JSON to ``benchmarks/results/bench_watches-<UTC date>[-n<n>][-h<hosts>].json``.
 
-    .venv/bin/python benchmarks/bench_arrivals.py [--n 1000] [--hosts 2]
+    .venv/bin/python benchmarks/bench_watches.py [--n 1000] [--hosts 2]
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ POLL_S = 0.5
 
 def log(message: str) -> None:
     """Progress on stderr."""
-    print(f"[bench_arrivals] {message}", file=sys.stderr, flush=True)
+    print(f"[bench_watches] {message}", file=sys.stderr, flush=True)
 
 
 def tiny_geotiff(folder: Path) -> bytes:
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         settings = fresh_settings(azurite.connection_string, input_container=container)
         engine = Engine(Repositories(settings).ensure())
         engine.repos.rasters.ensure_container(container)
-        engine.schedules.create_watch(container, "burst/", "validate_raster", {})
+        engine.triggers.create_watch(container, "burst/", "validate_raster", {})
         env = {**settings_env(settings), "INPUT_CONTAINER": container, "LOCAL_HOST_BLOB_EVENTS": container,
                "LOCAL_HOST_BLOB_POLL_SECONDS": "1"}
         functions = ["health", "blob_arrived", "process_job_message", "process_task_message"]
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     summary["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     suffix = ("" if args.n == 1000 else f"-n{args.n}") + ("" if args.hosts == 2 else f"-h{args.hosts}")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"bench_arrivals-{datetime.now(UTC):%Y-%m-%d}{suffix}.json"
+    path = RESULTS / f"bench_watches-{datetime.now(UTC):%Y-%m-%d}{suffix}.json"
     path.write_text(json.dumps(summary, indent=2) + "\n")
     print(markdown(summary))
     print("```json")

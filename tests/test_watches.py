@@ -25,7 +25,7 @@ from conftest_geo import write_raster
 from host_proc import HostProcess
 
 import api_jobs
-import api_schedules
+import api_triggers
 import function_app
 from errors import TransientError
 from local_host import FunctionBinding
@@ -51,7 +51,7 @@ def arrivals(azurite, monkeypatch):
 
 def watch(engine: Engine, job_type: str = "validate_raster", prefix: str = "incoming/", **options) -> dict:
     body = {"container": engine.settings.input_container, "prefix": prefix, "job_type": job_type, "options": options}
-    code, answer = api_jobs.respond(lambda: api_schedules.create_watch(engine, json.dumps(body).encode()))
+    code, answer = api_jobs.respond(lambda: api_triggers.create_watch(engine, json.dumps(body).encode()))
     assert code == 201, answer
     return answer
 
@@ -90,7 +90,7 @@ def test_one_job_per_blob_version_whatever_the_deliveries(arrivals):
                               "source_etag": first.etag.strip('"')}
     function_app.blob_arrived(event)  # Event Grid delivers at least once
     second_instance = Engine(Repositories(arrivals.settings).ensure())
-    second_instance.schedules.on_blob_event(event.id, event.event_type, event.subject, event.get_json())
+    second_instance.triggers.on_blob_event(event.id, event.event_type, event.subject, event.get_json())
     assert len(jobs(arrivals.engine)) == 1
 
     overwritten = upload(arrivals.client, "incoming/scene.tif", TIFF + b"v2")
@@ -216,19 +216,19 @@ def test_watches_are_created_once_listed_and_deleted(arrivals, monkeypatch):
     engine = arrivals.engine
     created = watch(engine, prefix="a/")
     body = {"container": arrivals.container, "prefix": "a/", "job_type": "validate_raster", "options": {}}
-    code, again = api_jobs.respond(lambda: api_schedules.create_watch(engine, json.dumps(body).encode()))
+    code, again = api_jobs.respond(lambda: api_triggers.create_watch(engine, json.dumps(body).encode()))
     assert (code, again["watch_id"]) == (200, created["watch_id"])
     monkeypatch.setattr(engine.settings, "watches", [{"container": arrivals.container, "job_type": "process_raster"},
                                                      {"container": "elsewhere", "job_type": "validate_raster"}])
-    listed = api_jobs.respond(lambda: api_schedules.list_watches(engine))[1]["watches"]
+    listed = api_jobs.respond(lambda: api_triggers.list_watches(engine))[1]["watches"]
     assert [(w["source"], w["job_type"]) for w in listed] == [("api", "validate_raster"),
                                                               ("settings", "process_raster")]  # invalid one left out
     from_settings = listed[1]["watch_id"]
-    assert api_jobs.respond(lambda: api_schedules.delete_watch(engine, from_settings))[0] == 409
-    assert api_jobs.respond(lambda: api_schedules.get_watch(engine, from_settings))[0] == 200
-    assert api_jobs.respond(lambda: api_schedules.delete_watch(engine, created["watch_id"]))[0] == 200
-    assert api_jobs.respond(lambda: api_schedules.get_watch(engine, created["watch_id"]))[0] == 404
-    assert api_jobs.respond(lambda: api_schedules.delete_watch(engine, "f" * 16))[0] == 404
+    assert api_jobs.respond(lambda: api_triggers.delete_watch(engine, from_settings))[0] == 409
+    assert api_jobs.respond(lambda: api_triggers.get_watch(engine, from_settings))[0] == 200
+    assert api_jobs.respond(lambda: api_triggers.delete_watch(engine, created["watch_id"]))[0] == 200
+    assert api_jobs.respond(lambda: api_triggers.get_watch(engine, created["watch_id"]))[0] == 404
+    assert api_jobs.respond(lambda: api_triggers.delete_watch(engine, "f" * 16))[0] == 404
 
 
 @pytest.mark.parametrize("change, field, says", [
@@ -244,7 +244,7 @@ def test_watches_are_created_once_listed_and_deleted(arrivals, monkeypatch):
 ])
 def test_bad_watches_are_400s_naming_the_field(arrivals, change, field, says):
     body = {"container": arrivals.container, "prefix": "", "job_type": "validate_raster", "options": {}, **change}
-    code, answer = api_jobs.respond(lambda: api_schedules.create_watch(arrivals.engine, json.dumps(body).encode()))
+    code, answer = api_jobs.respond(lambda: api_triggers.create_watch(arrivals.engine, json.dumps(body).encode()))
     assert code == 400, answer
     assert says in answer["message"] and field in [e["field"] for e in answer["errors"]], answer
 
