@@ -4,7 +4,7 @@
 #                   running, then stay in the foreground; Ctrl-C stops everything this script started.
 #   ./dev.sh test   install what is missing, run the default test tier (tests start and stop their own
 #                   services); exit code = the suite's. Extra arguments go to pytest.
-#                   --all runs every tier (default, chaos, browser, infra, slow); --tier NAME runs one.
+#                   --all runs every tier (default, chaos, e2e, browser, infra, slow); --tier NAME runs one.
 #   ./dev.sh setup  only install.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -193,11 +193,11 @@ cmd_run() {
 
 # Test tiers, by pytest marker (pytest.ini): "default" is what `./dev.sh test` runs; `--all` runs every tier
 # in this order (.ci/run does); `--tier NAME` runs one (repeatable). docs/testing.md gives each tier's time.
-TIERS=(default chaos browser infra slow)
+TIERS=(default chaos e2e browser infra slow)
 tier_marks() {
   case "$1" in
-    default) echo "not (slow or chaos or browser or infra)" ;;
-    chaos) echo "chaos and not slow" ;;
+    default) echo "not (slow or chaos or e2e or browser or infra)" ;;
+    chaos|e2e) echo "$1 and not slow" ;;
     browser|infra|slow) echo "$1" ;;
     *) die "unknown test tier '$1' (known: ${TIERS[*]})" ;;
   esac

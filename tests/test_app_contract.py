@@ -104,6 +104,7 @@ def test_host_json_writes_every_queue_setting_out():
     assert re.fullmatch(r"\d\d:\d\d:\d\d", queues["visibilityTimeout"])
 
 
+@pytest.mark.infra
 def test_azure_functions_doctor_finds_no_failure(tmp_path):
     """An independent static check of the v2 app (what `func start` and Azure expect): no failed rule.
 

@@ -12,6 +12,7 @@ from host_proc import HostProcess
 from models import make_task_id
 from repositories import Repositories
 
+pytestmark = pytest.mark.e2e
 HOSTS = 2
 
 

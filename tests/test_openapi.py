@@ -215,6 +215,7 @@ def _fuzz(live: Live, method: str, path: str, mode: GenerationMode, examples: in
     run()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=str)
 @pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
 def test_fuzz_operation(live, method, path, mode):

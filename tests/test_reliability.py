@@ -134,6 +134,7 @@ def test_late_finisher_of_an_expired_lease_is_superseded(engine):
 
 
 # ---------------------------------------------------------------- crashes at every engine point
+@pytest.mark.chaos
 @pytest.mark.parametrize("point", engine_faults.POINTS)
 def test_crash_at_every_engine_point_still_completes_exactly(engine, point):
     engine_faults.arm(point, "raise", times=1)

@@ -282,6 +282,7 @@ def test_urls_are_the_sdks_and_read_back_to_their_blob():
 
 
 # ------------------------------------------------------------------ a catalogue reader, end to end
+@pytest.mark.e2e
 def test_a_catalogue_reader_finds_signs_and_tiles_the_cog_after_the_jobs_links_expired(job, host, stac_api):
     from rio_tiler.io import Reader
 
