@@ -82,3 +82,14 @@ def loopback(tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def http_engine(engine):
+    """``engine`` behind the app's HTTP functions (``function_app``), for tests that call them directly."""
+    import function_app
+    previous, function_app._engine = function_app._engine, engine
+    try:
+        yield engine
+    finally:
+        function_app._engine = previous

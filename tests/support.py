@@ -7,6 +7,8 @@ helpers live in conftest_geo.py, the process-cluster harness for the chaos tests
 """
 from __future__ import annotations
 
+import re
+
 import base64
 import gzip
 import json
@@ -342,3 +344,16 @@ def delegation_key() -> UserDelegationKey:
     key.signed_service, key.signed_version = "b", "2025-01-05"
     key.value = base64.b64encode(b"k" * 32).decode()
     return key
+
+
+def settings_table() -> list[str]:
+    """The names in the first column of docs/configuration.md's settings table, top to bottom
+    (``AzureWebJobsStorage__x`` is written ``__x`` there)."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    names: list[str] = []
+    for line in text[text.index("| setting |"):].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        for name in re.findall(r"`([^`]+)`", line.split("|")[1]):
+            names.append(f"AzureWebJobsStorage{name}" if name.startswith("__") else name)
+    return names

@@ -1,12 +1,6 @@
 """Transport faults at every storage request, against real host processes (issue #10's randomised test).
 
-Two local hosts (sweeper on, short grace) share a private Azurite; every storage request the app makes
-may lose its reply after being applied or fail before it (``GEOETL_TRANSPORT_FAULTS`` in the hosts'
-environment, seeded), optionally with a kill -9 at an engine fault point. A run ends ``exact`` only
-when the job completed with the exact ``result_data``, every stage advanced exactly once (counted from
-every host's ``stage_advanced`` events), and every queue (jobs, tasks, their -poison and -poison-poison
-queues) is empty, delayed messages included: a queue's approximate count includes invisible messages,
-so the run waits for deferred duplicates to be delivered and dropped by the still-running hosts.
+The harness and what makes a run ``exact`` are in ``chaos_cluster.py`` (``run_transport``).
 
 ``run_transport`` is shared with tests/test_chaos_soak.py (slow) and benchmarks/chaos_report.py. Run
 clusters one at a time on one Azurite: local hosts claim timer occurrences in the account's

@@ -134,15 +134,6 @@ def call(fn, route: str, body: dict, method: str = "POST", route_params: dict | 
     return response.status_code, json.loads(response.get_body())
 
 
-@pytest.fixture
-def http_engine(engine) -> Iterator[Engine]:
-    previous, function_app._engine = function_app._engine, engine
-    try:
-        yield engine
-    finally:
-        function_app._engine = previous
-
-
 def entry_points(value: str, container: str) -> dict[str, tuple]:
     """Each way a CRS parameter reaches the app over HTTP: (function, route, body, route_params, field)."""
     return {

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from support import settings_read_by_code
+from support import settings_read_by_code, settings_table
 
 ROOT = Path(__file__).resolve().parents[1]
 README_MAX_LINES = 250
@@ -95,21 +95,8 @@ def test_anchors_follow_github():
     assert anchors("# A\n## A\n```\n# B\n```\n") == {"a", "a-1"}
 
 
-def documented_settings() -> set[str]:
-    """Every name in the first column of the settings table (``AzureWebJobsStorage__x`` written ``__x``)."""
-    text = SETTINGS_DOC.read_text()
-    table = text[text.index("| setting |"):]
-    names: set[str] = set()
-    for line in table.splitlines()[2:]:
-        if not line.startswith("|"):
-            break
-        for name in re.findall(r"`([^`]+)`", line.split("|")[1]):
-            names.add(f"AzureWebJobsStorage{name}" if name.startswith("__") else name)
-    return names
-
-
 def test_the_settings_table_names_every_setting():
-    documented, read = documented_settings(), settings_read_by_code()
+    documented, read = set(settings_table()), settings_read_by_code()
     assert not read - documented, f"settings config.py reads that {SETTINGS_DOC.name} does not list"
     assert documented - read == set(READ_ELSEWHERE), "a listed setting nobody reads (or say which module does)"
     for name, module in READ_ELSEWHERE.items():

@@ -18,14 +18,6 @@ HUGE = "7" * 50_000 + "x" * 50_000  # not a number, not an id, not a name
 BOUND = 2_000  # characters of a whole error body
 
 
-@pytest.fixture
-def http_engine(engine):
-    previous, function_app._engine = function_app._engine, engine
-    try:
-        yield engine
-    finally:
-        function_app._engine = previous
-
 
 def call(fn, method: str, route: str, params: dict | None = None, route_params: dict | None = None,
          body: dict | None = None) -> tuple[int, str]:

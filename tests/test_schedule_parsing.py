@@ -35,14 +35,6 @@ def create_schedule(body: dict) -> tuple[int, dict]:
     return response.status_code, json.loads(response.get_body())
 
 
-@pytest.fixture
-def http_engine(engine):
-    previous, function_app._engine = function_app._engine, engine
-    try:
-        yield engine
-    finally:
-        function_app._engine = previous
-
 
 @pytest.mark.parametrize("kind", list(NOT_ASCII))
 def test_an_expression_with_a_non_ascii_digit_is_a_400_naming_the_field_and_is_not_stored(http_engine, kind):

@@ -4,7 +4,6 @@ handed (``validate(raw, settings)``, ``ctx.io.settings``), never the process's g
 from __future__ import annotations
 
 import ast
-import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from config import Settings
 from controller_factory import get_controller
 from errors import ParameterValidationError
+from support import settings_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS_DOC = ROOT / "docs" / "configuration.md"
@@ -22,21 +22,9 @@ def _env_names(field_name: str) -> list[str]:
     return [c for c in getattr(alias, "choices", []) if isinstance(c, str) and c != field_name]
 
 
-def table_order() -> list[str]:
-    """The settings table's names, top to bottom (``__x`` is ``AzureWebJobsStorage__x``)."""
-    text = SETTINGS_DOC.read_text()
-    names: list[str] = []
-    for line in text[text.index("| setting |"):].splitlines()[2:]:
-        if not line.startswith("|"):
-            break
-        for name in re.findall(r"`([^`]+)`", line.split("|")[1]):
-            names.append(f"AzureWebJobsStorage{name}" if name.startswith("__") else name)
-    return names
-
-
 def test_the_settings_table_follows_the_order_of_config():
     by_env = {env: field for field in Settings.model_fields for env in _env_names(field)}
-    documented = [by_env[name] for name in table_order() if name in by_env]
+    documented = [by_env[name] for name in settings_table() if name in by_env]
     assert documented == list(Settings.model_fields), "docs/configuration.md lists settings in config.py's order"
 
 
