@@ -1,8 +1,7 @@
 """Repositories: the only code that reads and writes storage (tables, queues, blobs).
 
-Where each row lives and how it is encoded: ``repository_entities``. JSON values too large for a property
-are spilled to blobs; the row keeps ``<field>_ref``. A free text over ``TEXT_BUDGET`` is stored whole as a
-blob first and the row keeps its head and tail (``models.bound_text``) with the blob's name in ``text_blobs``.
+Where each row lives and how it is encoded: ``repository_entities``; what of a row goes to blobs (large JSON
+values, the whole of cut texts): ``repository_payloads``.
 """
 from __future__ import annotations
 
@@ -16,16 +15,17 @@ from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
 from config import Settings
 from errors import ConflictError, EntityTooLargeError, NotFoundError, OrchestratorError, TransientError
-from models import JobRecord, PayloadRef, Row, ShardRecord, StageRecord, TaskRecord, bound_text, is_cut, new_write_id
+from models import JobRecord, Row, ShardRecord, StageRecord, TaskRecord, new_write_id
 from repository_rules import (
-    BATCH_MAX_BYTES, BATCH_MAX_OPERATIONS, MAX_ENTITY_BYTES, check_entity_limits, chunk_for_transactions, utf16_len,
+    BATCH_MAX_BYTES, BATCH_MAX_OPERATIONS, MAX_ENTITY_BYTES, chunk_for_transactions,
 )
 from repository_batch import submit_transaction
 from repository_blobs import PayloadBlobs
 from repository_clients import StorageClients, translate_errors
 from repository_entities import (
-    INDEX_PARTITION, from_entity, job_index_key, row_keys, shard_row_key, stage_row_key, task_row_key, to_entity,
+    INDEX_PARTITION, job_index_key, shard_row_key, stage_row_key, task_row_key,
 )
+from repository_payloads import PayloadRows
 from repository_queries import JobQueries
 from repository_queues import QueueProducer
 from repository_rasters import RasterStore
@@ -34,7 +34,6 @@ from repository_triggers import TriggerStore
 logger = logging.getLogger(__name__)
 R = TypeVar("R", bound=Row)
 
-INLINE_JSON_MAX_BYTES = 60 * 1024  # UTF-16 bytes; Azure's property limit is 64 KiB
 REOPEN_COUNTER_RESERVE = 16 * 1024  # wire bytes kept free for a shard or stage row
 _IF_MATCH = {"mode": UpdateMode.REPLACE, "match_condition": MatchConditions.IfNotModified}
 
@@ -48,7 +47,7 @@ class BatchTooLarge(Exception):
     """The rows given to one transaction are over its size limit (nothing was sent)."""
 
 
-class JobStore(JobQueries):
+class JobStore(JobQueries, PayloadRows):
     """Job, stage, counter-shard and task rows, with transparent payload spilling."""
 
     def __init__(self, tables: TableServiceClient, jobs_table: str, tasks_table: str,
@@ -67,55 +66,6 @@ class JobStore(JobQueries):
                     table.create_table()
                 except ResourceExistsError:
                     pass
-
-    # ------------------------------------------------------------ (de)serialisation with spill
-    def pack(self, row: Row) -> dict[str, Any]:
-        """Entity for ``row``: oversized JSON fields and the whole of cut texts go to blobs; Azure's limits
-        are enforced."""
-        entity = to_entity(self.keep_whole_texts(row))
-        for name in row.JSON_FIELDS:
-            text = entity.get(name)
-            if text is not None and 2 * utf16_len(text) > INLINE_JSON_MAX_BYTES:
-                ref = self.blobs.put_json(f"{entity['PartitionKey']}/{entity['RowKey']}/{name}",
-                                          getattr(row, name))
-                del entity[name]
-                entity[f"{name}_ref"] = ref.model_dump_json()
-        check_entity_limits(entity)
-        return entity
-
-    def keep_whole_texts(self, row: R) -> R:
-        """``row`` with each free text over TEXT_BUDGET cut to its head and tail, after storing the whole text
-        as a blob (named by its content: a repeated write overwrites it harmlessly) linked in ``text_blobs``.
-        A link stays while its field still holds the cut text; a field written anew drops it."""
-        if "text_blobs" not in type(row).model_fields:
-            return row
-        links, update = dict(row.text_blobs or {}), {}
-        for name in row.TEXT_FIELDS:
-            text = getattr(row, name)
-            if bound_text(text) is not text:
-                pk, rk = row_keys(row)
-                links[name] = self.blobs.put_text(f"{pk}/{rk}/{name}", text)
-                update[name] = bound_text(text)
-            elif not is_cut(text):
-                links.pop(name, None)
-        if update or (links or None) != row.text_blobs:
-            return row.model_copy(update={**update, "text_blobs": links or None})
-        return row
-
-    def whole_texts(self, task: TaskRecord) -> TaskRecord:
-        """``task`` with its cut texts read back whole from their blobs."""
-        links = {name: blob for name, blob in (task.text_blobs or {}).items() if is_cut(getattr(task, name, None))}
-        return task.model_copy(update={name: self.blobs.get_text(blob) for name, blob in links.items()})
-
-    def unpack(self, cls: type[R], entity: Any, resolve: bool = True) -> R:
-        """Row from an SDK entity, loading spilled fields from blobs when ``resolve``."""
-        data = dict(entity)
-        refs = {name: data.pop(f"{name}_ref") for name in cls.JSON_FIELDS if f"{name}_ref" in data}
-        meta = getattr(entity, "metadata", {})
-        row = from_entity(cls, data, etag=meta.get("etag"), changed_at=meta.get("timestamp"))
-        for name, ref in refs.items():
-            setattr(row, name, self.blobs.get_json(PayloadRef.model_validate_json(ref)) if resolve else None)
-        return row
 
     def _query(self, table: TableClient, cls: type[R], flt: str, params: dict[str, Any],
                select: list[str] | None = None, resolve: bool = True) -> list[R]:
